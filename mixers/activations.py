@@ -1,0 +1,49 @@
+"""Activations of the MetaFormer baselines (Yu et al., "MetaFormer Baselines for Vision", TPAMI 2024).
+
+StarReLU(x) = s * relu(x)^2 + b with one learnable scalar pair (s, b) per activation instance, initialised
+to (1, 0) as in the released code; SquaredReLU(x) = relu(x)^2.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["ACTIVATIONS", "SquaredReLU", "StarReLU", "create_act"]
+
+
+class StarReLU(nn.Module):
+    """s * relu(x)^2 + b, with scalar learnable s and b (shape (1,))."""
+
+    def __init__(self, scale_value: float = 1.0, bias_value: float = 0.0, learnable: bool = True) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((1,), scale_value), requires_grad=learnable)
+        self.bias = nn.Parameter(torch.full((1,), bias_value), requires_grad=learnable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.relu(x).square() + self.bias
+
+
+class SquaredReLU(nn.Module):
+    """relu(x)^2 (So et al., "Primer", arXiv 2109.08668)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "starrelu": StarReLU,
+    "squaredrelu": SquaredReLU,
+    "identity": nn.Identity,
+}
+
+
+def create_act(name: str) -> nn.Module:
+    """A fresh activation module by name (each instance owns its parameters, e.g. StarReLU's s and b)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}.")
+    return ACTIVATIONS[name]()

@@ -1,0 +1,10 @@
+"""The zoo's models: the shared backbone builder, checkpoint loading and the named, timm-registered families.
+
+Importing this package registers the zoo's models in timm's registry (``timm.create_model("identityformer_s12")``).
+"""
+
+from . import metaformer_baselines  # noqa: F401  (registers identityformer_* and randformer_* in timm)
+from .backbone import MetaFormer
+from .checkpoint import load_checkpoint
+
+__all__ = ["MetaFormer", "load_checkpoint"]

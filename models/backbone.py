@@ -1,0 +1,407 @@
+"""The shared MetaFormer backbone builder.
+
+    stem -> [stage_i = downsample_i -> depth_i x Block(mixer_i)]_i -> head
+
+Block (pre-norm, Yu et al. "MetaFormer Is Actually What You Need for Vision" and "MetaFormer Baselines"):
+
+    x = res_scale1 * x + layer_scale1 * drop_path(mixer(norm1(x)))
+    x = res_scale2 * x + layer_scale2 * drop_path(mlp(norm2(x)))
+
+(any scale whose init value is None is the identity). Each stage takes its own mixer spec (see
+``mixers.create_mixer``); the builder never looks at what a mixer is. Inside a stage the tensors are
+channels-last ``(B, H, W, C)``; between stages, and in every output of the model, they are NCHW views of that
+memory (so ``features_only`` maps and ``forward_features`` are NCHW, in channels_last memory format).
+
+The defaults are the layout of PoolFormerV2-S12 (MetaFormer baselines "v2"): channel-LN post-norm in the stem
+and pre-norm in the downsampling layers (no bias, eps 1e-6), GroupNorm(1) block norms without bias, a StarReLU
+MLP without biases, ResScale in stages 3-4, global average pooling, LayerNorm (with bias) and a linear head.
+PoolFormer v1, ConvFormer, CAFormer and the other families are configurations of the same class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, trunc_normal_
+from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
+
+from mixers import create_mixer
+
+from .layers import Mlp, MlpHead, Scale, create_norm
+
+__all__ = ["ClassifierHead", "MetaFormer", "MetaFormerBlock", "MetaFormerStage"]
+
+POOL_TYPES = ("avg", "max", "")
+
+
+def _to_pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"Expected an int or an (H, W) pair, got {value!r}.")
+    return value  # type: ignore[return-value]
+
+
+def _per_stage(name: str, value: Any, num_stages: int) -> list[Any]:
+    """A scalar (or a single mixer spec) broadcast to every stage, or a list with one entry per stage."""
+    if isinstance(value, (str, Mapping)) or value is None or not isinstance(value, Sequence):
+        return [value] * num_stages
+    value = list(value)
+    if len(value) != num_stages:
+        raise ValueError(f"{name}: expected one value or {num_stages} (one per stage), got {len(value)}: {value!r}.")
+    return value
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class Stem(nn.Module):
+    """Patch embedding: conv (NCHW) then an optional post-norm on channels."""
+
+    def __init__(self, in_chans: int, dim: int, kernel_size: int, stride: int, padding: int, norm: nn.Module):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, dim, kernel_size, stride=stride, padding=padding)
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).permute(0, 2, 3, 1)  # (B, H/s, W/s, C)
+        return self.norm(x).permute(0, 3, 1, 2)  # NCHW view
+
+
+class Downsample(nn.Module):
+    """Optional pre-norm on channels, then a strided conv; NCHW in and out."""
+
+    def __init__(self, in_dim: int, dim: int, kernel_size: int, stride: int, padding: int, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+        self.conv = nn.Conv2d(in_dim, dim, kernel_size, stride=stride, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.conv(x)
+
+
+class MetaFormerBlock(nn.Module):
+    """Pre-norm token mixer + channel MLP, each with drop path, optional LayerScale and ResScale."""
+
+    def __init__(
+        self,
+        dim: int,
+        token_mixer: nn.Module,
+        norm1: nn.Module,
+        norm2: nn.Module,
+        mlp: nn.Module,
+        drop_path: float = 0.0,
+        layer_scale_init: float | None = None,
+        res_scale_init: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm1
+        self.token_mixer = token_mixer
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale1 = Scale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        self.res_scale1 = Scale(dim, res_scale_init) if res_scale_init is not None else nn.Identity()
+        self.norm2 = norm2
+        self.mlp = mlp
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale2 = Scale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        self.res_scale2 = Scale(dim, res_scale_init) if res_scale_init is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x))))
+        x = self.res_scale2(x) + self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x))))
+        return x
+
+
+class MetaFormerStage(nn.Module):
+    """Downsampling (or identity for the first stage) and a sequence of blocks; NCHW in and out."""
+
+    def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return x.permute(0, 3, 1, 2)  # NCHW view
+
+
+class ClassifierHead(nn.Module):
+    """Global pool and final norm (in either order), dropout, then a linear or MLP classifier.
+
+    ``norm_before_pool=False`` (MetaFormer v2, timm): pool -> norm. ``True`` (official PoolFormer v1): the norm
+    (GroupNorm(1) there) normalises the whole map, then pool. With ``pool_type=''`` the map is kept (NCHW out).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        pool_type: str = "avg",
+        norm: str | None = "layernorm",
+        norm_eps: float = 1e-6,
+        norm_before_pool: bool = False,
+        head: str = "linear",
+        hidden_ratio: float = 4.0,
+        mlp_norm_eps: float = 1e-5,
+        head_dropout: float = 0.0,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if head not in ("linear", "mlp"):
+            raise ValueError(f"Unknown head {head!r}; use 'linear' or 'mlp'.")
+        self.dim = dim
+        self.head_type = head
+        self.hidden_ratio = hidden_ratio
+        self.mlp_norm_eps = mlp_norm_eps
+        self.head_dropout = head_dropout
+        self.norm_before_pool = norm_before_pool
+        self.pool_type = self._check_pool(pool_type)
+        self.norm = create_norm(norm, dim, eps=norm_eps, bias=True)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = self._make_fc(num_classes)
+
+    @staticmethod
+    def _check_pool(pool_type: str) -> str:
+        if pool_type not in POOL_TYPES:
+            raise ValueError(f"Unknown global_pool {pool_type!r}; use one of {POOL_TYPES} ('' keeps the map).")
+        return pool_type
+
+    def _make_fc(self, num_classes: int) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        if self.head_type == "linear":
+            return nn.Linear(self.dim, num_classes)
+        return MlpHead(self.dim, num_classes, self.hidden_ratio, norm_eps=self.mlp_norm_eps, drop=self.head_dropout)
+
+    def reset(self, num_classes: int, pool_type: str | None = None) -> None:
+        if pool_type is not None:
+            self.pool_type = self._check_pool(pool_type)
+        device = next(self.parameters()).device if any(True for _ in self.parameters()) else None
+        self.fc = self._make_fc(num_classes).to(device)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        if self.norm_before_pool:
+            x = self.norm(x)
+        if self.pool_type == "avg":
+            x = x.mean(dim=(1, 2))  # (B, C)
+        elif self.pool_type == "max":
+            x = x.amax(dim=(1, 2))
+        if not self.norm_before_pool:
+            x = self.norm(x)
+        x = self.drop(x)
+        if not pre_logits:
+            x = self.fc(x)
+        return x if self.pool_type else x.permute(0, 3, 1, 2)
+
+
+class MetaFormer(nn.Module):
+    """Hierarchical MetaFormer backbone; every per-stage option takes one value or a list with one per stage."""
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        dims: Sequence[int] = (64, 128, 320, 512),
+        mixer: Any = "pooling",
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        img_size: int | Sequence[int] = 224,
+        stem_kernel_size: int = 7,
+        stem_stride: int = 4,
+        stem_padding: int = 2,
+        stem_norm: str | None = "layernorm",
+        downsample_kernel_size: int = 3,
+        downsample_stride: int = 2,
+        downsample_padding: int = 1,
+        downsample_norm: str | None = "layernorm",
+        norm: Any = "groupnorm1",
+        norm_eps: float = 1e-6,
+        norm_bias: bool = False,
+        mlp_ratio: Any = 4.0,
+        mlp_act: str = "starrelu",
+        mlp_bias: bool = False,
+        layer_scale_init: Any = None,
+        res_scale_init: Any = (None, None, 1.0, 1.0),
+        drop_path_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        head: str = "linear",
+        head_norm: str | None = "layernorm",
+        head_norm_before_pool: bool = False,
+        head_hidden_ratio: float = 4.0,
+        head_mlp_norm_eps: float = 1e-5,
+        head_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        depths, dims = [int(d) for d in depths], [int(d) for d in dims]
+        num_stages = len(depths)
+        if len(dims) != num_stages:
+            raise ValueError(f"depths and dims need one entry per stage; got {len(depths)} and {len(dims)}.")
+        mixers = _per_stage("mixer", mixer, num_stages)
+        norms = _per_stage("norm", norm, num_stages)
+        mlp_ratios = _per_stage("mlp_ratio", mlp_ratio, num_stages)
+        layer_scales = _per_stage("layer_scale_init", layer_scale_init, num_stages)
+        res_scales = _per_stage("res_scale_init", res_scale_init, num_stages)
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.img_size = _to_pair(img_size)
+
+        self.stem = Stem(
+            in_chans,
+            dims[0],
+            stem_kernel_size,
+            stem_stride,
+            stem_padding,
+            create_norm(stem_norm, dims[0], eps=norm_eps, bias=norm_bias),
+        )
+        grid = tuple(_conv_out(s, stem_kernel_size, stem_stride, stem_padding) for s in self.img_size)
+        reduction = stem_stride
+        drop_path_rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, self.feature_info = [], []
+        for i in range(num_stages):
+            if i == 0:
+                downsample = nn.Identity()
+            else:
+                downsample = Downsample(
+                    dims[i - 1],
+                    dims[i],
+                    downsample_kernel_size,
+                    downsample_stride,
+                    downsample_padding,
+                    create_norm(downsample_norm, dims[i - 1], eps=norm_eps, bias=norm_bias),
+                )
+                grid = tuple(_conv_out(s, downsample_kernel_size, downsample_stride, downsample_padding) for s in grid)
+                reduction *= downsample_stride
+            blocks = [
+                MetaFormerBlock(
+                    dims[i],
+                    token_mixer=create_mixer(mixers[i], dims[i], grid=grid, img_size=self.img_size),
+                    norm1=create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias),
+                    norm2=create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias),
+                    mlp=Mlp(dims[i], int(mlp_ratios[i] * dims[i]), act=mlp_act, bias=mlp_bias, drop=proj_drop_rate),
+                    drop_path=drop_path_rates[sum(depths[:i]) + j],
+                    layer_scale_init=layer_scales[i],
+                    res_scale_init=res_scales[i],
+                )
+                for j in range(depths[i])
+            ]
+            stages.append(MetaFormerStage(downsample, blocks))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.head = ClassifierHead(
+            dims[-1],
+            num_classes,
+            pool_type=global_pool,
+            norm=head_norm,
+            norm_eps=norm_eps,
+            norm_before_pool=head_norm_before_pool,
+            head=head,
+            hidden_ratio=head_hidden_ratio,
+            mlp_norm_eps=head_mlp_norm_eps,
+            head_dropout=head_dropout,
+            drop_rate=drop_rate,
+        )
+        self.apply(self._init_weights)
+        for module in self.modules():  # mixers with an init of their own get the last word
+            if module is not self and hasattr(module, "init_weights"):
+                module.init_weights()
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    # --- timm model contract -------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters to exclude from weight decay, collected from submodules that declare them."""
+        names = set()
+        for prefix, module in self.named_modules():
+            if module is not self and hasattr(module, "no_weight_decay"):
+                names.update(f"{prefix}.{n}" for n in module.no_weight_decay())
+        return names
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False):
+        self.num_classes = num_classes
+        if reset_other:
+            self.head.norm = nn.Identity()
+        self.head.reset(num_classes, global_pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))  # (B, C_last, H/32, W/32)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs (NCHW) at ``indices`` (None: all, int n: last n, list: those); ``norm`` has no effect
+        (stage outputs carry no norm of their own, as in timm's MetaFormer)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}.")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if max_index < len(self.feature_info) - 1:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            prune_head = True
+        if prune_head:
+            self.reset_classifier(0, "", reset_other=True)
+        return take_indices

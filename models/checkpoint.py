@@ -1,0 +1,155 @@
+"""Loading checkpoints into zoo models, whatever layout they were written in.
+
+``load_checkpoint(model, source)`` accepts a path or a state dict in
+- the zoo's own layout (also what ``train.py`` writes, under a ``model``/``state_dict`` entry),
+- timm's layout (``timm.create_model(...).state_dict()``; its 1x1 convs become our Linear layers),
+- an official repository's layout (auto-detected: see ``OFFICIAL_LAYOUTS``).
+
+Files are read with ``torch.load(weights_only=True)``; loading is strict and a mismatch raises an error that
+names the missing, unexpected and mis-shaped keys. ``checkpoint_filter_fn`` is the same conversion in the form
+timm's ``build_model_with_cfg(pretrained_filter_fn=...)`` calls it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["OFFICIAL_LAYOUTS", "checkpoint_filter_fn", "load_checkpoint", "read_state_dict"]
+
+StateDict = dict[str, torch.Tensor]
+
+
+def _metaformer_v1_detect(sd: StateDict) -> bool:
+    return any(k.startswith("network.") for k in sd)
+
+
+def _metaformer_v1_convert(sd: StateDict) -> StateDict:
+    """sail-sg/poolformer: ``patch_embed.proj``, ``network.{0,2,4,6}.<j>`` blocks, ``network.{1,3,5}.proj``
+    downsampling, ``layer_scale_1/2`` vectors, final ``norm`` (GroupNorm(1) on the map) and ``head``."""
+    out = {}
+    for key, value in sd.items():
+        key = key.replace("patch_embed.proj.", "stem.conv.")
+        key = re.sub(r"^network\.(\d+)\.proj\.", lambda m: f"stages.{(int(m[1]) + 1) // 2}.downsample.conv.", key)
+        key = re.sub(r"^network\.(\d+)\.(\d+)\.", lambda m: f"stages.{int(m[1]) // 2}.blocks.{m[2]}.", key)
+        key = re.sub(r"\.layer_scale_(\d)$", r".layer_scale\1.scale", key)
+        key = re.sub(r"^norm\.", "head.norm.", key)
+        key = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+        out[key] = value
+    return out
+
+
+def _metaformer_v2_detect(sd: StateDict) -> bool:
+    return any(k.startswith("downsample_layers.") for k in sd)
+
+
+def _metaformer_v2_convert(sd: StateDict) -> StateDict:
+    """sail-sg/metaformer: ``downsample_layers.0`` is the stem (``conv`` + ``post_norm``), ``downsample_layers.i``
+    (``pre_norm`` + ``conv``) the downsampling of stage i, ``stages.i.j`` the blocks, final ``norm``, and ``head``
+    (a Linear, or ``head.fc1/norm/fc2`` for the MLP head)."""
+    out = {}
+    for key, value in sd.items():
+        key = re.sub(r"^downsample_layers\.0\.conv\.", "stem.conv.", key)
+        key = re.sub(r"^downsample_layers\.0\.post_norm\.", "stem.norm.", key)
+        key = re.sub(r"^downsample_layers\.(\d+)\.pre_norm\.", r"stages.\1.downsample.norm.", key)
+        key = re.sub(r"^downsample_layers\.(\d+)\.conv\.", r"stages.\1.downsample.conv.", key)
+        key = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", key)
+        key = re.sub(r"^head\.", "head.fc.", key)
+        key = re.sub(r"^norm\.", "head.norm.", key)
+        out[key] = value
+    return out
+
+
+# (description, detect, convert): the official key layouts the zoo knows. A family whose authors released
+# weights adds its entry here.
+OFFICIAL_LAYOUTS: list[tuple[str, Callable[[StateDict], bool], Callable[[StateDict], StateDict]]] = [
+    ("official PoolFormer v1 (sail-sg/poolformer)", _metaformer_v1_detect, _metaformer_v1_convert),
+    ("official MetaFormer baselines (sail-sg/metaformer)", _metaformer_v2_detect, _metaformer_v2_convert),
+]
+
+_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "module")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> StateDict:
+    """A plain state dict from a path (``weights_only=True``) or a mapping, unwrapping training checkpoints
+    (``{"model": ...}``, ``{"state_dict": ...}``) and DDP/compile prefixes (``module.``, ``_orig_mod.``)."""
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"Checkpoint file not found: {os.fspath(source)!r}.")
+        source = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(source, Mapping):
+        raise TypeError(f"A checkpoint must be a path or a state dict (a mapping); got {type(source).__name__}.")
+    for key in _WRAPPER_KEYS:
+        if key in source and isinstance(source[key], Mapping):
+            source = source[key]
+            break
+    state_dict = {}
+    for key, value in source.items():
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        state_dict[key] = value
+    return state_dict
+
+
+def _convert(state_dict: StateDict, model: nn.Module) -> tuple[StateDict, str]:
+    own = model.state_dict()
+    if set(state_dict) == set(own):
+        layout = "zoo/timm"
+    else:
+        layout = "zoo/timm"
+        for description, detect, convert in OFFICIAL_LAYOUTS:
+            if detect(state_dict):
+                state_dict, layout = convert(state_dict), description
+                break
+    # timm and the official v1 code use 1x1 convs where the zoo has Linear layers: same numbers, other shape.
+    out = {}
+    for key, value in state_dict.items():
+        if key in own and value.shape != own[key].shape and value.numel() == own[key].numel():
+            value = value.reshape(own[key].shape)
+        out[key] = value
+    return out, layout
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> StateDict:
+    """timm's ``pretrained_filter_fn``: any known layout -> the zoo's keys and shapes."""
+    return _convert(read_state_dict(state_dict), model)[0]
+
+
+def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]) -> str:
+    """Load ``source`` into ``model`` strictly; returns the layout that was detected.
+
+    Raises ``ValueError`` naming every missing, unexpected and mis-shaped key if the checkpoint does not fit.
+    """
+    state_dict, layout = _convert(read_state_dict(source), model)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if state_dict[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        problems = []
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
+            if items:
+                shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
+                problems.append(f"{len(items)} {title}: {shown}")
+        raise ValueError(
+            f"Checkpoint (detected layout: {layout}) does not fit {type(model).__name__}: "
+            + "; ".join(problems)
+            + ". Check that the checkpoint was written for this model and size (and num_classes)."
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return layout

@@ -1,0 +1,105 @@
+"""Shared layers of the backbone builder, all on channels-last tensors ``(B, H, W, C)``.
+
+Norms are named so configs can pick them:
+- ``layernorm``: per-token LayerNorm over the channels (ConvFormer/CAFormer block norm, v2 stem/downsample norm);
+- ``groupnorm1``: GroupNorm with one group, i.e. statistics over (H, W, C) per sample with a per-channel affine
+  (PoolFormer v1 with bias, eps 1e-5; "modified LayerNorm" of IdentityFormer/RandFormer/PoolFormerV2 without
+  bias, eps 1e-6). On a pooled vector ``(B, C)`` it reduces to ``layernorm``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mixers import create_act
+
+__all__ = ["NORMS", "GroupNorm1", "LayerNorm", "Mlp", "MlpHead", "Scale", "create_norm"]
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last (channel) dim, optional bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, bias: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class GroupNorm1(LayerNorm):
+    """GroupNorm(1) on ``(B, H, W, C)``: mean/var over (H, W, C) per sample, then a per-channel affine."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x, x.shape[1:], eps=self.eps)  # statistics over every dim but the batch
+        x = x * self.weight
+        return x + self.bias if self.bias is not None else x
+
+
+NORMS: dict[str, type[LayerNorm]] = {"layernorm": LayerNorm, "groupnorm1": GroupNorm1}
+
+
+def create_norm(name: str | None, dim: int, eps: float, bias: bool) -> nn.Module:
+    """A norm by name (``None`` gives ``nn.Identity``)."""
+    if name is None:
+        return nn.Identity()
+    if name not in NORMS:
+        raise ValueError(f"Unknown norm {name!r}; known: {', '.join(sorted(NORMS))} (or null for none).")
+    return NORMS[name](dim, eps=eps, bias=bias)
+
+
+class Mlp(nn.Module):
+    """Channel MLP on the last dim: fc1 (C -> rC) -> act -> drop -> fc2 (rC -> C) -> drop."""
+
+    def __init__(self, dim: int, hidden_dim: int, act: str = "starrelu", bias: bool = False, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
+        self.act = create_act(act)
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class Scale(nn.Module):
+    """Learnable per-channel scale on the last dim (LayerScale on a branch, ResScale on a skip)."""
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class MlpHead(nn.Module):
+    """The ConvFormer/CAFormer head: fc1 (C -> rC) -> SquaredReLU -> LayerNorm (eps 1e-5) -> dropout -> fc2."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        hidden_ratio: float = 4.0,
+        act: str = "squaredrelu",
+        norm_eps: float = 1e-5,
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        hidden = int(hidden_ratio * dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = create_act(act)
+        self.norm = LayerNorm(hidden, eps=norm_eps, bias=True)
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
