@@ -1,0 +1,627 @@
+"""Train or evaluate any zoo (or timm) model on images, driven by the Hydra configs in ``configs/``.
+
+    python train.py                                            # tiny MetaFormer on the embedded digits set
+    python train.py model=metaformer_tiny model.mixer=sepconv epochs=10
+    python train.py experiment=poolformer_s12 data.root=/imagenet
+    torchrun --standalone --nproc_per_node=8 train.py experiment=caformer_s18 data.root=/imagenet
+    python train.py epochs=2 resume=auto hydra.run.dir=outputs/my_run   # continue a run where it stopped
+    python train.py eval_only=true checkpoint=outputs/my_run/best.pth
+    python train.py -m model.mixer=pooling,identity,sepconv seed=0,1   # a sweep, one directory per job
+
+One loop for every setting: one process on CPU or GPU, or one process per GPU under ``torchrun`` (DDP, NCCL on
+GPU, gloo on CPU; works across nodes unchanged). Everything else is timm or torch: ``create_transform``,
+``Mixup``, ``create_optimizer_v2``, ``create_scheduler_v2``, ``ModelEmaV3``, autocast/GradScaler, DDP.
+
+Outputs in the run directory: ``last.pth`` (every epoch, and on SIGTERM/SIGUSR1 mid-epoch) and ``best.pth``,
+both written atomically; ``metrics.csv`` / ``metrics.jsonl`` (one row per epoch); ``summary.json``;
+``train.log``; ``.hydra/`` (the composed config); ``tensorboard/`` with ``logger=tensorboard``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from typing import Any
+
+import hydra
+import numpy as np
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad
+from timm.utils.distributed import init_distributed_device_so
+from torch.nn.parallel import DistributedDataParallel
+
+import models  # registers the zoo's models in timm (also used: models.load_checkpoint)
+from training.config import register_configs
+from training.data import create_datasets, eval_loader, train_batches, train_loader
+
+_logger = logging.getLogger("train")
+register_configs()
+
+CHECKPOINT_VERSION = 1
+_stop_signal: str | None = None  # set by the SIGTERM/SIGUSR1 handler, read after every optimizer step
+
+
+# --- setup ---------------------------------------------------------------------------------------------------
+def setup_runtime(cfg: DictConfig) -> dict[str, Any]:
+    """Device, process group (under torchrun or Slurm), threads, determinism and seeds."""
+    device = cfg.runtime.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    info = init_distributed_device_so(device, dist_backend=cfg.runtime.distributed.backend)
+    info["device"] = torch.device(info["device"])
+    info["primary"] = info["global_rank"] == 0
+    if cfg.runtime.num_threads:
+        torch.set_num_threads(cfg.runtime.num_threads)
+    if cfg.runtime.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif info["device"].type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    seed = cfg.seed + info["global_rank"]  # different augmentation per rank; DDP broadcasts rank 0's weights
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return info
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    """Instantiate ``cfg.model`` with the data's class count and channels (a clear error for unknown names)."""
+    name = cfg.model.get("model_name") if cfg.model.get("_target_") == "timm.create_model" else None
+    if name is not None and not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:10]
+        raise ValueError(
+            f"Unknown model {name!r}: not registered in timm (the zoo's models are registered by `import models`)."
+            + (f" Similar names: {', '.join(close)}." if close else "")
+            + " Zoo configs: configs/model/*.yaml (model=<file name>); any timm model: model=timm model.model_name=..."
+        )
+    return hydra.utils.instantiate(cfg.model, num_classes=cfg.data.num_classes, in_chans=cfg.data.in_chans)
+
+
+def autocast(cfg: DictConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if cfg.runtime.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.runtime.precision]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _on_stop_signal(signum: int, _frame: Any) -> None:
+    global _stop_signal
+    _stop_signal = signal.Signals(signum).name
+    _logger.warning(f"{_stop_signal} received: finishing this step, writing a checkpoint, then exiting.")
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """Every RNG this process uses, as tensors and plain Python values (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def all_rng_states(world_size: int) -> list[dict[str, Any]]:
+    """The RNG states of all ranks (a collective: every rank must call it)."""
+    if world_size == 1:
+        return [rng_state()]
+    states: list[Any] = [None] * world_size
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def resolve_resume(resume: str | None, output_dir: str) -> str | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = os.path.join(output_dir, "last.pth")
+        return path if os.path.isfile(path) else None
+    if not os.path.isfile(resume):
+        raise FileNotFoundError(f"resume={resume!r}: no such checkpoint file (use resume=auto or a path).")
+    return resume
+
+
+# --- one epoch -----------------------------------------------------------------------------------------------
+class Progress:
+    """A tqdm bar on a terminal, otherwise a log line every ``log_interval`` steps (rank 0 only)."""
+
+    def __init__(self, cfg: DictConfig, total: int, start: int, epoch: int, num_epochs: int, enabled: bool):
+        self.bar = None
+        self.interval, self.total, self.epoch, self.num_epochs = cfg.logger.log_interval, total, epoch, num_epochs
+        self.enabled = enabled
+        self.start_time, self.start = time.time(), start
+        show_bar = cfg.logger.progress_bar if cfg.logger.progress_bar is not None else sys.stderr.isatty()
+        if enabled and show_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=f"epoch {epoch + 1}/{num_epochs}", dynamic_ncols=True)
+
+    def update(self, step: int, loss: float, lr: float, images_per_sec: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_sec:.0f}", refresh=False)
+        elif step % self.interval == 0 or step == self.total:
+            done = step - self.start
+            eta = (time.time() - self.start_time) / max(done, 1) * (self.total - step)
+            _logger.info(
+                f"epoch {self.epoch + 1}/{self.num_epochs} step {step}/{self.total} loss {loss:.4f} lr {lr:.3e} "
+                f"{images_per_sec:.0f} img/s ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train_one_epoch(
+    cfg: DictConfig,
+    state: dict[str, Any],
+    epoch: int,
+    batches: list[list[int]],
+    start_batch: int,
+    on_step_end: Any,
+) -> dict[str, float]:
+    """Train over ``batches[start_batch:]``; returns the epoch's mean loss and global images/s.
+
+    Every micro-step syncs one small tensor (the loss and the stop flag, summed over ranks): a non-finite loss
+    raises ``FloatingPointError`` on every rank before it reaches the weights, and a stop signal on any rank
+    stops all of them after the same optimizer step.
+    """
+    model, net, optimizer, scaler = state["model"], state["net"], state["optimizer"], state["scaler"]
+    device, world_size, accum = state["device"], state["world_size"], cfg.optim.grad_accum_steps
+    mixup_fn: Mixup | None = state["mixup"]
+    if mixup_fn is not None and cfg.aug.mixup_off_epoch and epoch >= cfg.aug.mixup_off_epoch:
+        mixup_fn.mixup_enabled = False
+    loader = train_loader(state["train_ds"], batches[start_batch:], cfg.data.num_workers, cfg.data.pin_memory)
+    progress = Progress(cfg, len(batches), start_batch, epoch, state["num_epochs"], state["primary"])
+    model.train()
+    loss_sum, loss_count, images, start_time = 0.0, 0, 0, time.time()
+    for i, (x, y) in enumerate(loader, start=start_batch):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if cfg.runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if mixup_fn is not None:
+            x, y = mixup_fn(x, y)
+        is_update = (i + 1) % accum == 0
+        sync_ctx = model.no_sync() if world_size > 1 and not is_update else contextlib.nullcontext()
+        with sync_ctx:
+            with autocast(cfg, device):
+                loss = state["train_loss"](model(x), y)
+            flags = torch.stack([loss.detach().float(), torch.tensor(float(_stop_signal is not None), device=device)])
+            if world_size > 1:
+                dist.all_reduce(flags)
+            step_loss, stop = flags.tolist()
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(
+                    f"Loss is {step_loss} at epoch {epoch + 1}, batch {i + 1}: stopping. Nothing of this step was "
+                    f"applied; the last good checkpoint is {os.path.join(cfg.output_dir, 'last.pth')} (if one was "
+                    "written). Try a lower optim.lr, optim.clip_grad=1.0, or runtime.precision=bf16/fp32."
+                )
+            scaler.scale(loss / accum).backward()
+        loss_sum, loss_count, images = loss_sum + step_loss / world_size, loss_count + 1, images + x.shape[0]
+        if not is_update:
+            continue
+        if cfg.optim.clip_grad:
+            scaler.unscale_(optimizer)
+            dispatch_clip_grad(net.parameters(), cfg.optim.clip_grad, mode=cfg.optim.clip_mode)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        state["global_step"] += 1
+        if state["ema"] is not None:
+            state["ema"].update(net, step=state["global_step"])
+        if state["scheduler"] is not None:
+            state["scheduler"].step_update(num_updates=state["global_step"])
+        elapsed = time.time() - start_time
+        lr = optimizer.param_groups[-1]["lr"]
+        progress.update(i + 1, step_loss / world_size, lr, images * world_size / max(elapsed, 1e-9))
+        if stop:
+            progress.close()
+            on_step_end(epoch, i + 1)
+            return {}
+    progress.close()
+    elapsed = time.time() - start_time
+    return {
+        "train_loss": loss_sum / max(loss_count, 1),
+        "images_per_sec": images * world_size / max(elapsed, 1e-9),
+        "train_time": elapsed,
+        "train_images": images * world_size,
+    }
+
+
+@torch.no_grad()
+def evaluate(cfg: DictConfig, model: nn.Module, state: dict[str, Any]) -> dict[str, float]:
+    """Top-1/top-5 and loss over the whole validation set; each rank takes a disjoint share, then sums."""
+    device, world_size = state["device"], state["world_size"]
+    loader = eval_loader(
+        state["val_ds"],
+        cfg.eval_batch_size or 2 * cfg.batch_size,
+        cfg.data.num_workers,
+        cfg.data.pin_memory,
+        rank=state["rank"],
+        world_size=world_size,
+    )
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits, count
+    for i, (x, y) in enumerate(loader):
+        if cfg.limit_val_batches is not None and i >= cfg.limit_val_batches:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if cfg.runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg, device):
+            output = model(x)
+        output = output.float()
+        top1, top5 = accuracy(output, y, topk=(1, min(5, output.shape[1])))
+        n = x.shape[0]
+        loss = nn.functional.cross_entropy(output, y, reduction="sum")
+        totals += torch.stack([loss.double(), top1.double() * n / 100, top5.double() * n / 100, torch.tensor(n)])
+    if world_size > 1:
+        dist.all_reduce(totals)
+    loss_sum, top1, top5, count = totals.tolist()
+    count = max(count, 1)
+    return {"val_loss": loss_sum / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
+
+
+# --- the job -------------------------------------------------------------------------------------------------
+def run(cfg: DictConfig) -> float:
+    """Train (or, with ``eval_only``, evaluate) as configured; returns the best validation top-1 (%)."""
+    info = setup_runtime(cfg)
+    device, rank, world_size, primary = info["device"], info["global_rank"], info["world_size"], info["primary"]
+    if not primary:
+        logging.getLogger().setLevel(logging.WARNING)
+    output_dir = cfg.output_dir
+    if primary:
+        os.makedirs(output_dir, exist_ok=True)
+    train_ds, val_ds = create_datasets(cfg.data, cfg.aug, seed=cfg.seed)
+    net = build_model(cfg).to(device)
+    if cfg.runtime.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if cfg.runtime.grad_checkpointing:
+        net.set_grad_checkpointing(True)
+    num_params = sum(p.numel() for p in net.parameters())
+    _logger.info(
+        f"model {cfg.model.get('model_name', cfg.model.get('_target_'))}: {num_params / 1e6:.3f}M params | "
+        f"data {cfg.data.name}: {len(train_ds)} train / {len(val_ds)} val images, {cfg.data.num_classes} classes, "
+        f"{cfg.data.img_size}px | {world_size} process(es) on {device.type}, {cfg.runtime.precision}, "
+        f"{torch.get_num_threads()} thread(s) each"
+    )
+    if cfg.checkpoint:
+        layout = models.load_checkpoint(net, cfg.checkpoint)
+        _logger.info(f"loaded weights from {cfg.checkpoint} ({layout} layout)")
+    state: dict[str, Any] = dict(
+        net=net, device=device, rank=rank, world_size=world_size, primary=primary, train_ds=train_ds, val_ds=val_ds
+    )
+    if cfg.eval_only:
+        return run_eval_only(cfg, state, num_params)
+
+    # optimizer and schedule (lr_base_size: the config's lr is for that global batch; scale linearly)
+    global_batch = cfg.batch_size * world_size * cfg.optim.grad_accum_steps
+    lr = cfg.optim.lr * global_batch / cfg.optim.lr_base_size if cfg.optim.lr_base_size else cfg.optim.lr
+    opt_kwargs = {k: cfg.optim[k] for k in ("betas", "eps") if cfg.optim[k] is not None}
+    optimizer = create_optimizer_v2(
+        net,
+        opt=cfg.optim.opt,
+        lr=lr,
+        weight_decay=cfg.optim.weight_decay,
+        momentum=cfg.optim.momentum,
+        layer_decay=cfg.optim.layer_decay,
+        **opt_kwargs,
+    )
+    num_batches = len(train_batches(len(train_ds), cfg.batch_size, 0, cfg.seed, rank, world_size))
+    if cfg.limit_train_batches is not None:
+        num_batches = min(num_batches, cfg.limit_train_batches)
+    num_batches -= num_batches % cfg.optim.grad_accum_steps
+    if num_batches == 0:
+        raise ValueError(
+            f"No full training step per epoch: {len(train_ds)} images over {world_size} process(es) with "
+            f"batch_size={cfg.batch_size} x grad_accum_steps={cfg.optim.grad_accum_steps}. Lower them."
+        )
+    updates_per_epoch = num_batches // cfg.optim.grad_accum_steps
+    scheduler, num_epochs = None, cfg.epochs
+    if cfg.sched.sched != "none":
+        scheduler, num_epochs = create_scheduler_v2(
+            optimizer,
+            sched=cfg.sched.sched,
+            num_epochs=cfg.epochs,
+            decay_epochs=cfg.sched.decay_epochs,
+            decay_rate=cfg.sched.decay_rate,
+            cooldown_epochs=cfg.sched.cooldown_epochs,
+            min_lr=cfg.sched.min_lr,
+            warmup_lr=cfg.sched.warmup_lr,
+            warmup_epochs=cfg.sched.warmup_epochs,
+            warmup_prefix=cfg.sched.warmup_prefix,
+            step_on_epochs=not cfg.sched.on_updates,
+            updates_per_epoch=updates_per_epoch,
+        )
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.runtime.precision == "fp16")
+    ema = None
+    if cfg.ema.enabled:
+        ema = ModelEmaV3(
+            net, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup, device="cpu" if cfg.ema.force_cpu else None
+        )
+    mixup_active = cfg.aug.mixup > 0 or cfg.aug.cutmix > 0 or cfg.aug.cutmix_minmax is not None
+    mixup = None
+    if mixup_active:
+        mixup = Mixup(
+            mixup_alpha=cfg.aug.mixup,
+            cutmix_alpha=cfg.aug.cutmix,
+            cutmix_minmax=cfg.aug.cutmix_minmax,
+            prob=cfg.aug.mixup_prob,
+            switch_prob=cfg.aug.mixup_switch_prob,
+            mode=cfg.aug.mixup_mode,
+            label_smoothing=cfg.aug.smoothing,
+            num_classes=cfg.data.num_classes,
+        )
+        train_loss = SoftTargetCrossEntropy()
+    elif cfg.aug.smoothing > 0:
+        train_loss = LabelSmoothingCrossEntropy(smoothing=cfg.aug.smoothing)
+    else:
+        train_loss = nn.CrossEntropyLoss()
+
+    # resume: everything that makes the run continue as if it had never stopped
+    start_epoch, start_batch, global_step = 0, 0, 0
+    best = {"top1": -1.0, "epoch": -1}
+    resume_path = resolve_resume(cfg.resume, output_dir)
+    if resume_path is not None:
+        ckpt = torch.load(resume_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt["scheduler"] is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt["ema"] is not None:
+            ema.module.load_state_dict(ckpt["ema"])
+        start_epoch, start_batch, global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
+        best = ckpt["best"]
+        if len(ckpt["rng"]) == world_size:
+            set_rng_state(ckpt["rng"][rank])
+        else:
+            _logger.warning(f"checkpoint has RNG states for {len(ckpt['rng'])} ranks, not {world_size}: reseeded.")
+        if ckpt["config"].get("epochs") != cfg.epochs:
+            _logger.warning(
+                f"epochs changed from {ckpt['config'].get('epochs')} to {cfg.epochs}: the lr schedule moves."
+            )
+        if scheduler is not None:  # the schedule's length comes from this config
+            scheduler.step(start_epoch)
+            scheduler.step_update(global_step)
+        _logger.info(f"resumed from {resume_path}: epoch {start_epoch + 1}, batch {start_batch}, step {global_step}")
+    elif cfg.resume == "auto":
+        _logger.info(f"resume=auto: no checkpoint in {output_dir}, starting from scratch")
+
+    model: nn.Module = net
+    if cfg.runtime.compile:
+        model = torch.compile(net, mode=cfg.runtime.compile_mode)
+    eval_model = model
+    if world_size > 1:
+        model = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.runtime.distributed.find_unused_parameters,
+        )
+    state.update(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        ema=ema,
+        mixup=mixup,
+        train_loss=train_loss,
+        global_step=global_step,
+        num_epochs=num_epochs,
+    )
+
+    def save_checkpoint(epoch: int, batch_in_epoch: int, is_best: bool = False) -> None:
+        """All ranks gather RNG states; rank 0 writes ``last.pth`` (and ``best.pth``)."""
+        rng = all_rng_states(world_size)
+        if not primary:
+            return
+        ckpt = {
+            "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict(),
+            "ema": ema.module.state_dict() if ema is not None else None,
+            "epoch": epoch,  # the epoch to (re)start at
+            "batch_in_epoch": batch_in_epoch,  # batches of that epoch already trained on (mid-epoch stop)
+            "global_step": state["global_step"],
+            "best": best,
+            "rng": rng,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "version": CHECKPOINT_VERSION,
+        }
+        save_atomic(ckpt, os.path.join(output_dir, "last.pth"))
+        if is_best:
+            save_atomic(ckpt, os.path.join(output_dir, "best.pth"))
+
+    def on_stop(epoch: int, batch_in_epoch: int) -> None:
+        if batch_in_epoch >= num_batches:
+            save_checkpoint(epoch + 1, 0)
+        else:
+            save_checkpoint(epoch, batch_in_epoch)
+        _logger.warning(f"stopped by {_stop_signal} at epoch {epoch + 1}, batch {batch_in_epoch}: checkpoint written.")
+
+    previous_handlers = {s: signal.signal(s, _on_stop_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    writer = open_tensorboard(cfg, output_dir) if primary else None
+    train_images, train_time, last_metrics, epochs_done = 0, 0.0, {}, start_epoch
+    _logger.info(
+        f"training {num_epochs} epochs x {updates_per_epoch} steps, global batch {global_batch}, lr {lr:.3e}, "
+        f"output {output_dir}"
+    )
+    try:
+        for epoch in range(start_epoch, num_epochs):
+            batches = train_batches(len(train_ds), cfg.batch_size, epoch, cfg.seed, rank, world_size)[:num_batches]
+            train_metrics = train_one_epoch(cfg, state, epoch, batches, start_batch, on_stop)
+            start_batch = 0
+            if not train_metrics:  # stopped by a signal, checkpoint written
+                break
+            if scheduler is not None:
+                scheduler.step(epoch + 1)
+            metrics = {"epoch": epoch + 1, **train_metrics, "lr": optimizer.param_groups[-1]["lr"]}
+            metrics.update(evaluate(cfg, eval_model, state))
+            score = metrics["top1"]
+            if ema is not None:
+                ema_metrics = evaluate(cfg, ema.module, state)
+                metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
+                score = ema_metrics["top1"]
+            is_best = score > best["top1"]
+            if is_best:
+                best = {"top1": score, "epoch": epoch + 1}
+            save_checkpoint(epoch + 1, 0, is_best)
+            train_images, train_time = train_images + metrics.pop("train_images"), train_time + metrics["train_time"]
+            last_metrics, epochs_done = metrics, epoch + 1
+            if primary:
+                log_epoch(cfg, metrics, writer, best)
+            if _stop_signal is not None:
+                _logger.warning(f"stopped by {_stop_signal} after epoch {epoch + 1}: checkpoint written.")
+                break
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+        if writer is not None:
+            writer.close()
+
+    ranks_in_sync = None
+    if world_size > 1:  # DDP keeps replicas equal; prove it with a per-parameter fingerprint from every rank
+        fingerprint = torch.stack([p.detach().double().sum() for p in net.parameters()])
+        gathered = [torch.zeros_like(fingerprint) for _ in range(world_size)]
+        dist.all_gather(gathered, fingerprint)
+        ranks_in_sync = all(torch.equal(g, gathered[0]) for g in gathered)
+        if not ranks_in_sync:
+            _logger.warning("model weights differ between ranks at the end of training")
+    summary = {
+        "best_top1": best["top1"],
+        "best_epoch": best["epoch"],
+        "final_top1": last_metrics.get("ema_top1", last_metrics.get("top1")),
+        "final_top5": last_metrics.get("ema_top5", last_metrics.get("top5")),
+        "final_top1_model": last_metrics.get("top1"),
+        "epochs_completed": epochs_done,
+        "epochs_total": num_epochs,
+        "stopped_by": _stop_signal,
+        "train_images_per_sec": train_images / train_time if train_time else None,
+        "params": num_params,
+        "global_batch": global_batch,
+        "world_size": world_size,
+        "ranks_in_sync": ranks_in_sync,
+        "device": device.type,
+        "precision": cfg.runtime.precision,
+    }
+    if primary:
+        with open(os.path.join(output_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        _logger.info(f"summary: {json.dumps(summary)}")
+    return best["top1"]
+
+
+def run_eval_only(cfg: DictConfig, state: dict[str, Any], num_params: int) -> float:
+    """Evaluate ``checkpoint`` (already loaded), or the checkpoint ``resume`` points at (model and EMA weights)."""
+    net = state["net"]
+    results: dict[str, Any] = {"params": num_params}
+    resume_path = resolve_resume(cfg.resume, cfg.output_dir)
+    ema_weights = None
+    if not cfg.checkpoint:
+        if resume_path is None:
+            raise ValueError("eval_only=true needs checkpoint=<path> (or resume=<path> / resume=auto with a last.pth).")
+        ckpt = torch.load(resume_path, map_location="cpu", weights_only=True)
+        models.load_checkpoint(net, ckpt)
+        ema_weights = ckpt.get("ema")
+        results["checkpoint"] = resume_path
+    else:
+        results["checkpoint"] = cfg.checkpoint
+    results.update(evaluate(cfg, net, state))
+    if ema_weights is not None:
+        net.load_state_dict(ema_weights)
+        results.update({f"ema_{k}": v for k, v in evaluate(cfg, net, state).items()})
+    if state["primary"]:
+        with open(os.path.join(cfg.output_dir, "eval.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        _logger.info(f"eval: {json.dumps(results)}")
+    return results["top1"]
+
+
+# --- outputs -------------------------------------------------------------------------------------------------
+def open_tensorboard(cfg: DictConfig, output_dir: str) -> Any:
+    if not cfg.logger.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        _logger.warning("logger.tensorboard=true but the tensorboard package is not installed: skipping it.")
+        return None
+    return SummaryWriter(os.path.join(output_dir, "tensorboard"))
+
+
+def log_epoch(cfg: DictConfig, metrics: dict[str, float], writer: Any, best: dict[str, Any]) -> None:
+    """Console line, metrics.csv / metrics.jsonl rows, TensorBoard scalars."""
+    _logger.info(
+        f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.4f} | val loss {metrics['val_loss']:.4f} "
+        f"top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f}"
+        + (f" | ema top1 {metrics['ema_top1']:.2f}" if "ema_top1" in metrics else "")
+        + f" | {metrics['images_per_sec']:.0f} img/s | best {best['top1']:.2f} (epoch {best['epoch']})"
+    )
+    if cfg.logger.csv:
+        path = os.path.join(cfg.output_dir, "metrics.csv")
+        new = not os.path.isfile(path)
+        with open(path, "a", newline="") as f:
+            csv_writer = csv.DictWriter(f, fieldnames=list(metrics))
+            if new:
+                csv_writer.writeheader()
+            csv_writer.writerow(metrics)
+    if cfg.logger.json:
+        with open(os.path.join(cfg.output_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+    if writer is not None:
+        for key, value in metrics.items():
+            if key != "epoch":
+                writer.add_scalar(key, value, metrics["epoch"])
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        return run(cfg)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Structured-config schema of ``configs/train.yaml``: every key, its type and its default.
+
+``register_configs()`` stores the schema in Hydra's ConfigStore as ``train_schema``, the first entry of
+``train.yaml``'s defaults list. With it a mistyped key (``optim.lrr=1``) or a value of the wrong type
+(``epochs=ten``) is a composition error instead of a silently ignored setting. The ``model`` node is free-form:
+it is the keyword arguments of its ``_target_`` (``models.MetaFormer`` or ``timm.create_model``), and those
+constructors reject unknown keywords themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+__all__ = ["TrainConfig", "register_configs"]
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class DataConfig:
+    """What to train on; ``num_classes``, ``in_chans`` and ``img_size`` are passed on to the model."""
+
+    name: str = "digits"  # digits | folder | fake
+    root: str | None = None  # folder: ImageFolder root with train/ and val/ (or a .tar); others ignore it
+    dataset: str = ""  # folder: timm create_dataset name ('' = folder or tar, 'wds/...' = WebDataset)
+    train_split: str = "train"
+    val_split: str = "validation"  # timm searches val/, validation/, valid/
+    num_classes: int = 10
+    in_chans: int = 3
+    img_size: int = 224
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    crop_pct: float = 0.875  # eval: resize to img_size / crop_pct, center crop img_size
+    interpolation: str = "bicubic"  # eval resize
+    num_workers: int = 4
+    pin_memory: bool = True
+    val_fraction: float = 0.2  # digits: held-out share of the 1797 images (fixed stratified split)
+    fake_train_size: int = 1024  # fake: images per epoch
+    fake_val_size: int = 256
+
+
+@dataclass
+class AugConfig:
+    """timm ``create_transform`` options for training, Mixup/CutMix and label smoothing."""
+
+    no_aug: bool = False
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: float = 0.5
+    vflip: float = 0.0
+    color_jitter: float | None = 0.4  # ignored by timm when auto_augment is set
+    auto_augment: str | None = None  # e.g. rand-m9-mstd0.5-inc1
+    train_interpolation: str = "random"
+    re_prob: float = 0.0  # random erasing
+    re_mode: str = "pixel"
+    re_count: int = 1
+    mixup: float = 0.0  # Mixup alpha (0 = off)
+    cutmix: float = 0.0  # CutMix alpha (0 = off)
+    cutmix_minmax: list[float] | None = None
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    mixup_off_epoch: int = 0  # turn Mixup/CutMix off from this epoch on (0 = never)
+    smoothing: float = 0.1  # label smoothing
+
+
+@dataclass
+class OptimConfig:
+    """timm ``create_optimizer_v2`` options, plus accumulation and clipping."""
+
+    opt: str = "adamw"  # any timm optimizer name: adamw, lamb, sgd, ...
+    lr: float = 1e-3
+    lr_base_size: int | None = None  # if set, lr is for this global batch and scales linearly with the real one
+    weight_decay: float = 0.05  # not applied to biases, norms, 1-d params and model.no_weight_decay()
+    momentum: float = 0.9  # sgd
+    betas: list[float] | None = None
+    eps: float | None = None
+    layer_decay: float | None = None  # e.g. 0.75 (uses model.group_matcher())
+    grad_accum_steps: int = 1
+    clip_grad: float | None = None
+    clip_mode: str = "norm"  # norm | value | agc
+
+
+@dataclass
+class SchedConfig:
+    """timm ``create_scheduler_v2`` options."""
+
+    sched: str = "cosine"  # cosine | step | multistep | plateau | poly | tanh | wsd | none (constant lr)
+    on_updates: bool = True  # step the lr every optimizer update (False: once per epoch, as the papers did)
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-6
+    warmup_prefix: bool = False
+    min_lr: float = 1e-5
+    cooldown_epochs: int = 0  # extra epochs at min_lr after the cosine (timm-era recipes: +10)
+    decay_epochs: float = 90
+    decay_rate: float = 0.1
+
+
+@dataclass
+class DistributedConfig:
+    backend: str | None = None  # None: nccl on CUDA, gloo on CPU
+    find_unused_parameters: bool = False
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how the model runs."""
+
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str | None = None  # torch.compile mode, e.g. max-autotune
+    grad_checkpointing: bool = False
+    deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.deterministic
+    num_threads: int | None = None  # torch.set_num_threads (None: torch's default)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = False
+    decay: float = 0.9998
+    warmup: bool = False
+    force_cpu: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    log_interval: int = 50  # console line every N optimizer steps (when no progress bar is drawn)
+    progress_bar: bool | None = None  # None: a bar when stderr is a terminal
+    csv: bool = True  # metrics.csv
+    json: bool = True  # metrics.jsonl
+    tensorboard: bool = False  # needs the tensorboard package; skipped with a warning if it is missing
+
+
+@dataclass
+class TrainConfig:
+    model: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    epochs: int = 30
+    batch_size: int = 64  # per process and per micro-step; global = batch_size * world_size * grad_accum_steps
+    eval_batch_size: int | None = None  # default: 2 * batch_size
+    seed: int = 0
+    resume: str | None = None  # auto (last.pth in output_dir, if any) | a checkpoint path | null
+    checkpoint: str | None = None  # weights to start from (fine-tuning) or to evaluate with eval_only
+    eval_only: bool = False
+    limit_train_batches: int | None = None  # cap on batches per epoch (smoke and throughput runs)
+    limit_val_batches: int | None = None
+    output_dir: str = "outputs"
+    name: str = "train"
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+
+
+def run_id() -> str:
+    """The run directory's name: ``<date>/<time with ms>`` (no two runs share it, even within a second), or
+    ``<date>/torchrun_<run id>`` under torchrun, where every rank composes the config and must agree on it."""
+    now = datetime.now()
+    torchrun_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if torchrun_id != "none":
+        return f"{now:%Y-%m-%d}/torchrun_{torchrun_id}"
+    return f"{now:%Y-%m-%d}/{now:%H-%M-%S}-{now.microsecond // 1000:03d}"
+
+
+def register_configs() -> None:
+    """Register the schema (``train_schema``, first in ``train.yaml``'s defaults) and the resolvers the configs use:
+    ``run_id`` (the run directory name), ``rank_zero`` (a value on rank 0, null elsewhere), ``log_file_name``."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    OmegaConf.register_new_resolver("run_id", run_id, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("rank_zero", lambda value: value if _rank() == 0 else None, replace=True)
+    OmegaConf.register_new_resolver(
+        "log_file_name", lambda job: f"{job}.log" if _rank() == 0 else f"{job}_rank{_rank()}.log", replace=True
+    )

@@ -1,0 +1,240 @@
+"""Datasets and loaders for ``train.py``: the embedded ``digits`` set, image folders (ImageNet), synthetic data.
+
+Every dataset yields ``(PIL image, int label)`` and gets its transform from timm's ``create_transform``, so the
+same augmentation config drives all of them. One dataset object is built per split, so no transform is ever
+shared between the train and eval pipelines.
+
+Loaders are plain ``torch.utils.data.DataLoader``s over an explicit list of batches (see ``train_batches``):
+the order of an epoch depends only on ``(seed, epoch)`` and the rank, so a run can resume in the middle of an
+epoch by skipping the batches it has already trained on, on any number of processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from timm.data import auto_augment, create_dataset, create_transform
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+_logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DigitsDataset",
+    "create_datasets",
+    "eval_loader",
+    "fix_posterize_for_pillow13",
+    "train_batches",
+    "train_loader",
+]
+
+IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+FOLDER_LAYOUT = """expected an ImageFolder layout (or timm-readable .tar shards) with one sub-folder per class:
+    {root}/train/<class_name>/<image>.jpg
+    {root}/val/<class_name>/<image>.jpg      (or validation/, valid/)"""
+
+
+def fix_posterize_for_pillow13() -> None:
+    """Make timm's RandAugment posterize ops valid under Pillow >= 13.
+
+    ``rand-m9-mstd0.5-inc1`` can draw magnitude 10, where ``PosterizeIncreasing`` asks to keep 0 bits (and
+    ``Posterize`` below magnitude 2.5 does the same). Pillow < 13 returned a black image; Pillow 13 raises
+    ``ValueError: bits must be between or equal to 1 and 8`` in a dataloader worker, a few hundred times per
+    ImageNet epoch. Keeping 1 bit instead is the nearest valid op. Idempotent.
+    """
+
+    def posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+        return auto_augment.posterize(img, max(1, int(bits_to_keep)), **kwargs)
+
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        auto_augment.NAME_TO_OP[name] = posterize
+
+
+fix_posterize_for_pillow13()
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's handwritten digits (1797 real 8x8 grey images, 10 classes, bundled: no download).
+
+    A fixed stratified split (``val_fraction`` of the images, ``split_seed``) gives ``train`` or ``val``. Each
+    image is upsampled once to ``img_size`` (bicubic) and returned as a PIL image in mode ``L`` (``in_chans=1``)
+    or ``RGB`` (``in_chans=3``), so timm's transforms treat it like any photo.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        img_size: int = 32,
+        in_chans: int = 1,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        transform: Any = None,
+    ) -> None:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        if split not in ("train", "val"):
+            raise ValueError(f"digits: split must be 'train' or 'val', got {split!r}.")
+        if in_chans not in (1, 3):
+            raise ValueError(f"digits: in_chans must be 1 or 3, got {in_chans}.")
+        digits = load_digits()
+        images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)  # (1797, 8, 8), values 0..16
+        indices = np.arange(len(images))
+        train_idx, val_idx = train_test_split(
+            indices, test_size=val_fraction, random_state=split_seed, stratify=digits.target
+        )
+        keep = np.sort(train_idx if split == "train" else val_idx)
+        mode = "L" if in_chans == 1 else "RGB"
+        self.images = [
+            Image.fromarray(images[i], mode="L").resize((img_size, img_size), Image.Resampling.BICUBIC).convert(mode)
+            for i in keep
+        ]
+        self.targets = [int(t) for t in digits.target[keep]]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img = self.images[index]
+        return (self.transform(img) if self.transform is not None else img), self.targets[index]
+
+
+class FakeDataset(Dataset):
+    """Synthetic images (uniform noise, random labels), fixed per index: for throughput runs at any size."""
+
+    def __init__(self, size: int, img_size: int, in_chans: int, num_classes: int, seed: int, transform: Any = None):
+        self.size, self.img_size, self.in_chans = size, img_size, in_chans
+        self.num_classes, self.seed, self.transform = num_classes, seed, transform
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        rng = np.random.default_rng(self.seed + index)
+        pixels = rng.integers(0, 256, (self.img_size, self.img_size, self.in_chans), dtype=np.uint8)
+        img = Image.fromarray(pixels[..., 0] if self.in_chans == 1 else pixels)
+        target = int(rng.integers(self.num_classes))
+        return (self.transform(img) if self.transform is not None else img), target
+
+
+def _check_folder_root(root: str | None) -> None:
+    """A clear error for a missing or empty dataset root, before timm's own (less helpful) one."""
+    if not root:
+        raise FileNotFoundError(f"data.root is not set; {FOLDER_LAYOUT.format(root='<data.root>')}")
+    if not os.path.exists(root):
+        raise FileNotFoundError(f"data.root {root!r} does not exist; {FOLDER_LAYOUT.format(root=root)}")
+    if os.path.isfile(root):
+        return  # a .tar of the whole set, read by timm
+    has_images = False
+    for _dirpath, _dirnames, filenames in os.walk(root):
+        if any(f.lower().endswith((*IMG_EXTENSIONS, ".tar")) for f in filenames):
+            has_images = True
+            break
+    if not has_images:
+        raise FileNotFoundError(f"data.root {root!r} holds no images; {FOLDER_LAYOUT.format(root=root)}")
+
+
+def _transform(data_cfg: Any, aug_cfg: Any, is_training: bool) -> Any:
+    """timm's train or eval transform from the data and aug configs."""
+    common = dict(
+        input_size=(data_cfg.in_chans, data_cfg.img_size, data_cfg.img_size),
+        mean=tuple(data_cfg.mean),
+        std=tuple(data_cfg.std),
+        crop_pct=data_cfg.crop_pct,
+    )
+    if not is_training:
+        return create_transform(**common, is_training=False, interpolation=data_cfg.interpolation)
+    return create_transform(
+        **common,
+        is_training=True,
+        no_aug=aug_cfg.no_aug,
+        scale=tuple(aug_cfg.scale),
+        ratio=tuple(aug_cfg.ratio),
+        hflip=aug_cfg.hflip,
+        vflip=aug_cfg.vflip,
+        color_jitter=aug_cfg.color_jitter,
+        auto_augment=aug_cfg.auto_augment,
+        interpolation=aug_cfg.train_interpolation,
+        re_prob=aug_cfg.re_prob,
+        re_mode=aug_cfg.re_mode,
+        re_count=aug_cfg.re_count,
+    )
+
+
+def create_datasets(data_cfg: Any, aug_cfg: Any, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(train, val) datasets, each with its own transform, for ``data.name`` in digits / folder / fake."""
+    train_tf, val_tf = _transform(data_cfg, aug_cfg, True), _transform(data_cfg, aug_cfg, False)
+    name = data_cfg.name
+    if name == "digits":
+        kwargs = dict(img_size=data_cfg.img_size, in_chans=data_cfg.in_chans, val_fraction=data_cfg.val_fraction)
+        return DigitsDataset("train", transform=train_tf, **kwargs), DigitsDataset("val", transform=val_tf, **kwargs)
+    if name == "fake":
+        kwargs = dict(img_size=data_cfg.img_size, in_chans=data_cfg.in_chans, num_classes=data_cfg.num_classes)
+        return (
+            FakeDataset(data_cfg.fake_train_size, seed=seed, transform=train_tf, **kwargs),
+            FakeDataset(data_cfg.fake_val_size, seed=seed + 10**9, transform=val_tf, **kwargs),
+        )
+    if name == "folder":
+        _check_folder_root(data_cfg.root)
+        mode = "L" if data_cfg.in_chans == 1 else "RGB"
+        datasets = []
+        for split, tf, training in ((data_cfg.train_split, train_tf, True), (data_cfg.val_split, val_tf, False)):
+            try:
+                ds = create_dataset(
+                    data_cfg.dataset, root=data_cfg.root, split=split, is_training=training, input_img_mode=mode
+                )
+            except (RuntimeError, FileNotFoundError) as err:  # timm: "Found 0 images in subfolders of ..."
+                raise FileNotFoundError(
+                    f"could not read split {split!r} under data.root {data_cfg.root!r} ({err}); "
+                    + FOLDER_LAYOUT.format(root=data_cfg.root)
+                ) from err
+            if len(ds) == 0:
+                raise FileNotFoundError(
+                    f"split {split!r} under {data_cfg.root!r} is empty; {FOLDER_LAYOUT.format(root=data_cfg.root)}"
+                )
+            ds.transform = tf
+            datasets.append(ds)
+        return datasets[0], datasets[1]
+    raise ValueError(f"Unknown data.name {name!r}; use digits, folder or fake.")
+
+
+def train_batches(
+    num_samples: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1
+) -> list[list[int]]:
+    """This rank's shuffled batches for ``epoch``: a function of (seed, epoch, rank) only; last partial dropped."""
+    sampler = DistributedSampler(
+        range(num_samples), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+    )
+    sampler.set_epoch(epoch)
+    indices = list(sampler)
+    return [indices[i : i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
+
+
+def _loader(dataset: Dataset, num_workers: int, pin_memory: bool, **kwargs: Any) -> DataLoader:
+    return DataLoader(
+        dataset,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+        **kwargs,
+    )
+
+
+def train_loader(dataset: Dataset, batches: Sequence[list[int]], num_workers: int, pin_memory: bool) -> DataLoader:
+    """A loader over the given batches (a list is a valid ``batch_sampler``)."""
+    return _loader(dataset, num_workers, pin_memory, batch_sampler=batches)
+
+
+def eval_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool, rank: int = 0, world_size: int = 1
+) -> DataLoader:
+    """Every ``world_size``-th sample from ``rank``: the ranks cover the set exactly once (no padding)."""
+    return _loader(
+        dataset, num_workers, pin_memory, batch_size=batch_size, sampler=range(rank, len(dataset), world_size)
+    )
