@@ -208,7 +208,15 @@ class ClassifierHead(nn.Module):
 
 
 class MetaFormer(nn.Module):
-    """Hierarchical MetaFormer backbone; every per-stage option takes one value or a list with one per stage."""
+    """Hierarchical MetaFormer backbone; every per-stage option takes one value or a list with one per stage.
+
+    Per-stage: ``mixer`` (a mixer spec, see ``mixers.create_mixer``), ``norm``, ``mlp_ratio``,
+    ``layer_scale_init``, ``res_scale_init`` (None = no scale). ``norm_eps``/``norm_bias`` apply to the stem,
+    downsampling and block norms; the final norm always has a bias and uses ``head_norm_eps`` (default
+    ``norm_eps``). ``img_size`` only matters to mixers whose weights depend on the grid (they get the stage grid
+    it gives). ``drop_rate`` is dropout on the pooled features, ``head_dropout`` the official MLP head's dropout
+    before its last layer.
+    """
 
     def __init__(
         self,
@@ -241,6 +249,7 @@ class MetaFormer(nn.Module):
         head: str = "linear",
         head_norm: str | None = "layernorm",
         head_norm_before_pool: bool = False,
+        head_norm_eps: float | None = None,
         head_hidden_ratio: float = 4.0,
         head_mlp_norm_eps: float = 1e-5,
         head_dropout: float = 0.0,
@@ -269,7 +278,8 @@ class MetaFormer(nn.Module):
         )
         grid = tuple(_conv_out(s, stem_kernel_size, stem_stride, stem_padding) for s in self.img_size)
         reduction = stem_stride
-        drop_path_rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        num_blocks = sum(depths)  # drop path grows linearly with the global block index, 0 -> drop_path_rate
+        drop_path_rates = [drop_path_rate * j / max(num_blocks - 1, 1) for j in range(num_blocks)]
         stages, self.feature_info = [], []
         for i in range(num_stages):
             if i == 0:
@@ -306,7 +316,7 @@ class MetaFormer(nn.Module):
             num_classes,
             pool_type=global_pool,
             norm=head_norm,
-            norm_eps=norm_eps,
+            norm_eps=norm_eps if head_norm_eps is None else head_norm_eps,
             norm_before_pool=head_norm_before_pool,
             head=head,
             hidden_ratio=head_hidden_ratio,

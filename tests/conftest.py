@@ -1,0 +1,38 @@
+"""Shared helpers: compose model configs the way train.py does, and the published figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+import models  # noqa: F401  (registers the zoo in timm)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+MODEL_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+
+
+def compose_model_config(name: str, overrides: list[str] | None = None) -> Any:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(overrides=[f"+model={name}", *(overrides or [])]).model
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """A model from ``configs/model/<name>.yaml`` (``hydra.utils.instantiate``), like train.py builds it.
+
+    The model group is composed on its own, so these tests do not depend on the rest of the training tree."""
+    return instantiate(compose_model_config(name), **kwargs)
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

@@ -1,0 +1,270 @@
+"""The backbone builder and the named models: published sizes, the timm model contract, runtime paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from timm.optim import create_optimizer_v2
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import MetaFormer
+from models.metaformer_baselines import SIZES
+from tests.conftest import MODEL_CONFIGS, build_model, num_params
+from tests.published import PUBLISHED, TIMM_OWNED
+
+ZOO_TIMM_NAMES = [f"{family}_{size}" for family in ("identityformer", "randformer") for size in SIZES]
+
+
+def tiny(**kwargs) -> MetaFormer:
+    """A small 4-stage model with every baseline mixer, for the runtime-path tests."""
+    options = dict(
+        depths=(1, 1, 2, 1),
+        dims=(16, 24, 32, 48),
+        mixer=["pooling", "sepconv", "attention", {"name": "attention", "head_dim": 16}],
+        num_classes=7,
+    )
+    return MetaFormer(**{**options, **kwargs})
+
+
+def _matches_published(measured: float, published: float, rel: float) -> bool:
+    """Within ``rel`` of the published figure, or equal to it at the precision it was published with."""
+    decimals = len(repr(float(published)).split(".")[1].rstrip("0")) if float(published) % 1 else 0
+    return abs(measured - published) <= rel * published or round(measured, decimals) == published
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_params_and_macs_match_the_papers(name: str) -> None:
+    with torch.device("meta"):
+        model = build_model(name)
+        with FlopCounterMode(display=False) as counter:
+            model(torch.empty(1, 3, 224, 224))
+    published = PUBLISHED[name]
+    params = num_params(model) / 1e6
+    macs = counter.get_total_flops() / 2e9
+    assert _matches_published(params, published["params"], 0.01), f"{name}: {params:.3f} M params vs {published}"
+    assert abs(macs - published["macs"]) <= 0.05 * published["macs"], f"{name}: {macs:.3f} GMACs vs {published}"
+    frozen = sum(b.numel() for b in model.buffers()) / 1e6
+    assert _matches_published(frozen, published.get("frozen", 0.0), 0.01), f"{name}: {frozen:.3f} M frozen"
+
+
+@pytest.mark.parametrize("name", TIMM_OWNED)
+def test_builder_made_timm_architectures_have_timm_parameter_shapes(name: str) -> None:
+    with torch.device("meta"):
+        zoo, ref = build_model(name), timm.create_model(name)
+    assert num_params(zoo) == num_params(ref)
+
+
+def test_importing_the_zoo_shadows_no_timm_model() -> None:
+    code = (
+        "import warnings, timm\n"
+        "before = set(timm.list_models())\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import models\n"
+        "zoo = set(timm.list_models()) - before\n"
+        "overwrites = [str(w.message) for w in caught if 'Overwriting' in str(w.message)]\n"
+        "assert not overwrites, overwrites\n"
+        "print(sorted(zoo))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    registered = set(eval(out))
+    assert registered == set(ZOO_TIMM_NAMES)
+
+
+@pytest.mark.parametrize("name", ZOO_TIMM_NAMES)
+def test_zoo_models_satisfy_timm_default_cfg_contract(name: str) -> None:
+    """A port of timm's ``test_model_default_cfgs`` checks."""
+    model = timm.create_model(name).eval()
+    cfg = model.pretrained_cfg
+    x = torch.randn(1, *cfg["input_size"])
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert features.shape[-2:] == cfg["pool_size"]
+        assert features.shape[1] == model.num_features
+        assert model.forward_head(features, pre_logits=True).shape == (1, model.head_hidden_size)
+        assert model(x).shape == (1, cfg["num_classes"])
+        model.reset_classifier(0)
+        assert model(x).shape == (1, model.num_features)
+        model.reset_classifier(0, "")
+        assert model(x).ndim == 4
+    state = model.state_dict()
+    assert cfg["first_conv"] + ".weight" in state
+    assert cfg["classifier"] + ".weight" in timm.create_model(name).state_dict()
+    for key in ("paper_ids", "origin_url", "license", "interpolation", "crop_pct", "mean", "std"):
+        assert cfg.get(key), key
+    assert cfg["fixed_input_size"] == name.startswith("randformer")
+
+
+def test_create_model_without_pool_and_classes_returns_the_map() -> None:
+    model = timm.create_model("identityformer_s12", num_classes=0, global_pool="")
+    assert model(torch.randn(1, 3, 224, 224)).shape == (1, 512, 7, 7)
+
+
+@pytest.mark.parametrize("name", ["identityformer_s12", "randformer_s12"])
+def test_features_only_gives_four_maps_at_strides_4_to_32(name: str) -> None:
+    model = timm.create_model(name, features_only=True)
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    maps = model(torch.randn(1, 3, 224, 224))
+    assert [tuple(m.shape) for m in maps] == [(1, 64, 56, 56), (1, 128, 28, 28), (1, 320, 14, 14), (1, 512, 7, 7)]
+    subset = timm.create_model(name, features_only=True, out_indices=(1, 3))
+    assert [m.shape[-1] for m in subset(torch.randn(1, 3, 224, 224))] == [28, 7]
+
+
+def test_forward_intermediates_agrees_with_forward_features() -> None:
+    model = tiny().eval()
+    x = torch.randn(2, 3, 64, 48)
+    final, maps = model.forward_intermediates(x)
+    torch.testing.assert_close(final, model.forward_features(x))
+    assert [m.shape[1] for m in maps] == [16, 24, 32, 48]
+    assert [64 // m.shape[2] for m in maps] == [f["reduction"] for f in model.feature_info]
+    torch.testing.assert_close(maps[-1], final)
+    last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+    torch.testing.assert_close(last_two[0], maps[2])
+    early = model.forward_intermediates(x, indices=[0, 1], stop_early=True, intermediates_only=True)
+    torch.testing.assert_close(early[1], maps[1])
+    kept = model.prune_intermediate_layers([1])
+    assert kept == [1] and len(model.stages) == 2
+    assert model.forward_features(x).shape[1] == 24
+
+
+def test_mlp_head_pre_logits_and_reset() -> None:
+    model = tiny(head="mlp", num_classes=5)
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 5)
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, 48)
+    assert model.get_classifier().fc2.out_features == 5
+    model.reset_classifier(11)
+    assert model(x).shape == (2, 11)
+    model.reset_classifier(0, "")
+    assert model(x).shape == (2, 48, 1, 1)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 64), (97, 65), (225, 197)], ids=str)
+def test_any_resolution_runs_for_grid_free_mixers(size: tuple[int, int]) -> None:
+    model = tiny().eval()
+    assert model(torch.randn(1, 3, *size)).shape == (1, 7)
+
+
+def test_randformer_rejects_another_image_size_and_builds_for_its_own() -> None:
+    model = timm.create_model("randformer_s12")
+    with pytest.raises(ValueError, match=r"built for a 14x14 token grid \(the grid of a 224x224 input\), got 16x16"):
+        model(torch.randn(1, 3, 256, 256))
+    at_256 = timm.create_model("randformer_s12", img_size=256)
+    assert at_256(torch.randn(1, 3, 256, 256)).shape == (1, 1000)
+
+
+def test_builder_errors_name_the_problem() -> None:
+    with pytest.raises(ValueError, match=r"mixer: expected one value or 4 \(one per stage\), got 3"):
+        MetaFormer(mixer=["pooling"] * 3)
+    with pytest.raises(ValueError, match="Unknown norm 'batchnorm'; known: groupnorm1, layernorm"):
+        MetaFormer(norm="batchnorm")
+    with pytest.raises(ValueError, match="Unknown activation 'swish'"):
+        MetaFormer(mlp_act="swish")
+    with pytest.raises(ValueError, match="Unknown token mixer 'conv'"):
+        MetaFormer(mixer="conv")
+    with pytest.raises(ValueError, match="Unknown global_pool 'avgmax'"):
+        MetaFormer(global_pool="avgmax")
+    with pytest.raises(ValueError, match="one entry per stage"):
+        MetaFormer(depths=(1, 1), dims=(8, 16, 32))
+
+
+def test_drop_path_grows_linearly_over_all_blocks() -> None:
+    model = tiny(drop_path_rate=0.3)
+    rates = [getattr(b.drop_path1, "drop_prob", 0.0) for s in model.stages for b in s.blocks]
+    torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.3, 5))
+
+
+def test_layer_scale_and_res_scale_placement() -> None:
+    v1 = build_model("poolformer_s36")
+    block = v1.stages[2].blocks[0]
+    assert torch.all(block.layer_scale1.scale == 1e-6) and isinstance(block.res_scale1, nn.Identity)
+    v2 = build_model("poolformerv2_s12")
+    assert isinstance(v2.stages[1].blocks[0].res_scale1, nn.Identity)
+    assert torch.all(v2.stages[2].blocks[0].res_scale2.scale == 1.0)
+    assert isinstance(v2.stages[2].blocks[0].layer_scale1, nn.Identity)
+
+
+def test_family_layouts_follow_the_official_code() -> None:
+    v1 = build_model("poolformer_s12")
+    assert isinstance(v1.stem.norm, nn.Identity) and v1.stages[0].blocks[0].norm1.eps == 1e-5
+    assert v1.stages[0].blocks[0].norm1.bias is not None and v1.stages[0].blocks[0].mlp.fc1.bias is not None
+    assert isinstance(v1.stages[0].blocks[0].mlp.act, nn.GELU) and v1.head.norm_before_pool
+    ca = build_model("caformer_s18")
+    block = ca.stages[3].blocks[0]
+    assert type(block.norm1).__name__ == "LayerNorm" and block.norm1.bias is None and block.norm1.eps == 1e-6
+    assert block.mlp.fc1.bias is None and block.token_mixer.num_heads == 16
+    assert ca.head.fc.norm.eps == 1e-5  # the official MlpHead LayerNorm (timm uses 1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_output_and_gradients() -> None:
+    model = tiny()
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_channels_last_input_gives_the_same_output() -> None:
+    model = tiny().eval()
+    x = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        ref = model(x)
+        out = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_forward_and_backward_run() -> None:
+    model = tiny()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    out.float().sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    torch.testing.assert_close(out.float(), model(x), rtol=0.1, atol=0.1)
+
+
+def test_same_seed_same_model() -> None:
+    torch.manual_seed(3)
+    a = tiny()
+    torch.manual_seed(3)
+    b = tiny()
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_layer_decay_param_groups_use_group_matcher() -> None:
+    model = tiny()
+    optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+    scales = sorted({g["lr_scale"] for g in optimizer.param_groups})
+    assert len(scales) == 7  # stem, 5 blocks, then head/rest
+    no_decay = [p for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]]
+    assert all(p.ndim <= 1 for p in no_decay)
+
+
+def test_no_weight_decay_collects_names_declared_by_submodules() -> None:
+    model = tiny()
+    assert model.no_weight_decay() == set()
+    model.stages[0].blocks[0].token_mixer.no_weight_decay = lambda: {"A_log"}
+    assert model.no_weight_decay() == {"stages.0.blocks.0.token_mixer.A_log"}
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager() -> None:
+    model = tiny(mixer=["pooling", "sepconv", "attention", "identity"]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eager = model(x)
+        compiled = torch.compile(model, backend="inductor")(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
