@@ -145,7 +145,7 @@ def test_training_checkpoint_files_unwrap_and_strip_prefixes(tmp_path: Path) -> 
 def test_files_are_read_with_weights_only(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "payload": Path("/")}, path)  # an arbitrary pickled object
-    with pytest.raises(Exception, match="[Ww]eights only load failed|weights_only"):
+    with pytest.raises(Exception, match=r"[Ww]eights only load failed|weights_only"):
         read_state_dict(path)
 
 
