@@ -188,7 +188,7 @@ class ClassifierHead(nn.Module):
     def reset(self, num_classes: int, pool_type: str | None = None) -> None:
         if pool_type is not None:
             self.pool_type = self._check_pool(pool_type)
-        device = next(self.parameters()).device if any(True for _ in self.parameters()) else None
+        device = next((p.device for p in self.parameters()), None)
         self.fc = self._make_fc(num_classes).to(device)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -38,9 +38,11 @@ class GroupNorm1(LayerNorm):
     """GroupNorm(1) on ``(B, H, W, C)``: mean/var over (H, W, C) per sample, then a per-channel affine."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x, x.shape[1:], eps=self.eps)  # statistics over every dim but the batch
-        x = x * self.weight
-        return x + self.bias if self.bias is not None else x
+        if x.ndim == 2:  # a pooled (B, C) vector
+            return F.group_norm(x, 1, self.weight, self.bias, self.eps)
+        # group_norm on the NCHW view of the channels-last memory (its channels_last kernel; ~2x faster on CPU
+        # than layer_norm over (H, W, C) plus a separate affine)
+        return F.group_norm(x.permute(0, 3, 1, 2), 1, self.weight, self.bias, self.eps).permute(0, 2, 3, 1)
 
 
 NORMS: dict[str, type[LayerNorm]] = {"layernorm": LayerNorm, "groupnorm1": GroupNorm1}

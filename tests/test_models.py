@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import MetaFormer
 from models.metaformer_baselines import SIZES
-from tests.conftest import MODEL_CONFIGS, build_model, num_params
+from tests.conftest import build_model, num_params
 from tests.published import PUBLISHED, TIMM_OWNED
 
 ZOO_TIMM_NAMES = [f"{family}_{size}" for family in ("identityformer", "randformer") for size in SIZES]
@@ -268,3 +268,20 @@ def test_torch_compile_matches_eager() -> None:
         eager = model(x)
         compiled = torch.compile(model, backend="inductor")(x)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_groupnorm1_equals_torch_groupnorm_with_one_group(bias: bool) -> None:
+    from models.layers import GroupNorm1
+
+    norm = GroupNorm1(6, eps=1e-5, bias=bias)
+    with torch.no_grad():
+        norm.weight.normal_()
+        if bias:
+            norm.bias.normal_()
+    reference = nn.GroupNorm(1, 6, eps=1e-5, affine=True)
+    reference.load_state_dict({"weight": norm.weight, "bias": norm.bias if bias else torch.zeros(6)})
+    x = torch.randn(2, 6, 5, 7)  # NCHW for the reference, the zoo norm sees (B, H, W, C)
+    torch.testing.assert_close(norm(x.permute(0, 2, 3, 1)), reference(x).permute(0, 2, 3, 1))
+    pooled = torch.randn(3, 6)
+    torch.testing.assert_close(norm(pooled), reference(pooled[:, :, None, None])[:, :, 0, 0])
