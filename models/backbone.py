@@ -57,6 +57,14 @@ def _per_stage(name: str, value: Any, num_stages: int) -> list[Any]:
     return value
 
 
+def init_weights(module: nn.Module) -> None:
+    """The MetaFormer init: trunc-normal(std 0.02) weights and zero biases for every conv and linear layer."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
@@ -190,6 +198,7 @@ class ClassifierHead(nn.Module):
             self.pool_type = self._check_pool(pool_type)
         device = next((p.device for p in self.parameters()), None)
         self.fc = self._make_fc(num_classes).to(device)
+        self.fc.apply(init_weights)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
@@ -324,17 +333,10 @@ class MetaFormer(nn.Module):
             head_dropout=head_dropout,
             drop_rate=drop_rate,
         )
-        self.apply(self._init_weights)
+        self.apply(init_weights)
         for module in self.modules():  # mixers with an init of their own get the last word
             if module is not self and hasattr(module, "init_weights"):
                 module.init_weights()
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
     # --- timm model contract -------------------------------------------------------------------------------
     @torch.jit.ignore
