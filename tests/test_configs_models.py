@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import train  # noqa: F401  (registers the training schema and resolvers train.yaml uses)
+from mixers import get_mixer_class, list_mixers
 from models import MetaFormer
 from tests.conftest import CONFIG_DIR, MODEL_CONFIGS
 
@@ -33,3 +34,12 @@ def test_ci_runs_the_readme_test_command() -> None:
     command = (ROOT / ".ci/run").read_text().strip().splitlines()[-1]
     assert "pytest" in command
     assert command in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("mixer", list_mixers())
+def test_comparison_backbone_takes_every_mixer_by_override(mixer: str) -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["model=metaformer_s12", f"model.mixer={mixer}"])
+    model = instantiate(cfg.model, num_classes=10)
+    assert all(type(b.token_mixer) is get_mixer_class(mixer) for s in model.stages for b in s.blocks)
+    assert model(torch.randn(1, 3, 224, 224)).shape == (1, 10)
