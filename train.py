@@ -210,7 +210,9 @@ def train_one_epoch(
     mixup_fn: Mixup | None = state["mixup"]
     if mixup_fn is not None and cfg.aug.mixup_off_epoch and epoch >= cfg.aug.mixup_off_epoch:
         mixup_fn.mixup_enabled = False
-    loader = train_loader(state["train_ds"], batches[start_batch:], cfg.data.num_workers, cfg.data.pin_memory)
+    loader = train_loader(
+        state["train_ds"], batches[start_batch:], cfg.data.num_workers, cfg.data.pin_memory and device.type == "cuda"
+    )
     progress = Progress(cfg, len(batches), start_batch, epoch, state["num_epochs"], state["primary"])
     model.train()
     loss_sum, loss_count, images, start_time = 0.0, 0, 0, time.time()
@@ -275,7 +277,7 @@ def evaluate(cfg: DictConfig, model: nn.Module, state: dict[str, Any]) -> dict[s
         state["val_ds"],
         cfg.eval_batch_size or 2 * cfg.batch_size,
         cfg.data.num_workers,
-        cfg.data.pin_memory,
+        cfg.data.pin_memory and device.type == "cuda",
         rank=state["rank"],
         world_size=world_size,
     )
