@@ -101,7 +101,7 @@ def test_cli_default_job_then_resume_auto(tmp_path: Path) -> None:
 
 
 def test_bf16_autocast_on_cpu(tmp_path: Path) -> None:
-    run(tmp_path, "epochs=1", "runtime.precision=bf16")
+    run(tmp_path, "epochs=1", "runtime.precision=bf16", "runtime.channels_last=true", "logger.progress_bar=true")
     summary = read_json(tmp_path / "summary.json")
     assert summary["precision"] == "bf16" and summary["final_top1"] > 10  # learnt something, no NaN
 
@@ -126,8 +126,9 @@ def test_mixup_cutmix_and_randaugment_train(tmp_path: Path) -> None:
     assert read_json(tmp_path / "summary.json")["epochs_completed"] == 2
 
 
-def test_grad_accumulation_clipping_and_layer_decay(tmp_path: Path) -> None:
-    run(tmp_path, "epochs=1", "optim.grad_accum_steps=2", "optim.clip_grad=1.0", "optim.layer_decay=0.8")
+def test_grad_accumulation_clipping_layer_decay_and_checkpointing(tmp_path: Path) -> None:
+    overrides = ["optim.grad_accum_steps=2", "optim.clip_grad=1.0", "optim.layer_decay=0.8"]
+    run(tmp_path, "epochs=1", *overrides, "runtime.grad_checkpointing=true", "runtime.deterministic=true")
     assert load(tmp_path / "last.pth")["global_step"] == 3  # 6 batches / 2
 
 
