@@ -1,6 +1,6 @@
 """The shared MetaFormer backbone builder.
 
-    stem -> [stage_i = downsample_i -> depth_i x Block(mixer_i)]_i -> head
+    stem -> [stage_i = downsample_i -> depth_i x Block(mixer_i) -> optional fusion]_i -> optional final conv -> head
 
 Block (pre-norm, Yu et al. "MetaFormer Is Actually What You Need for Vision" and "MetaFormer Baselines"):
 
@@ -8,7 +8,12 @@ Block (pre-norm, Yu et al. "MetaFormer Is Actually What You Need for Vision" and
     x = res_scale2 * x + layer_scale2 * drop_path(mlp(norm2(x)))
 
 (any scale whose init value is None is the identity). Each stage takes its own mixer spec (see
-``mixers.create_mixer``); the builder never looks at what a mixer is. Inside a stage the tensors are
+``mixers.create_mixer``); the builder never looks at what a mixer is. Options for other layouts (all off by
+default): the channel MLP first (``mlp_first``), one residual around both sub-layers (``single_residual``), an
+inverted-residual channel mixer (``mlp_type``), convolutional stages of inverted residuals (``block_type``),
+inverted-residual downsampling (``downsample_type``), a stage-level fusion with the stage's input
+(``stage_fusion``), a conv-BN-act stem and a 1x1 conv before the head; AFFNet is built from these (see
+``models/blocks.py`` and ``models/affnet_family.py``). Inside a stage the tensors are
 channels-last ``(B, H, W, C)``; between stages, and in every output of the model, they are NCHW views of that
 memory (so ``features_only`` maps and ``forward_features`` are NCHW, in channels_last memory format).
 
@@ -29,13 +34,23 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
-from mixers import create_mixer
+from mixers import create_act, create_mixer
 
+from .blocks import ConvNormAct, InvertedResidual, InvertedResidualDownsample, StageFusion
 from .layers import Mlp, MlpHead, Scale, create_norm
 
 __all__ = ["ClassifierHead", "MetaFormer", "MetaFormerBlock", "MetaFormerStage"]
 
 POOL_TYPES = ("avg", "max", "")
+BLOCK_TYPES = ("metaformer", "inverted_residual")
+DOWNSAMPLE_TYPES = ("conv", "inverted_residual")
+MLP_TYPES = ("mlp", "inverted_residual")
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; use one of {', '.join(choices)}.")
+    return value
 
 
 def _to_pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -70,16 +85,27 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 
 
 class Stem(nn.Module):
-    """Patch embedding: conv (NCHW) then an optional post-norm on channels."""
+    """Patch embedding: conv (NCHW) then an optional post-norm on channels and an optional activation."""
 
-    def __init__(self, in_chans: int, dim: int, kernel_size: int, stride: int, padding: int, norm: nn.Module):
+    def __init__(
+        self,
+        in_chans: int,
+        dim: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        norm: nn.Module,
+        bias: bool = True,
+        act: nn.Module | None = None,
+    ):
         super().__init__()
-        self.conv = nn.Conv2d(in_chans, dim, kernel_size, stride=stride, padding=padding)
+        self.conv = nn.Conv2d(in_chans, dim, kernel_size, stride=stride, padding=padding, bias=bias)
         self.norm = norm
+        self.act = act if act is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x).permute(0, 2, 3, 1)  # (B, H/s, W/s, C)
-        return self.norm(x).permute(0, 3, 1, 2)  # NCHW view
+        return self.act(self.norm(x)).permute(0, 3, 1, 2)  # NCHW view
 
 
 class Downsample(nn.Module):
@@ -96,7 +122,13 @@ class Downsample(nn.Module):
 
 
 class MetaFormerBlock(nn.Module):
-    """Pre-norm token mixer + channel MLP, each with drop path, optional LayerScale and ResScale."""
+    """Pre-norm token mixer + channel MLP, each with drop path, optional LayerScale and ResScale.
+
+    ``norm1`` always belongs to the token mixer and ``norm2`` to the MLP. ``mlp_first`` runs the MLP sub-layer
+    first. ``single_residual`` puts one residual (with ``drop_path1``/``layer_scale1``/``res_scale1``) around
+    both sub-layers instead of one each; with ``mlp_first`` this is AFFNet's block:
+    ``x = x + drop_path(mixer(norm1(mlp(norm2(x)))))``.
+    """
 
     def __init__(
         self,
@@ -108,8 +140,12 @@ class MetaFormerBlock(nn.Module):
         drop_path: float = 0.0,
         layer_scale_init: float | None = None,
         res_scale_init: float | None = None,
+        mlp_first: bool = False,
+        single_residual: bool = False,
     ) -> None:
         super().__init__()
+        self.mlp_first = mlp_first
+        self.single_residual = single_residual
         self.norm1 = norm1
         self.token_mixer = token_mixer
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -117,31 +153,48 @@ class MetaFormerBlock(nn.Module):
         self.res_scale1 = Scale(dim, res_scale_init) if res_scale_init is not None else nn.Identity()
         self.norm2 = norm2
         self.mlp = mlp
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.layer_scale2 = Scale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
-        self.res_scale2 = Scale(dim, res_scale_init) if res_scale_init is not None else nn.Identity()
+        if not single_residual:
+            self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+            self.layer_scale2 = Scale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+            self.res_scale2 = Scale(dim, res_scale_init) if res_scale_init is not None else nn.Identity()
+
+    def _mix(self, x: torch.Tensor) -> torch.Tensor:
+        return self.token_mixer(self.norm1(x))
+
+    def _channel_mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
-        x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x))))
-        x = self.res_scale2(x) + self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x))))
+        if self.single_residual:
+            y = self._mix(self._channel_mlp(x)) if self.mlp_first else self._channel_mlp(self._mix(x))
+            return self.res_scale1(x) + self.layer_scale1(self.drop_path1(y))
+        if self.mlp_first:
+            x = self.res_scale2(x) + self.layer_scale2(self.drop_path2(self._channel_mlp(x)))
+        x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(self._mix(x)))
+        if not self.mlp_first:
+            x = self.res_scale2(x) + self.layer_scale2(self.drop_path2(self._channel_mlp(x)))
         return x
 
 
 class MetaFormerStage(nn.Module):
-    """Downsampling (or identity for the first stage) and a sequence of blocks; NCHW in and out."""
+    """Downsampling (or identity), a sequence of blocks and an optional fusion of the blocks' output with the
+    downsampled input (``fusion(x, shortcut)``); NCHW in and out."""
 
-    def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module]) -> None:
+    def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module], fusion: nn.Module | None = None) -> None:
         super().__init__()
         self.downsample = downsample
         self.blocks = nn.Sequential(*blocks)
+        self.fusion = fusion
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+        x = shortcut = self.downsample(x).permute(0, 2, 3, 1)  # (B, H, W, C)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
+        if self.fusion is not None:
+            x = self.fusion(x, shortcut)
         return x.permute(0, 3, 1, 2)  # NCHW view
 
 
@@ -220,11 +273,25 @@ class MetaFormer(nn.Module):
     """Hierarchical MetaFormer backbone; every per-stage option takes one value or a list with one per stage.
 
     Per-stage: ``mixer`` (a mixer spec, see ``mixers.create_mixer``), ``norm``, ``mlp_ratio``,
-    ``layer_scale_init``, ``res_scale_init`` (None = no scale). ``norm_eps``/``norm_bias`` apply to the stem,
-    downsampling and block norms; the final norm always has a bias and uses ``head_norm_eps`` (default
-    ``norm_eps``). ``img_size`` only matters to mixers whose weights depend on the grid (they get the stage grid
-    it gives). ``drop_rate`` is dropout on the pooled features, ``head_dropout`` the official MLP head's dropout
-    before its last layer.
+    ``layer_scale_init``, ``res_scale_init`` (None = no scale), ``block_type``, ``mlp_type``, ``stage_fusion``.
+    ``norm_eps``/``norm_bias`` apply to the stem, downsampling and block norms; the final norm always has a bias
+    and uses ``head_norm_eps`` (default ``norm_eps``). ``img_size`` only matters to mixers whose weights depend on
+    the grid (they get the stage grid it gives). ``drop_rate`` is dropout on the pooled features, ``head_dropout``
+    the official MLP head's dropout before its last layer.
+
+    Other layouts (MobileNetV2/MobileViT/AFFNet-style; convs are conv-BatchNorm-``conv_act``):
+    - ``stem_dim``: stem width if not ``dims[0]`` (stage 0 then starts with a stride-1 projection);
+      ``stem_bias``, ``stem_act``: the stem conv's bias and an activation after its norm.
+    - ``block_type``: ``metaformer`` (default) or ``inverted_residual``: a conv stage of ``depth`` inverted
+      residuals (expansion ``ir_expansion``), the first one doing the stage's stride and width change.
+    - ``downsample_type``: ``conv`` (norm + strided conv, default) or ``inverted_residual`` (stride-2 inverted
+      residual, expansion ``ir_expansion``) in front of MetaFormer stages.
+    - ``mlp_type``: ``mlp`` (default) or ``inverted_residual``: the channel mixer is an inverted residual with its
+      own skip (expansion ``mlp_ratio``, activation ``mlp_act``).
+    - ``mlp_first``, ``single_residual``: block order and residual layout (see ``MetaFormerBlock``).
+    - ``stage_fusion``: end the stage with ``StageFusion`` (norm, 1x1 projection, concat with the stage input
+      after downsampling, 1x1 fusion conv).
+    - ``final_conv_dim``: a 1x1 conv-BN-act to this width after the last stage (part of ``forward_features``).
     """
 
     def __init__(
@@ -262,6 +329,18 @@ class MetaFormer(nn.Module):
         head_hidden_ratio: float = 4.0,
         head_mlp_norm_eps: float = 1e-5,
         head_dropout: float = 0.0,
+        stem_dim: int | None = None,
+        stem_bias: bool = True,
+        stem_act: str | None = None,
+        block_type: Any = "metaformer",
+        downsample_type: str = "conv",
+        ir_expansion: float = 4.0,
+        conv_act: str = "silu",
+        mlp_type: Any = "mlp",
+        mlp_first: bool = False,
+        single_residual: bool = False,
+        stage_fusion: Any = False,
+        final_conv_dim: int | None = None,
     ) -> None:
         super().__init__()
         depths, dims = [int(d) for d in depths], [int(d) for d in dims]
@@ -273,17 +352,26 @@ class MetaFormer(nn.Module):
         mlp_ratios = _per_stage("mlp_ratio", mlp_ratio, num_stages)
         layer_scales = _per_stage("layer_scale_init", layer_scale_init, num_stages)
         res_scales = _per_stage("res_scale_init", res_scale_init, num_stages)
+        block_types = [
+            _check_choice("block_type", b, BLOCK_TYPES) for b in _per_stage("block_type", block_type, num_stages)
+        ]
+        mlp_types = [_check_choice("mlp_type", m, MLP_TYPES) for m in _per_stage("mlp_type", mlp_type, num_stages)]
+        fusions = _per_stage("stage_fusion", stage_fusion, num_stages)
+        _check_choice("downsample_type", downsample_type, DOWNSAMPLE_TYPES)
         self.num_classes = num_classes
-        self.num_features = self.head_hidden_size = dims[-1]
+        self.num_features = self.head_hidden_size = final_conv_dim or dims[-1]
         self.img_size = _to_pair(img_size)
+        stem_dim = stem_dim or dims[0]
 
         self.stem = Stem(
             in_chans,
-            dims[0],
+            stem_dim,
             stem_kernel_size,
             stem_stride,
             stem_padding,
-            create_norm(stem_norm, dims[0], eps=norm_eps, bias=norm_bias),
+            create_norm(stem_norm, stem_dim, eps=norm_eps, bias=norm_bias),
+            bias=stem_bias,
+            act=create_act(stem_act) if stem_act is not None else None,
         )
         grid = tuple(_conv_out(s, stem_kernel_size, stem_stride, stem_padding) for s in self.img_size)
         reduction = stem_stride
@@ -291,37 +379,56 @@ class MetaFormer(nn.Module):
         drop_path_rates = [drop_path_rate * j / max(num_blocks - 1, 1) for j in range(num_blocks)]
         stages, self.feature_info = [], []
         for i in range(num_stages):
-            if i == 0:
-                downsample = nn.Identity()
+            in_dim, stride = (stem_dim, 1) if i == 0 else (dims[i - 1], downsample_stride)
+            rates = drop_path_rates[sum(depths[:i]) : sum(depths[: i + 1])]
+            downsample, blocks, fusion = nn.Identity(), [], None
+            if block_types[i] == "inverted_residual":  # a conv stage: the first block strides and changes width
+                if depths[i] < 1:
+                    raise ValueError(f"Stage {i}: an inverted_residual stage needs a depth of at least 1.")
+                for j in range(depths[i]):
+                    block_in, block_stride = (in_dim, stride) if j == 0 else (dims[i], 1)
+                    blocks.append(InvertedResidual(block_in, dims[i], block_stride, ir_expansion, conv_act, rates[j]))
+                grid = tuple(_conv_out(s, 3, stride, 1) for s in grid)
             else:
-                downsample = Downsample(
-                    dims[i - 1],
-                    dims[i],
-                    downsample_kernel_size,
-                    downsample_stride,
-                    downsample_padding,
-                    create_norm(downsample_norm, dims[i - 1], eps=norm_eps, bias=norm_bias),
-                )
-                grid = tuple(_conv_out(s, downsample_kernel_size, downsample_stride, downsample_padding) for s in grid)
-                reduction *= downsample_stride
-            blocks = [
-                MetaFormerBlock(
-                    dims[i],
-                    token_mixer=create_mixer(mixers[i], dims[i], grid=grid, img_size=self.img_size),
-                    norm1=create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias),
-                    norm2=create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias),
-                    mlp=Mlp(dims[i], int(mlp_ratios[i] * dims[i]), act=mlp_act, bias=mlp_bias, drop=proj_drop_rate),
-                    drop_path=drop_path_rates[sum(depths[:i]) + j],
-                    layer_scale_init=layer_scales[i],
-                    res_scale_init=res_scales[i],
-                )
-                for j in range(depths[i])
-            ]
-            stages.append(MetaFormerStage(downsample, blocks))
+                if stride > 1 or in_dim != dims[i]:  # stage 0 only when the stem width differs: stride 1
+                    if downsample_type == "inverted_residual":
+                        downsample = InvertedResidualDownsample(in_dim, dims[i], stride, ir_expansion, conv_act)
+                        kernel, padding = 3, 1
+                    else:
+                        kernel, padding = downsample_kernel_size, downsample_padding
+                        norm_layer = create_norm(downsample_norm, in_dim, eps=norm_eps, bias=norm_bias)
+                        downsample = Downsample(in_dim, dims[i], kernel, stride, padding, norm_layer)
+                    grid = tuple(_conv_out(s, kernel, stride, padding) for s in grid)
+                for j in range(depths[i]):
+                    if mlp_types[i] == "inverted_residual":
+                        mlp = InvertedResidual(dims[i], dims[i], 1, mlp_ratios[i], mlp_act)
+                    else:
+                        mlp = Mlp(
+                            dims[i], int(mlp_ratios[i] * dims[i]), act=mlp_act, bias=mlp_bias, drop=proj_drop_rate
+                        )
+                    blocks.append(
+                        MetaFormerBlock(
+                            dims[i],
+                            token_mixer=create_mixer(mixers[i], dims[i], grid=grid, img_size=self.img_size),
+                            norm1=create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias),
+                            norm2=create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias),
+                            mlp=mlp,
+                            drop_path=rates[j],
+                            layer_scale_init=layer_scales[i],
+                            res_scale_init=res_scales[i],
+                            mlp_first=mlp_first,
+                            single_residual=single_residual,
+                        )
+                    )
+            if fusions[i]:
+                fusion = StageFusion(dims[i], create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias), conv_act)
+            reduction *= stride
+            stages.append(MetaFormerStage(downsample, blocks, fusion))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        self.final_conv = ConvNormAct(dims[-1], final_conv_dim, act=conv_act) if final_conv_dim else nn.Identity()
         self.head = ClassifierHead(
-            dims[-1],
+            self.num_features,
             num_classes,
             pool_type=global_pool,
             norm=head_norm,
@@ -354,7 +461,12 @@ class MetaFormer(nn.Module):
             stem=r"^stem",
             blocks=r"^stages\.(\d+)"
             if coarse
-            else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)],
+            else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^stages\.(\d+)\.fusion", (99999,)),
+                (r"^final_conv", (99999,)),
+            ],
         )
 
     @torch.jit.ignore
@@ -373,7 +485,7 @@ class MetaFormer(nn.Module):
         self.head.reset(num_classes, global_pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))  # (B, C_last, H/32, W/32)
+        return self.final_conv(self.stages(self.stem(x)))  # (B, C_last or final_conv_dim, H/32, W/32)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -391,7 +503,8 @@ class MetaFormer(nn.Module):
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage outputs (NCHW) at ``indices`` (None: all, int n: last n, list: those); ``norm`` has no effect
-        (stage outputs carry no norm of their own, as in timm's MetaFormer)."""
+        (stage outputs carry no norm of their own, as in timm's MetaFormer). The final output (not the
+        intermediates) goes through ``final_conv`` when all stages ran, as in ``forward_features``."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}.")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
@@ -404,6 +517,8 @@ class MetaFormer(nn.Module):
                 intermediates.append(x)
         if intermediates_only:
             return intermediates
+        if len(stages) == len(self.stages):
+            x = self.final_conv(x)
         return x, intermediates
 
     def prune_intermediate_layers(
@@ -413,6 +528,7 @@ class MetaFormer(nn.Module):
         self.stages = self.stages[: max_index + 1]
         if max_index < len(self.feature_info) - 1:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            self.final_conv = nn.Identity()
             prune_head = True
         if prune_head:
             self.reset_classifier(0, "", reset_other=True)

@@ -65,11 +65,53 @@ def _metaformer_v2_convert(sd: StateDict) -> StateDict:
     return out
 
 
+def _affnet_detect(sd: StateDict) -> bool:
+    return any(k.startswith("conv_1x1_exp.") for k in sd) and any(".global_rep." in k for k in sd)
+
+
+_AFFNET_BLOCK_NAMES = {"norm1": "norm2", "norm2": "norm1", "filter": "token_mixer", "mlp": "mlp"}
+
+
+def _affnet_convert(sd: StateDict) -> StateDict:
+    """microsoft/TokenMixers AFFNet (ml-cvnets modules): ``conv_1`` stem, ``layer_1..5`` (MobileNetV2 layers, or an
+    inverted residual ``.0`` then an ``AFFBlock`` ``.1`` with ``global_rep.<j>`` blocks, ``global_rep.<n>`` the
+    final norm, ``conv_proj`` and ``fusion``), ``conv_1x1_exp`` and ``classifier.fc``. cvnets' ``ConvLayer`` wraps
+    conv/norm in ``.block``; an inverted residual's layers are ``block.exp_1x1|conv_3x3|red_1x1``. The official
+    block's ``norm1`` precedes its MLP and ``norm2`` the filter: the zoo's ``norm2`` and ``norm1``."""
+    aff_layers = {m[1] for k in sd if (m := re.match(r"^layer_(\d+)\.1\.global_rep\.", k))}
+    out = {}
+    for key, value in sd.items():
+        for official, zoo in (("exp_1x1", "conv_pw"), ("conv_3x3", "conv_dw"), ("red_1x1", "conv_pwl")):
+            key = key.replace(f".block.{official}.block.", f".{zoo}.")
+        key = re.sub(r"^conv_1\.block\.", "stem.", key)
+        key = re.sub(r"^conv_1x1_exp\.block\.", "final_conv.", key)
+        key = re.sub(r"^classifier\.fc\.", "head.fc.", key)
+        if m := re.match(r"^layer_(\d+)\.", key):
+            stage, rest = f"stages.{int(m[1]) - 1}", key[m.end() :]
+            if m[1] not in aff_layers:  # a conv stage: layer_k.<j> are its blocks
+                key = f"{stage}.blocks.{rest}"
+            elif rest.startswith("0."):
+                key = f"{stage}.downsample.{rest[2:]}"
+            else:
+                rest = re.sub(r"^1\.global_rep\.\d+\.(weight|bias)$", r"fusion.norm.\1", rest)
+                rest = re.sub(
+                    r"^1\.global_rep\.(\d+)\.(norm1|norm2|filter|mlp)\.",
+                    lambda m: f"blocks.{m[1]}.{_AFFNET_BLOCK_NAMES[m[2]]}.",
+                    rest,
+                )
+                rest = re.sub(r"^1\.conv_proj\.block\.", "fusion.proj.", rest)
+                rest = re.sub(r"^1\.fusion\.block\.", "fusion.fuse.", rest)
+                key = f"{stage}.{rest}"
+        out[key] = value
+    return out
+
+
 # (description, detect, convert): the official key layouts the zoo knows. A family whose authors released
 # weights adds its entry here.
 OFFICIAL_LAYOUTS: list[tuple[str, Callable[[StateDict], bool], Callable[[StateDict], StateDict]]] = [
     ("official PoolFormer v1 (sail-sg/poolformer)", _metaformer_v1_detect, _metaformer_v1_convert),
     ("official MetaFormer baselines (sail-sg/metaformer)", _metaformer_v2_detect, _metaformer_v2_convert),
+    ("official AFFNet (microsoft/TokenMixers)", _affnet_detect, _affnet_convert),
 ]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "module")

@@ -4,7 +4,8 @@ Norms are named so configs can pick them:
 - ``layernorm``: per-token LayerNorm over the channels (ConvFormer/CAFormer block norm, v2 stem/downsample norm);
 - ``groupnorm1``: GroupNorm with one group, i.e. statistics over (H, W, C) per sample with a per-channel affine
   (PoolFormer v1 with bias, eps 1e-5; "modified LayerNorm" of IdentityFormer/RandFormer/PoolFormerV2 without
-  bias, eps 1e-6). On a pooled vector ``(B, C)`` it reduces to ``layernorm``.
+  bias, eps 1e-6). On a pooled vector ``(B, C)`` it reduces to ``layernorm``;
+- ``batchnorm``: BatchNorm2d on the NCHW view (always with a bias; e.g. the stem of MobileNet-style models).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from mixers import create_act
 
-__all__ = ["NORMS", "GroupNorm1", "LayerNorm", "Mlp", "MlpHead", "Scale", "create_norm"]
+__all__ = ["NORMS", "BatchNorm", "GroupNorm1", "LayerNorm", "Mlp", "MlpHead", "Scale", "create_norm"]
 
 
 class LayerNorm(nn.Module):
@@ -45,7 +46,21 @@ class GroupNorm1(LayerNorm):
         return F.group_norm(x.permute(0, 3, 1, 2), 1, self.weight, self.bias, self.eps).permute(0, 2, 3, 1)
 
 
-NORMS: dict[str, type[LayerNorm]] = {"layernorm": LayerNorm, "groupnorm1": GroupNorm1}
+class BatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d on ``(B, H, W, C)`` (through its NCHW view) or on a pooled ``(B, C)`` vector."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True) -> None:
+        if not bias:
+            raise ValueError("batchnorm always has a bias (affine); use norm_bias=true with it.")
+        super().__init__(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2:
+            return super().forward(x[:, :, None, None])[:, :, 0, 0]
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+NORMS: dict[str, type[nn.Module]] = {"layernorm": LayerNorm, "groupnorm1": GroupNorm1, "batchnorm": BatchNorm}
 
 
 def create_norm(name: str | None, dim: int, eps: float, bias: bool) -> nn.Module:

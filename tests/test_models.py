@@ -14,11 +14,13 @@ from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import MetaFormer
+from models.affnet_family import SIZES as AFFNET_SIZES
 from models.metaformer_baselines import SIZES
 from tests.conftest import build_model, num_params
 from tests.published import PUBLISHED, TIMM_OWNED
 
 ZOO_TIMM_NAMES = [f"{family}_{size}" for family in ("identityformer", "randformer") for size in SIZES]
+ZOO_TIMM_NAMES += list(AFFNET_SIZES)
 
 
 def tiny(**kwargs) -> MetaFormer:
@@ -162,8 +164,8 @@ def test_randformer_rejects_another_image_size_and_builds_for_its_own() -> None:
 def test_builder_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match=r"mixer: expected one value or 4 \(one per stage\), got 3"):
         MetaFormer(mixer=["pooling"] * 3)
-    with pytest.raises(ValueError, match="Unknown norm 'batchnorm'; known: groupnorm1, layernorm"):
-        MetaFormer(norm="batchnorm")
+    with pytest.raises(ValueError, match="Unknown norm 'instancenorm'; known: batchnorm, groupnorm1, layernorm"):
+        MetaFormer(norm="instancenorm")
     with pytest.raises(ValueError, match="Unknown activation 'swish'"):
         MetaFormer(mlp_act="swish")
     with pytest.raises(ValueError, match="Unknown token mixer 'conv'"):

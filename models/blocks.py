@@ -1,0 +1,101 @@
+"""Convolutional building blocks of the backbone builder (MobileNetV2-style stages, MobileViT/AFFNet-style stage
+fusion). BatchNorm lives here, in NCHW convs; every block's public ``forward`` takes and returns channels-last
+``(B, H, W, C)`` like the MetaFormer blocks, and works on the NCHW *view* of that memory (channels_last format,
+no copies).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, make_divisible
+
+from mixers import create_act
+
+__all__ = ["ConvNormAct", "InvertedResidual", "InvertedResidualDownsample", "StageFusion"]
+
+
+class ConvNormAct(nn.Module):
+    """Conv (no bias) -> BatchNorm -> activation (``act=None``: none), NCHW in and out; padding keeps the grid
+    (up to the stride)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        act: str | None = "silu",
+        bn_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+        self.norm = nn.BatchNorm2d(out_dim, eps=bn_eps)
+        self.act = create_act(act) if act is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 inverted residual (Sandler et al., CVPR 2018), as in ml-cvnets (AFFNet, MobileViT):
+
+        y = PWL(DW_3x3,stride(PW(x)))      PW: 1x1 conv-BN-act to make_divisible(in * expansion, 8) channels
+                                           (omitted for expansion 1); DW: depthwise conv-BN-act; PWL: 1x1 conv-BN
+        out = x + drop_path(y)  if stride 1 and in_dim == out_dim, else y
+
+    Channels-last ``(B, H, W, C_in)`` -> ``(B, H/stride, W/stride, C_out)``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        stride: int = 1,
+        expansion: float = 4.0,
+        act: str = "silu",
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        hidden = in_dim if expansion == 1 else make_divisible(round(in_dim * expansion), 8)
+        self.conv_pw = ConvNormAct(in_dim, hidden, 1, act=act) if expansion != 1 else nn.Identity()
+        self.conv_dw = ConvNormAct(hidden, hidden, 3, stride=stride, groups=hidden, act=act)
+        self.conv_pwl = ConvNormAct(hidden, out_dim, 1, act=None)
+        self.has_skip = stride == 1 and in_dim == out_dim
+        self.drop_path = DropPath(drop_path) if drop_path > 0 and self.has_skip else nn.Identity()
+
+    def forward_nchw(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv_pwl(self.conv_dw(self.conv_pw(x)))
+        return x + self.drop_path(y) if self.has_skip else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        return self.forward_nchw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class InvertedResidualDownsample(InvertedResidual):
+    """An inverted residual in the role of a stage's downsampling layer: NCHW in and out, like ``Downsample``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        return self.forward_nchw(x)
+
+
+class StageFusion(nn.Module):
+    """End of a stage whose blocks refine a shortcut taken after its downsampling (MobileViT's fusion, in AFFNet's
+    1x1 form): norm -> 1x1 conv-BN ("proj") -> concat with the shortcut -> 1x1 conv-BN-act ("fuse", 2C -> C).
+
+        out = fuse([shortcut, proj(norm(x))])
+
+    Channels-last ``(B, H, W, C)`` in (both) and out.
+    """
+
+    def __init__(self, dim: int, norm: nn.Module, act: str = "silu") -> None:
+        super().__init__()
+        self.norm = norm
+        self.proj = ConvNormAct(dim, dim, 1, act=None)
+        self.fuse = ConvNormAct(2 * dim, dim, 1, act=act)
+
+    def forward(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.norm(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = torch.cat([shortcut, x], dim=-1)  # (B, H, W, 2C)
+        return self.fuse(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (B, H, W, C)
