@@ -228,8 +228,9 @@ def test_cli_typo_is_a_clear_error(tmp_path: Path) -> None:
     assert "Key 'lrr' not in 'OptimConfig'" in result.stderr
 
 
-def test_image_folder_dataset_trains(tmp_path: Path) -> None:
-    """The ImageNet path (timm create_dataset over an ImageFolder tree) on a tiny generated tree."""
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """A tiny ImageFolder tree: train/ and val/ with two classes of random 40x48 PNGs."""
     rng = np.random.default_rng(0)
     for split, count in (("train", 12), ("val", 4)):
         for label in ("cat", "dog"):
@@ -237,10 +238,26 @@ def test_image_folder_dataset_trains(tmp_path: Path) -> None:
             for i in range(count):
                 pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(tmp_path / "data" / split / label / f"{i}.png")
-    overrides = ["data=folder", f"data.root={tmp_path / 'data'}", "data.num_classes=2", "data.img_size=32"]
+    return tmp_path / "data"
+
+
+def test_image_folder_dataset_trains(tmp_path: Path, image_folder: Path) -> None:
+    """The ImageNet path (timm create_dataset over an ImageFolder tree) with the DeiT augmentation recipe."""
+    overrides = ["data=folder", f"data.root={image_folder}", "data.num_classes=2", "data.img_size=32"]
     run(tmp_path / "run", *overrides, "data.num_workers=0", "batch_size=8", "epochs=1", "aug=deit")
+    assert read_json(tmp_path / "run" / "summary.json")["epochs_completed"] == 1
+
+
+@pytest.mark.parametrize("experiment", ["poolformer_s12", "caformer_s18"])
+def test_paper_experiment_runs_end_to_end(tmp_path: Path, image_folder: Path, experiment: str) -> None:
+    """A paper recipe (AdamW or LAMB, per-epoch cosine with warmup, RandAugment, Mixup/CutMix, random
+    erasing, drop path) for a couple of steps on CPU, at 64 pixels on the tiny folder."""
+    overrides = [f"experiment={experiment}", "runtime=cpu", f"data.root={image_folder}", "data.num_classes=2"]
+    overrides += ["data.img_size=64", "data.num_workers=0", "batch_size=4", "optim.grad_accum_steps=2"]
+    run(tmp_path / "run", *overrides, "epochs=1", "sched.cooldown_epochs=0", "limit_train_batches=4")
     summary = read_json(tmp_path / "run" / "summary.json")
-    assert summary["epochs_completed"] == 1
+    assert summary["epochs_completed"] == 1 and summary["global_batch"] == 8
+    assert load(tmp_path / "run" / "last.pth")["config"]["aug"]["auto_augment"] == "rand-m9-mstd0.5-inc1"
 
 
 def test_fake_data_any_resolution(tmp_path: Path) -> None:
