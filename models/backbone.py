@@ -36,7 +36,7 @@ from timm.models._features import feature_take_indices
 
 from mixers import create_act, create_mixer
 
-from .blocks import ConvNormAct, InvertedResidual, InvertedResidualDownsample, StageFusion
+from .blocks import ConvNormAct, Downsample, InvertedResidual, InvertedResidualDownsample, StageFusion, Stem
 from .layers import Mlp, MlpHead, Scale, create_norm
 
 __all__ = ["ClassifierHead", "MetaFormer", "MetaFormerBlock", "MetaFormerStage"]
@@ -82,43 +82,6 @@ def init_weights(module: nn.Module) -> None:
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
-
-
-class Stem(nn.Module):
-    """Patch embedding: conv (NCHW) then an optional post-norm on channels and an optional activation."""
-
-    def __init__(
-        self,
-        in_chans: int,
-        dim: int,
-        kernel_size: int,
-        stride: int,
-        padding: int,
-        norm: nn.Module,
-        bias: bool = True,
-        act: nn.Module | None = None,
-    ):
-        super().__init__()
-        self.conv = nn.Conv2d(in_chans, dim, kernel_size, stride=stride, padding=padding, bias=bias)
-        self.norm = norm
-        self.act = act if act is not None else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x).permute(0, 2, 3, 1)  # (B, H/s, W/s, C)
-        return self.act(self.norm(x)).permute(0, 3, 1, 2)  # NCHW view
-
-
-class Downsample(nn.Module):
-    """Optional pre-norm on channels, then a strided conv; NCHW in and out."""
-
-    def __init__(self, in_dim: int, dim: int, kernel_size: int, stride: int, padding: int, norm: nn.Module):
-        super().__init__()
-        self.norm = norm
-        self.conv = nn.Conv2d(in_dim, dim, kernel_size, stride=stride, padding=padding)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return self.conv(x)
 
 
 class MetaFormerBlock(nn.Module):

@@ -1,7 +1,7 @@
-"""Convolutional building blocks of the backbone builder (MobileNetV2-style stages, MobileViT/AFFNet-style stage
-fusion). BatchNorm lives here, in NCHW convs; every block's public ``forward`` takes and returns channels-last
-``(B, H, W, C)`` like the MetaFormer blocks, and works on the NCHW *view* of that memory (channels_last format,
-no copies).
+"""Convolutional building blocks of the backbone builder: the stem and downsampling layers (NCHW in and out), and
+the pieces of MobileNetV2-style stages and MobileViT/AFFNet-style stage fusion. Their BatchNorms sit in NCHW convs;
+the blocks' public ``forward`` takes and returns channels-last ``(B, H, W, C)`` like the MetaFormer blocks, and
+works on the NCHW *view* of that memory (channels_last format, no copies).
 """
 
 from __future__ import annotations
@@ -12,7 +12,44 @@ from timm.layers import DropPath, make_divisible
 
 from mixers import create_act
 
-__all__ = ["ConvNormAct", "InvertedResidual", "InvertedResidualDownsample", "StageFusion"]
+__all__ = ["ConvNormAct", "Downsample", "InvertedResidual", "InvertedResidualDownsample", "StageFusion", "Stem"]
+
+
+class Stem(nn.Module):
+    """Patch embedding: conv (NCHW) then an optional post-norm on channels and an optional activation."""
+
+    def __init__(
+        self,
+        in_chans: int,
+        dim: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        norm: nn.Module,
+        bias: bool = True,
+        act: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, dim, kernel_size, stride=stride, padding=padding, bias=bias)
+        self.norm = norm
+        self.act = act if act is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).permute(0, 2, 3, 1)  # (B, H/s, W/s, C)
+        return self.act(self.norm(x)).permute(0, 3, 1, 2)  # NCHW view
+
+
+class Downsample(nn.Module):
+    """Optional pre-norm on channels, then a strided conv; NCHW in and out."""
+
+    def __init__(self, in_dim: int, dim: int, kernel_size: int, stride: int, padding: int, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+        self.conv = nn.Conv2d(in_dim, dim, kernel_size, stride=stride, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.conv(x)
 
 
 class ConvNormAct(nn.Module):
