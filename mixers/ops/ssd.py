@@ -1,0 +1,218 @@
+"""Mamba-2 state-space duality (SSD) scan: a sequential reference, a chunked pure-PyTorch form and the fused
+``mamba_ssm`` Triton kernel (Dao & Gu, "Transformers are SSMs", ICML 2024, arXiv 2405.21060; code followed for
+the semantics: state-spaces/mamba ``mamba_ssm/modules/ssd_minimal.py`` and ``ops/triton/ssd_combined.py``).
+
+Per head h (scalar decay ``A_h < 0``), group g = the head's group, with ``a_t = dt_t A_h`` the log-decay:
+
+    s_t = exp(a_t) s_{t-1} + dt_t x_t B_tᵀ        s_t: (P, N) state,  s_{-1} = initial state (or 0)
+    y_t = s_t C_t                                  y_t: (P,)
+
+i.e. ``y = M x`` with the lower-triangular (semiseparable) matrix, diagonal included,
+
+    M_ij = (C_i · B_j) exp(a_{j+1} + ... + a_i) dt_j      (i >= j),   0 above the diagonal.
+
+Shapes (mamba_ssm's): x (b, l, h, p), dt (b, l, h) (already positive, e.g. softplus'd), A (h,),
+B, C (b, l, g, n) with h % g == 0, initial_state (b, h, p, n). Output y (b, l, h, p) [, final state (b, h, p, n)].
+
+- ``ssd_sequential``: the recurrence, one step per token (test oracle; slow).
+- ``ssd_chunked``: the SSD block decomposition in chunks of Q tokens (Listing 1 of the paper): (1) intra-chunk
+  outputs by a masked Q x Q matmul, (2) each chunk's final state, (3) the recurrence over chunk states,
+  (4) state-to-output. O(b h L (Q (N + P) + N P)) work, all matmuls. Stability: decays are float32 (float64 for
+  float64 input), cumulative sums are chunk-local, and invalid (upper-triangle) entries are set to -inf *before*
+  ``exp`` (masking after ``exp`` gives inf * 0 = NaN gradients). Any length: the sequence is right-padded with
+  dt = 0, x = 0 (no decay, no input), which leaves the outputs and the final state exact. The default chunk size
+  is a divisor of L near 64 (the fastest on CPU), so no padding happens for the usual grids (196, 784, 3136).
+- ``ssd``: dispatch. ``backend="auto"`` runs the fused kernel when ``mamba_ssm`` imports and the tensors are on
+  CUDA, else the chunked one; ``"torch"``/``"fused"`` force one. The fused call is kept out of ``torch.compile``
+  graphs (``torch.compiler.disable``; mamba_ssm's autograd.Function does not trace, state-spaces/mamba #369).
+  ``ssd`` computes in float32 (float64 stays float64) with autocast off, and returns x's dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["default_chunk_size", "fused_ssd_available", "ssd", "ssd_chunked", "ssd_matrix", "ssd_sequential"]
+
+BACKENDS = ("auto", "torch", "fused")
+
+
+def ssd_sequential(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The SSD recurrence one token at a time (reference; computes in x's dtype)."""
+    b, l, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    Bh = B.repeat_interleave(h // g, dim=2)  # (b, l, h, n)
+    Ch = C.repeat_interleave(h // g, dim=2)
+    state = x.new_zeros(b, h, p, n) if initial_state is None else initial_state.to(x.dtype)
+    ys = []
+    for t in range(l):
+        decay = torch.exp(dt[:, t] * A)  # (b, h)
+        state = decay[:, :, None, None] * state + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
+        ys.append(torch.einsum("bhpn,bhn->bhp", state, Ch[:, t]))
+    y = torch.stack(ys, dim=1)  # (b, l, h, p)
+    return (y, state) if return_final_state else y
+
+
+def ssd_matrix(dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """The materialised SSD matrix (b, h, L, L): ``M_ij = (C_i·B_j) exp(sum_{k=j+1}^{i} a_k) dt_j`` for i >= j."""
+    l, h, g = dt.shape[1], dt.shape[2], B.shape[2]
+    a = dt * A  # (b, l, h)
+    cs = torch.cumsum(a, dim=1).transpose(1, 2)  # (b, h, l)
+    causal = torch.ones(l, l, dtype=torch.bool, device=dt.device).tril()
+    decay = torch.exp((cs[..., :, None] - cs[..., None, :]).masked_fill(~causal, float("-inf")))  # (b, h, i, j)
+    cb = torch.einsum("bign,bjgn->bgij", C, B).repeat_interleave(h // g, dim=1)  # (b, h, i, j)
+    return cb * decay * dt.transpose(1, 2)[:, :, None, :]
+
+
+def default_chunk_size(length: int, target: int = 64) -> int:
+    """A chunk size for ``length`` tokens: the whole sequence up to ``target``, else the divisor of the length in
+    [target/2, 2 target] closest to ``target`` (no padding), else ``target``."""
+    if length <= target:
+        return max(length, 1)
+    divisors = [q for q in range(target // 2, 2 * target + 1) if length % q == 0]
+    return min(divisors, key=lambda q: (abs(q - target), q)) if divisors else target
+
+
+def _segsum_exp(a: torch.Tensor) -> torch.Tensor:
+    """exp of the segment sums of ``a`` (..., T): out[..., i, j] = exp(a_{j+1} + ... + a_i) for i >= j, else 0.
+    Stable form: masked entries are -inf before ``exp``, sums taken along rows (no cumsum differences)."""
+    T = a.shape[-1]
+    strict = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
+    seg = a[..., :, None].expand(*a.shape, T).masked_fill(~strict, 0.0)  # seg[..., i, j] = a_i for i > j
+    seg = torch.cumsum(seg, dim=-2)  # sum_{k=j+1}^{i} a_k
+    return torch.exp(seg.masked_fill(~torch.ones_like(strict).tril(), float("-inf")))
+
+
+def ssd_chunked(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int | None = None,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The chunked SSD (see the module docstring); computes in x's dtype, which should be float32 or float64."""
+    b, l, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    hg = h // g
+    Q = chunk_size or default_chunk_size(l)
+    pad = (-l) % Q
+    X = x * dt[..., None]  # (b, l, h, p): input scaled by the step
+    a = dt * A  # (b, l, h) log-decays
+    if pad:  # dt = 0 past the end: no decay, no input (exact for a causal scan)
+        X, a = F.pad(X, (0, 0, 0, 0, 0, pad)), F.pad(a, (0, 0, 0, pad))
+        B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
+    c = (l + pad) // Q
+    X = X.reshape(b, c, Q, g, hg, p)
+    Bc, Cc = B.reshape(b, c, Q, g, n), C.reshape(b, c, Q, g, n)
+    a = a.reshape(b, c, Q, g, hg).permute(0, 3, 4, 1, 2)  # (b, g, hg, c, Q)
+    cs = torch.cumsum(a, dim=-1)  # chunk-local cumulative log-decay
+
+    # 1. intra-chunk (diagonal blocks): Y_i = sum_{j<=i in chunk} (C_i·B_j) exp(cs_i - cs_j) X_j
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    decay = torch.exp((cs[..., :, None] - cs[..., None, :]).masked_fill(~causal, float("-inf")))  # (b,g,hg,c,i,j)
+    scores = torch.einsum("bcign,bcjgn->bgcij", Cc, Bc)  # (b, g, c, Q, Q)
+    y = torch.einsum("bgzcij,bcjgzp->bcigzp", scores[:, :, None] * decay, X)
+
+    # 2. state at the end of each chunk from its own inputs: sum_j exp(cs_end - cs_j) X_j B_jᵀ
+    to_end = torch.exp(cs[..., -1:] - cs)  # (b, g, hg, c, Q)
+    states = torch.einsum("bcjgn,bgzcj,bcjgzp->bcgzpn", Bc, to_end, X)  # (b, c, g, hg, p, n)
+
+    # 3. recurrence over chunks: the state entering chunk k (k = 0..c), with the initial state prepended
+    if initial_state is None:
+        init = states.new_zeros(b, 1, g, hg, p, n)
+    else:
+        init = initial_state.to(states.dtype).reshape(b, 1, g, hg, p, n)
+    states = torch.cat([init, states], dim=1)  # (b, c+1, g, hg, p, n)
+    chunk_decay = _segsum_exp(F.pad(cs[..., -1], (1, 0)))  # (b, g, hg, c+1, c+1)
+    states = torch.einsum("bgzkc,bcgzpn->bkgzpn", chunk_decay, states)
+    final_state = states[:, -1].reshape(b, h, p, n)
+
+    # 4. state-to-output: C_i · (state entering the chunk) decayed to position i
+    decay_in = torch.exp(cs).permute(0, 3, 4, 1, 2)[..., None]  # (b, c, Q, g, hg, 1)
+    y = y + torch.einsum("bcign,bcgzpn->bcigzp", Cc, states[:, :-1]) * decay_in
+    y = y.reshape(b, c * Q, h, p)[:, :l]
+    return (y, final_state) if return_final_state else y
+
+
+@functools.cache
+def _fused_kernel():
+    """mamba_ssm's ``mamba_chunk_scan_combined`` or None (imported on first use only)."""
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception:  # ImportError, or a broken Triton/CUDA install
+        return None
+    return mamba_chunk_scan_combined
+
+
+def fused_ssd_available() -> bool:
+    return torch.cuda.is_available() and _fused_kernel() is not None
+
+
+@torch.compiler.disable
+def _ssd_fused(x, dt, A, B, C, chunk_size, initial_state, return_final_state):
+    out = _fused_kernel()(
+        x,
+        dt,
+        A,
+        B,
+        C,
+        chunk_size=chunk_size or 256,
+        initial_states=initial_state,
+        return_final_states=return_final_state,
+    )
+    return out
+
+
+def ssd(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int | None = None,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The SSD scan in float32 (float64 kept) with autocast off; returns x's dtype. See the module docstring."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown SSD backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+    use_fused = backend == "fused" or (backend == "auto" and x.is_cuda and _fused_kernel() is not None)
+    if use_fused and (not x.is_cuda or _fused_kernel() is None):
+        raise RuntimeError(
+            "backend='fused' needs CUDA tensors and mamba_ssm (mamba_chunk_scan_combined); "
+            f"got {x.device.type} tensors, mamba_ssm {'importable' if _fused_kernel() else 'not importable'}."
+        )
+    dtype = x.dtype
+    compute = torch.promote_types(dtype, torch.float32)
+    device_type = x.device.type
+    no_autocast = (
+        torch.autocast(device_type, enabled=False)
+        if torch.amp.is_autocast_available(device_type)
+        else contextlib.nullcontext()  # e.g. the meta device (FLOP counting)
+    )
+    with no_autocast:
+        args = [t.to(compute) for t in (x, dt, A, B, C)]
+        state = None if initial_state is None else initial_state.to(compute)
+        if use_fused:
+            out = _ssd_fused(*args, chunk_size, state, return_final_state)
+        else:
+            out = ssd_chunked(*args, chunk_size=chunk_size, initial_state=state, return_final_state=return_final_state)
+    if return_final_state:
+        return out[0].to(dtype), out[1]
+    return out.to(dtype)
