@@ -1,0 +1,631 @@
+"""Benchmark models: params, MACs, inference/training throughput, latency and peak memory, with a reference model.
+
+For every model and resolution it reports:
+
+- ``params_m``: parameters (millions), ``sum(p.numel())``;
+- ``gmacs``: forward MACs of one image (GMACs = FLOPs / 2, as timm and the papers report) from
+  ``torch.utils.flop_counter.FlopCounterMode`` run on the *meta* device (nothing is allocated), split into
+  ``gmacs_matmul`` (matmul/conv/attention, torch's own formulas), ``gmacs_fft`` and ``gmacs_scan`` (our rules below),
+  so a mixer whose work is in an FFT or a scan is never silently counted as zero;
+- ``infer_img_s``: inference throughput at batch ``batch`` (eval mode, ``torch.inference_mode``);
+- ``latency_ms``: batch-1 inference latency;
+- ``train_img_s``: training-step throughput (forward + cross-entropy + backward + AdamW step) at batch ``batch``;
+- ``peak_mem_mb``: CUDA ``max_memory_allocated``; on CPU the peak RSS of the fresh subprocess that measured the model,
+  minus its RSS after ``import torch, timm, models`` (so: weights, activations, gradients and optimizer state);
+- ``*_rel``: each timing divided by the same timing of the reference model (default timm's ``poolformerv2_s12``)
+  measured in the same run at the same resolution and batch, so tables from noisy machines compare
+  (``infer_rel``/``train_rel`` > 1: faster than the reference; ``latency_rel`` < 1: faster).
+
+Every timing is the median of ``--runs`` timed runs after ``--warmup`` untimed ones.
+
+MAC rules (FlopCounterMode counts only matmul/conv/attention; elementwise ops, pooling and norms count 0 here, as
+in the papers' tables). With ``n`` the number of points transformed (product of the transformed sizes; for a
+real<->complex pair, the real size) and ``batch`` the number of independent transforms:
+
+- complex FFT (``aten._fft_c2c``): 5·n·log2(n) real FLOPs per transform (radix-2 Cooley-Tukey) = 2.5·n·log2(n) MACs;
+- real FFT (``aten._fft_r2c``, inverse ``aten._fft_c2r``): half of that, 1.25·n·log2(n) MACs per transform;
+- scans (``aten.cumsum``/``cumprod``/``logcumsumexp``): one multiply-add per output element;
+- fused scan kernels whose work no aten op shows (e.g. a CUDA selective scan): a module that defines
+  ``scan_macs(*inputs) -> int`` has that number added to ``gmacs_scan`` (Mamba's selective scan: 9·B·L·D·N,
+  state-spaces/mamba #110; such a module must not also run the scan through the ops above).
+
+Models (positional arguments; globs allowed):
+
+- a timm name (``poolformerv2_s12``, ``resnet50``), zoo names included (``import models`` registers them:
+  ``randformer_s12``, ``affnet_t``, ...); ``timm:<name>`` forces timm;
+- ``config:<name>`` for a zoo model config ``configs/model/<name>.yaml`` (``config:caformer_s18``), with Hydra
+  overrides of the model group after ``@``: ``config:metaformer_s12@mixer=attention``,
+  ``config:metaformer_s12@mixer={name:aff,inner_skip:true}@mlp_ratio=3``; ``config:*former_s12`` globs config names.
+
+Grid-bound models (e.g. the ``random`` mixer, whose frozen mixing matrix fits one token grid) are built once at
+``--build-size`` (default 224) and fed every resolution: where they cannot run, the row says ``n/a`` and why.
+``--rebuild-per-resolution`` builds every model with ``img_size`` = the resolution instead (for ``random`` that draws a
+new random matrix per resolution). Models whose forward exceeds ``--max-gmacs`` per image are not timed (n/a, with the
+MAC count that would be needed), which keeps the quadratic mixers from taking hours on a CPU.
+
+Examples::
+
+    python benchmark.py poolformerv2_s12 config:poolformerv2_s12 --img-size 224 448
+    python benchmark.py --preset mixers                  # every registered mixer in metaformer_s12 at 224/448/896
+    python benchmark.py --preset zoo-vs-timm             # zoo PoolFormerV2-S12/ConvFormer-S18/CAFormer-S18 vs timm
+    python benchmark.py --preset mixers --macs-only      # just params and MACs (seconds)
+    python benchmark.py --preset mixers --device cuda --batch-size 128 --precision amp_bf16 --warmup 10 --runs 30
+    python benchmark.py 'config:*former_s12' --thorough --threads 2 --csv results.csv
+
+The batch shrinks with the resolution so every run sees the same number of pixels: ``batch = max(1,
+round(B·(224/size)²))`` for ``--batch-size B`` (``--fixed-batch`` turns that off). The Markdown table goes to stdout,
+the CSV to ``--csv`` (default ``outputs/benchmark/benchmark_<time>.csv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import fnmatch
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import models  # noqa: F401  (registers the zoo in timm)
+from mixers import list_mixers
+
+ROOT = Path(__file__).resolve().parent
+CONFIG_DIR = ROOT / "configs"
+DEFAULT_REFERENCE = "poolformerv2_s12"
+BASE_SIZE = 224
+
+COLUMNS = [
+    "model",
+    "img_size",
+    "batch",
+    "params_m",
+    "gmacs",
+    "gmacs_matmul",
+    "gmacs_fft",
+    "gmacs_scan",
+    "infer_img_s",
+    "infer_rel",
+    "latency_ms",
+    "latency_rel",
+    "train_img_s",
+    "train_rel",
+    "peak_mem_mb",
+    "note",
+]
+TIMING_COLUMNS = ["infer_img_s", "latency_ms", "train_img_s"]
+RATIO_OF = {"infer_rel": "infer_img_s", "latency_rel": "latency_ms", "train_rel": "train_img_s"}
+PRECISIONS = ("fp32", "bf16", "fp16", "amp_bf16", "amp_fp16")
+
+
+# --- model specs ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to benchmark: a timm name, or a zoo model config plus Hydra overrides of the model group."""
+
+    kind: str  # "timm" or "config"
+    name: str
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        if self.kind == "timm":
+            return self.name
+        return "@".join([f"config:{self.name}", *self.overrides])
+
+
+def model_config_names() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+
+
+def parse_model_arg(arg: str) -> list[ModelSpec]:
+    """``name``, ``timm:name``, ``config:name[@override...]``; ``*?[`` in the name expand to every match."""
+    is_glob = any(c in arg for c in "*?[")
+    if arg.startswith("config:"):
+        name, *overrides = arg[len("config:") :].split("@")
+        names = fnmatch.filter(model_config_names(), name) if is_glob else [name]
+        if not names or (not is_glob and name not in model_config_names()):
+            raise ValueError(f"No model config matches {name!r}; configs: {', '.join(model_config_names())}.")
+        return [ModelSpec("config", n, tuple(overrides)) for n in names]
+    name = arg.removeprefix("timm:")
+    names = timm.list_models(name) if is_glob else [name]
+    if not names or not all(timm.is_model(n) for n in names):
+        raise ValueError(f"Unknown timm model {name!r} (for a zoo config use config:<name>).")
+    return [ModelSpec("timm", n) for n in names]
+
+
+def parse_models(args: Iterable[str]) -> list[ModelSpec]:
+    specs: list[ModelSpec] = []
+    for arg in args:
+        specs += [s for s in parse_model_arg(arg) if s not in specs]
+    return specs
+
+
+def compose_model_config(name: str, overrides: Sequence[str] = ()) -> Any:
+    """``configs/model/<name>.yaml`` with overrides of its keys (``mixer=attention``), composed like train.py does."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(overrides=[f"+model={name}", *(f"model.{o.removeprefix('model.')}" for o in overrides)])
+    return cfg.model
+
+
+def build_model(spec: ModelSpec, img_size: int | None = None, num_classes: int = 1000) -> tuple[nn.Module, str]:
+    """The model (on the current default device) and a note; ``img_size`` is passed to the constructor if given
+    (if the model does not take it, it is built without and the note says so)."""
+    from hydra.utils import instantiate
+
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if spec.kind == "timm":
+        build: Callable[..., nn.Module] = lambda **kw: timm.create_model(spec.name, pretrained=False, **kw)  # noqa: E731
+    else:
+        cfg = compose_model_config(spec.name, spec.overrides)
+        build = lambda **kw: instantiate(cfg, **kw)  # noqa: E731
+    if img_size is None:
+        return build(**kwargs), ""
+    try:
+        return build(img_size=img_size, **kwargs), f"built for {img_size}"
+    except TypeError:
+        return build(**kwargs), "takes no img_size"
+
+
+# --- MAC counting -----------------------------------------------------------------------------------------------
+def _fft_flops(points: int, transforms: int, complex_input: bool) -> int:
+    """5·n·log2(n) real FLOPs per complex transform, half of that per real one."""
+    if points <= 1:
+        return 0
+    per = 5.0 * points * math.log2(points)
+    return int(round(transforms * (per if complex_input else per / 2)))
+
+
+def _fft_r2c_flop(x_shape: Sequence[int], dim: Sequence[int], *args: Any, out_shape: Any = None, **kw: Any) -> int:
+    points = math.prod(x_shape[d] for d in dim)
+    return _fft_flops(points, math.prod(x_shape) // points, complex_input=False)
+
+
+def _fft_c2r_flop(x_shape: Sequence[int], dim: Sequence[int], *args: Any, out_shape: Any = None, **kw: Any) -> int:
+    points = math.prod(out_shape[d] for d in dim)  # the real output's sizes
+    return _fft_flops(points, math.prod(out_shape) // points, complex_input=False)
+
+
+def _fft_c2c_flop(x_shape: Sequence[int], dim: Sequence[int], *args: Any, out_shape: Any = None, **kw: Any) -> int:
+    points = math.prod(x_shape[d] for d in dim)
+    return _fft_flops(points, math.prod(x_shape) // points, complex_input=True)
+
+
+def _scan_flop(x_shape: Sequence[int], *args: Any, out_shape: Any = None, **kw: Any) -> int:
+    return 2 * math.prod(out_shape)  # one multiply-add per element
+
+
+aten = torch.ops.aten
+FFT_RULES = {aten._fft_r2c: _fft_r2c_flop, aten._fft_c2r: _fft_c2r_flop, aten._fft_c2c: _fft_c2c_flop}
+SCAN_RULES = {aten.cumsum: _scan_flop, aten.cumprod: _scan_flop, aten.logcumsumexp: _scan_flop}
+
+
+@dataclass
+class MacCount:
+    """Forward MACs of one call, by kind."""
+
+    matmul: int = 0
+    fft: int = 0
+    scan: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.matmul + self.fft + self.scan
+
+
+def count_macs(model: nn.Module, inputs: torch.Tensor) -> MacCount:
+    """Forward MACs of ``model(inputs)`` (FLOPs / 2) with the FFT and scan rules above; run it on the meta device."""
+    fft_ops = {str(op) for op in FFT_RULES}
+    scan_ops = {str(op) for op in SCAN_RULES}
+    module_scan_flops = 0
+
+    def add_module_scan(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        nonlocal module_scan_flops
+        module_scan_flops += 2 * int(module.scan_macs(*args))
+
+    hooks = [m.register_forward_hook(add_module_scan) for m in model.modules() if hasattr(m, "scan_macs")]
+    try:
+        with FlopCounterMode(display=False, custom_mapping={**FFT_RULES, **SCAN_RULES}) as counter:
+            model(inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    count = MacCount(scan=module_scan_flops // 2)
+    for op, flops in counter.get_flop_counts().get("Global", {}).items():
+        if str(op) in fft_ops:
+            count.fft += flops // 2
+        elif str(op) in scan_ops:
+            count.scan += flops // 2
+        else:
+            count.matmul += flops // 2
+    return count
+
+
+# --- timing -----------------------------------------------------------------------------------------------------
+@dataclass
+class RunOptions:
+    """How to measure (shared by every model of a run)."""
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str | None = None
+    threads: int | None = None
+    warmup: int = 1
+    runs: int = 3
+    num_classes: int = 1000
+    skip_train: bool = False
+    skip_latency: bool = False
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(step: Callable[[], Any], device: torch.device, warmup: int, runs: int) -> float:
+    """Median seconds of ``runs`` calls of ``step`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(max(runs, 1)):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(spec: ModelSpec, img_size: int, build_size: int | None, batch: int, opts: RunOptions) -> dict[str, Any]:
+    """Time one model in this process: inference throughput, batch-1 latency, training step, peak memory."""
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    device = torch.device(opts.device)
+    baseline_rss = _current_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(0)
+    model, _ = build_model(spec, build_size, opts.num_classes)
+    model_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.precision, torch.float32)
+    memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+    model = model.to(device=device, dtype=model_dtype, memory_format=memory_format)
+    amp_dtype = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}.get(opts.precision)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp_dtype)
+
+    run_model = torch.compile(model, mode=opts.compile_mode) if opts.compile else model
+
+    def images(n: int) -> torch.Tensor:
+        x = torch.randn(n, 3, img_size, img_size, device=device, dtype=model_dtype)
+        return x.contiguous(memory_format=memory_format)
+
+    result: dict[str, Any] = {}
+    model.eval()
+    x = images(batch)
+    with torch.inference_mode(), autocast():
+        seconds = _median_time(lambda: run_model(x), device, opts.warmup, opts.runs)
+        result["infer_img_s"] = batch / seconds
+        if not opts.skip_latency:
+            x1 = images(1)
+            result["latency_ms"] = 1000 * _median_time(lambda: run_model(x1), device, opts.warmup, opts.runs)
+    if not opts.skip_train:
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        target = torch.randint(0, opts.num_classes, (batch,), device=device)
+        x = images(batch)
+
+        def train_step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                loss = F.cross_entropy(run_model(x), target)
+            loss.backward()
+            optimizer.step()
+
+        result["train_img_s"] = batch / _median_time(train_step, device, opts.warmup, opts.runs)
+    if device.type == "cuda":
+        result["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        result["peak_mem_mb"] = _peak_rss_mb() - baseline_rss
+    return result
+
+
+def measure_in_subprocess(
+    spec: ModelSpec, img_size: int, build_size: int | None, batch: int, opts: RunOptions
+) -> dict[str, Any]:
+    """``measure`` in a fresh Python process (so its peak RSS is this model's alone); raises on failure."""
+    job = {"spec": asdict(spec), "img_size": img_size, "build_size": build_size, "batch": batch, "opts": asdict(opts)}
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        error = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise RuntimeError(f"worker failed: {error}")
+    return json.loads(lines[-1])
+
+
+def _worker(job_json: str) -> None:
+    job = json.loads(job_json)
+    spec = ModelSpec(job["spec"]["kind"], job["spec"]["name"], tuple(job["spec"]["overrides"]))
+    result = measure(spec, job["img_size"], job["build_size"], job["batch"], RunOptions(**job["opts"]))
+    print(json.dumps(result))
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+@dataclass
+class BenchmarkConfig:
+    """What to benchmark and how."""
+
+    models: list[ModelSpec]
+    img_sizes: list[int] = field(default_factory=lambda: [BASE_SIZE])
+    reference: ModelSpec | None = field(default_factory=lambda: ModelSpec("timm", DEFAULT_REFERENCE))
+    batch_size: int = 8
+    fixed_batch: bool = False
+    build_size: int = BASE_SIZE
+    rebuild_per_resolution: bool = False
+    max_gmacs: float | None = 100.0
+    macs_only: bool = False
+    subprocess: bool = True
+    opts: RunOptions = field(default_factory=RunOptions)
+
+
+def batch_for(cfg: BenchmarkConfig, img_size: int) -> int:
+    if cfg.fixed_batch:
+        return cfg.batch_size
+    return max(1, round(cfg.batch_size * (BASE_SIZE / img_size) ** 2))
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    """The first sentence of an error message, shortened for a table cell."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def benchmark_one(cfg: BenchmarkConfig, spec: ModelSpec, img_size: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """One row: params and MACs on the meta device, then (unless n/a) the timings."""
+    build_size = img_size if cfg.rebuild_per_resolution else cfg.build_size
+    batch = batch_for(cfg, img_size)
+    row: dict[str, Any] = {"model": spec.label, "img_size": img_size, "batch": batch}
+    notes = []
+    try:
+        with torch.device("meta"):
+            model, build_note = build_model(spec, build_size, cfg.opts.num_classes)
+            inputs = torch.empty(1, 3, img_size, img_size)
+        row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+        if build_note and cfg.rebuild_per_resolution:
+            notes.append(build_note)
+        macs = count_macs(model.eval(), inputs)
+    except Exception as error:  # a model that cannot run at this size: n/a with the reason
+        row["note"] = f"n/a: {_first_line(error)}"
+        log(f"  {spec.label} @ {img_size}: {row['note']}")
+        return row
+    row.update(gmacs=macs.total / 1e9, gmacs_matmul=macs.matmul / 1e9, gmacs_fft=macs.fft / 1e9)
+    row["gmacs_scan"] = macs.scan / 1e9
+    if cfg.macs_only:
+        row["note"] = "; ".join(notes)
+        return row
+    if cfg.max_gmacs is not None and row["gmacs"] > cfg.max_gmacs:
+        notes.append(f"not timed: {row['gmacs']:.0f} GMACs/image > --max-gmacs {cfg.max_gmacs:g}")
+        row["note"] = "; ".join(notes)
+        log(f"  {spec.label} @ {img_size}: {row['note']}")
+        return row
+    start = time.perf_counter()
+    try:
+        if cfg.subprocess:
+            row.update(measure_in_subprocess(spec, img_size, build_size, batch, cfg.opts))
+        else:
+            row.update(measure(spec, img_size, build_size, batch, cfg.opts))
+            if cfg.opts.device == "cpu":
+                row.pop("peak_mem_mb")  # the RSS of a shared process says nothing about this model
+    except Exception as error:
+        notes.append(f"n/a: {_first_line(error)}")
+    row["note"] = "; ".join(notes)
+    log(f"  {spec.label} @ {img_size}: {time.perf_counter() - start:.1f}s {_short(row)}")
+    return row
+
+
+def _short(row: dict[str, Any]) -> str:
+    return " ".join(f"{k}={format_value(k, row.get(k))}" for k in ("gmacs", *TIMING_COLUMNS) if row.get(k) is not None)
+
+
+def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Every model at every size, the reference first at each size; timings get ratios to the reference's."""
+    rows = []
+    for img_size in cfg.img_sizes:
+        log(f"img_size {img_size} (batch {batch_for(cfg, img_size)})")
+        reference_row = None
+        specs = list(cfg.models)
+        if cfg.reference is not None:
+            specs = [cfg.reference] + [s for s in specs if s != cfg.reference]
+        for spec in specs:
+            row = benchmark_one(cfg, spec, img_size, log)
+            if cfg.reference is not None and spec == cfg.reference:
+                reference_row = row
+                row["note"] = "; ".join(filter(None, ["reference", row.get("note", "")]))
+            rows.append(row)
+        for row in rows[-len(specs) :]:
+            for ratio, column in RATIO_OF.items():
+                value = row.get(column)
+                reference = reference_row.get(column) if reference_row else None
+                if value is not None and reference:
+                    row[ratio] = value / reference
+    return rows
+
+
+# --- output -----------------------------------------------------------------------------------------------------
+DECIMALS = {"params_m": 2, "infer_img_s": 1, "latency_ms": 1, "train_img_s": 1, "peak_mem_mb": 0}
+
+
+def format_value(column: str, value: Any) -> str:
+    if value is None or value == "":
+        return "n/a" if column in COLUMNS[3:-1] else ""
+    if isinstance(value, float):
+        if column.startswith("gmacs"):
+            return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+        return f"{value:.{DECIMALS.get(column, 2)}f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(format_value(c, row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in COLUMNS})
+    return path
+
+
+# --- presets and CLI --------------------------------------------------------------------------------------------
+def preset(name: str) -> tuple[list[str], list[int]]:
+    """Models and sizes of a preset. ``mixers``: every registered mixer (``list_mixers()``, so new mixers join by
+    registering) in the comparison backbone ``metaformer_s12`` (the PoolFormerV2-S12 layout)."""
+    if name == "mixers":
+        return [f"config:metaformer_s12@mixer={m}" for m in list_mixers()], [224, 448, 896]
+    if name == "zoo-vs-timm":
+        pairs = ["poolformerv2_s12", "convformer_s18", "caformer_s18"]
+        return [m for p in pairs for m in (f"config:{p}", p)], [224]
+    raise ValueError(f"Unknown preset {name!r}; presets: mixers, zoo-vs-timm.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("models", nargs="*", help="timm names, timm:<name>, config:<name>[@override...]; globs")
+    parser.add_argument("--preset", choices=["mixers", "zoo-vs-timm"], help="a predefined set of models and sizes")
+    parser.add_argument("--img-size", type=int, nargs="+", help="input resolutions (default 224, or the preset's)")
+    parser.add_argument("--reference", default=DEFAULT_REFERENCE, help="reference model ('none' for no ratios)")
+    parser.add_argument("--batch-size", type=int, help="batch at 224 (default 8 on CPU, 64 on CUDA)")
+    parser.add_argument("--fixed-batch", action="store_true", help="same batch at every size (default: scale by 1/px)")
+    parser.add_argument("--build-size", type=int, default=BASE_SIZE, help="img_size models are built with")
+    parser.add_argument("--rebuild-per-resolution", action="store_true", help="build with img_size = each resolution")
+    parser.add_argument("--max-gmacs", type=float, help="skip timing above this many GMACs/image (CPU default 100)")
+    parser.add_argument("--macs-only", action="store_true", help="params and MACs only, no timing")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="model dtype, or autocast (amp_*)")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up compiles)")
+    parser.add_argument("--compile-mode", help="torch.compile mode (default, reduce-overhead, max-autotune)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads in each measuring process")
+    parser.add_argument("--warmup", type=int, help="untimed runs (default 1 on CPU, 5 on CUDA)")
+    parser.add_argument("--runs", type=int, help="timed runs, median reported (default 3 on CPU, 20 on CUDA)")
+    parser.add_argument("--thorough", action="store_true", help="--warmup 5 --runs 15 unless given")
+    parser.add_argument("--no-train", action="store_true", help="skip the training-step timing")
+    parser.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency")
+    parser.add_argument("--in-process", action="store_true", help="measure in this process (no CPU peak memory)")
+    parser.add_argument("--csv", help="CSV path (default outputs/benchmark/benchmark_<time>.csv)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
+    model_args, sizes = list(args.models), args.img_size
+    if args.preset:
+        preset_models, preset_sizes = preset(args.preset)
+        model_args, sizes = preset_models + model_args, sizes or preset_sizes
+    if not model_args:
+        raise SystemExit("benchmark.py: give model names or --preset (see --help).")
+    cuda = args.device.startswith("cuda")
+    thorough_warmup, thorough_runs = (5, 15) if args.thorough else (5, 20) if cuda else (1, 3)
+    opts = RunOptions(
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        threads=args.threads,
+        warmup=args.warmup if args.warmup is not None else thorough_warmup,
+        runs=args.runs if args.runs is not None else thorough_runs,
+        skip_train=args.no_train,
+        skip_latency=args.no_latency,
+    )
+    reference = None if args.reference.lower() == "none" else parse_model_arg(args.reference)[0]
+    return BenchmarkConfig(
+        models=parse_models(model_args),
+        img_sizes=sizes or [BASE_SIZE],
+        reference=reference,
+        batch_size=args.batch_size or (64 if cuda else 8),
+        fixed_batch=args.fixed_batch,
+        build_size=args.build_size,
+        rebuild_per_resolution=args.rebuild_per_resolution,
+        max_gmacs=args.max_gmacs if args.max_gmacs is not None else (None if cuda else 100.0),
+        macs_only=args.macs_only,
+        subprocess=not args.in_process,
+        opts=opts,
+    )
+
+
+def describe(cfg: BenchmarkConfig) -> str:
+    o = cfg.opts
+    threads = o.threads or torch.get_num_threads()
+    return (
+        f"device {o.device}, {o.precision}, channels_last={o.channels_last}, compile={o.compile}, threads {threads}, "
+        f"warmup {o.warmup}, runs {o.runs} (median), reference {cfg.reference.label if cfg.reference else 'none'}, "
+        f"torch {torch.__version__}, timm {timm.__version__}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        _worker(args.worker)
+        return []
+    cfg = config_from_args(args)
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    log(describe(cfg))
+    rows = run_benchmark(cfg, log)
+    columns = COLUMNS
+    if cfg.macs_only:
+        columns = [c for c in COLUMNS if c not in (*TIMING_COLUMNS, *RATIO_OF, "peak_mem_mb", "batch")]
+    print(f"<!-- {describe(cfg)} -->")
+    print(markdown_table(rows, columns))
+    csv_path = args.csv or ROOT / "outputs" / "benchmark" / f"benchmark_{time.strftime('%Y%m%d_%H%M%S')}.csv"
+    log(f"CSV: {write_csv(rows, csv_path)}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
