@@ -190,7 +190,7 @@ def _fft_flops(points: int, transforms: int, complex_input: bool) -> int:
     if points <= 1:
         return 0
     per = 5.0 * points * math.log2(points)
-    return int(round(transforms * (per if complex_input else per / 2)))
+    return round(transforms * (per if complex_input else per / 2))
 
 
 def _fft_r2c_flop(x_shape: Sequence[int], dim: Sequence[int], *args: Any, out_shape: Any = None, **kw: Any) -> int:
