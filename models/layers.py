@@ -16,7 +16,18 @@ import torch.nn.functional as F
 
 from mixers import create_act
 
-__all__ = ["NORMS", "BatchNorm", "GroupNorm1", "LayerNorm", "Mlp", "MlpHead", "Scale", "create_norm"]
+__all__ = [
+    "GRN",
+    "NORMS",
+    "BatchNorm",
+    "ConvNeXtMlp",
+    "GroupNorm1",
+    "LayerNorm",
+    "Mlp",
+    "MlpHead",
+    "Scale",
+    "create_norm",
+]
 
 
 class LayerNorm(nn.Module):
@@ -85,6 +96,61 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class GRN(nn.Module):
+    """Global Response Normalization (Woo et al., "ConvNeXt V2", CVPR 2023) on ``(B, H, W, C)``:
+
+        N = ||x||_2 over (H, W) / (mean over C of it + 1e-6);   out = gamma * (x * N) + beta + x
+
+    ``gamma`` and ``beta`` start at zero (the identity)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.zeros(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)  # (B, 1, 1, C)
+        n = g / (g.mean(dim=-1, keepdim=True) + self.eps)
+        return self.gamma * (x * n) + self.beta + x
+
+
+class ConvNeXtMlp(nn.Module):
+    """The residual branch of a ConvNeXt block as a channel mixer (ConvNeXt V2 with ``grn=True``):
+
+        dw conv k x k (NCHW view) -> LayerNorm -> fc1 (C -> hidden) -> act -> [GRN] -> drop -> fc2 -> drop
+
+    Channels-last ``(B, H, W, C)`` in and out; used with no block norm in front (the LayerNorm is inside).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        kernel_size: int = 7,
+        act: str = "gelu",
+        bias: bool = True,
+        conv_bias: bool = True,
+        grn: bool = False,
+        norm_eps: float = 1e-6,
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=conv_bias)
+        self.norm = LayerNorm(dim, eps=norm_eps, bias=True)
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
+        self.act = create_act(act)
+        self.grn = GRN(hidden_dim) if grn else nn.Identity()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        x = self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = self.grn(self.act(self.fc1(self.norm(x))))  # (B, H, W, hidden)
+        return self.drop2(self.fc2(self.drop1(x)))
 
 
 class Scale(nn.Module):
