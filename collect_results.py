@@ -1,0 +1,136 @@
+"""Collect the ``summary.json`` files of a training multirun into one Markdown table (and optionally a CSV).
+
+    python train.py -m model=metaformer_s12 model.mixer=pooling,attention,aff data.root=/imagenet   # or sweep=...
+    python collect_results.py multirun/train/<run id>            # every job below that directory
+    python collect_results.py outputs/digits_mixers --csv mixers.csv
+
+One row per job: the job directory (its Hydra overrides), the model (config name or timm name), the mixer (the
+model's ``mixer`` spec; per-stage lists joined with ``/``), params (from ``summary.json``), forward GMACs of one
+image at the job's ``data.img_size`` (counted as in ``benchmark.py``: FlopCounterMode on the meta device with the
+FFT and scan rules), training images/s (``train_images_per_sec``, measured by the run on its own device), best and
+final top-1, and the epochs completed. The model is rebuilt from the job's ``.hydra/config.yaml``; a job without one
+(or whose model cannot be built) gets ``n/a`` MACs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark import count_macs
+
+COLUMNS = ["job", "model", "mixer", "params_m", "gmacs", "train_img_s", "best_top1", "final_top1", "epochs"]
+
+
+def _mixer_label(spec: Any) -> str:
+    """A mixer spec as text: ``pooling``, ``aff`` (from ``{name: aff, ...}``), ``sepconv/sepconv/attention/...``."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(spec, (DictConfig, ListConfig)):
+        spec = OmegaConf.to_container(spec, resolve=True)
+    if isinstance(spec, dict):
+        return str(spec.get("name", spec))
+    if isinstance(spec, list):
+        return "/".join(_mixer_label(s) for s in spec)
+    return "" if spec is None else str(spec)
+
+
+def _model_label(model_cfg: Any, job_dir: Path) -> str:
+    """The timm name for ``model=timm``, else the model config's name (Hydra's recorded choice), else ''."""
+    from omegaconf import OmegaConf
+
+    if model_cfg.get("_target_") == "timm.create_model":
+        return str(model_cfg.get("model_name"))
+    hydra_file = job_dir / ".hydra" / "hydra.yaml"
+    if hydra_file.exists():
+        return str(OmegaConf.load(hydra_file).hydra.runtime.choices.get("model") or "")
+    return ""
+
+
+def job_row(summary_file: Path, root: Path) -> dict[str, Any]:
+    """One table row from a job's ``summary.json`` and (if present) its ``.hydra/config.yaml``."""
+    summary = json.loads(summary_file.read_text())
+    job_dir = summary_file.parent
+    params = summary.get("params")
+    row: dict[str, Any] = {
+        "job": str(job_dir.relative_to(root)) if job_dir != root else job_dir.name,
+        "params_m": params / 1e6 if params else None,
+        "train_img_s": summary.get("train_images_per_sec"),
+        "best_top1": summary.get("best_top1"),
+        "final_top1": summary.get("final_top1"),
+        "epochs": summary.get("epochs_completed"),
+    }
+    config_file = job_dir / ".hydra" / "config.yaml"
+    if not config_file.exists():
+        return row
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(config_file)
+    row["model"] = _model_label(cfg.model, job_dir)
+    row["mixer"] = _mixer_label(cfg.model.get("mixer"))
+    try:
+        data = cfg.data
+        with torch.device("meta"):
+            model = instantiate(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans)
+            inputs = torch.empty(1, data.in_chans, data.img_size, data.img_size)
+        row["gmacs"] = count_macs(model.eval(), inputs).total / 1e9
+    except Exception as error:  # MACs are a convenience here; the accuracy columns stand without them
+        row["note"] = f"MACs n/a: {error}"
+    return row
+
+
+def collect(root: str | Path) -> list[dict[str, Any]]:
+    """Rows for every ``summary.json`` below ``root``, sorted by job directory (Hydra's job number first)."""
+    root = Path(root)
+    files = sorted(root.rglob("summary.json"), key=lambda p: _job_sort_key(p.parent.name))
+    if not files:
+        raise FileNotFoundError(f"No summary.json below {root} (is it a train.py run or multirun directory?).")
+    return [job_row(f, root) for f in files]
+
+
+def _job_sort_key(name: str) -> tuple[int, str]:
+    number = name.split("_", 1)[0]
+    return (int(number), name) if number.isdigit() else (1 << 30, name)
+
+
+def _format(column: str, value: Any) -> str:
+    if value is None or value == "":
+        return "n/a" if column in ("params_m", "gmacs", "train_img_s", "best_top1", "final_top1") else ""
+    if isinstance(value, float):
+        if column == "gmacs":
+            return f"{value:.3g}"
+        return f"{value:.0f}" if column == "train_img_s" else f"{value:.2f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_format(c, row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a multirun directory (or a single run's directory)")
+    parser.add_argument("--csv", help="also write the rows to this CSV file")
+    parser.add_argument("--columns", nargs="+", default=COLUMNS, choices=COLUMNS, help="columns to show, in order")
+    args = parser.parse_args(argv)
+    rows = collect(args.run_dir)
+    print(markdown_table(rows, args.columns))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
