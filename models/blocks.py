@@ -6,13 +6,23 @@ works on the NCHW *view* of that memory (channels_last format, no copies).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, make_divisible
 
 from mixers import create_act
 
-__all__ = ["ConvNormAct", "Downsample", "InvertedResidual", "InvertedResidualDownsample", "StageFusion", "Stem"]
+__all__ = [
+    "ConvNormAct",
+    "CrossStageShortcuts",
+    "Downsample",
+    "InvertedResidual",
+    "InvertedResidualDownsample",
+    "StageFusion",
+    "Stem",
+]
 
 
 class Stem(nn.Module):
@@ -40,12 +50,14 @@ class Stem(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Optional pre-norm on channels, then a strided conv; NCHW in and out."""
+    """Optional pre-norm on channels, then a strided conv (with a bias unless ``bias=False``); NCHW in and out."""
 
-    def __init__(self, in_dim: int, dim: int, kernel_size: int, stride: int, padding: int, norm: nn.Module):
+    def __init__(
+        self, in_dim: int, dim: int, kernel_size: int, stride: int, padding: int, norm: nn.Module, bias: bool = True
+    ):
         super().__init__()
         self.norm = norm
-        self.conv = nn.Conv2d(in_dim, dim, kernel_size, stride=stride, padding=padding)
+        self.conv = nn.Conv2d(in_dim, dim, kernel_size, stride=stride, padding=padding, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -136,3 +148,44 @@ class StageFusion(nn.Module):
         x = self.proj(self.norm(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = torch.cat([shortcut, x], dim=-1)  # (B, H, W, 2C)
         return self.fuse(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (B, H, W, C)
+
+
+class CrossStageShortcuts(nn.Module):
+    """Shortcuts that carry a stage's input (after its downsampling) to the inputs of all later stages, as in
+    Strip-MLP (Med-Process/Strip_MLP ``conv_s1_28``, ``conv_s1_14``, ``conv_s2_14``).
+
+    From each source stage s, a chain of grouped strided convs (no bias, ``groups`` = input width, so each input
+    channel feeds ``dims[k+1] / dims[k]`` outputs; kernel/stride/padding of the downsampling layers) maps the
+    stage-s input to the grid and width of stage s+1, that result to stage s+2, and so on; every link's output
+    is added to the input of its stage. ``chains[str(s)][k]`` maps to stage ``s + 1 + k``. NCHW tensors.
+    """
+
+    def __init__(
+        self, sources: Sequence[int], dims: Sequence[int], kernel_size: int, stride: int, padding: int
+    ) -> None:
+        super().__init__()
+        self.chains = nn.ModuleDict()
+        for s in sorted(set(int(i) for i in sources)):
+            if not 0 <= s < len(dims) - 1:
+                raise ValueError(
+                    f"cross_stage_shortcuts: source stage {s} has no later stage (stages 0-{len(dims) - 1})."
+                )
+            links = []
+            for k in range(s, len(dims) - 1):
+                if dims[k + 1] % dims[k] != 0:
+                    raise ValueError(
+                        f"cross_stage_shortcuts: a grouped conv from width {dims[k]} to {dims[k + 1]} needs "
+                        "the later width to be a multiple of the earlier one."
+                    )
+                links.append(nn.Conv2d(dims[k], dims[k + 1], kernel_size, stride, padding, groups=dims[k], bias=False))
+            self.chains[str(s)] = nn.ModuleList(links)
+
+    def carry(self, stage: int, x: torch.Tensor, num_stages: int) -> dict[int, torch.Tensor]:
+        """The contributions of stage ``stage``'s input ``x`` to the inputs of the later stages (< ``num_stages``)."""
+        out = {}
+        if str(stage) in self.chains:
+            for target, link in enumerate(self.chains[str(stage)], start=stage + 1):
+                if target >= num_stages:
+                    break
+                x = out[target] = link(x)
+        return out
