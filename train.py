@@ -407,8 +407,9 @@ def run(cfg: DictConfig) -> float:
         ckpt = torch.load(resume_path, map_location="cpu", weights_only=True)
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt["scheduler"] is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
+        same_schedule = ckpt["config"]["epochs"] == cfg.epochs and ckpt["config"]["sched"] == dict(cfg.sched)
+        if scheduler is not None and ckpt["scheduler"] is not None and same_schedule:
+            scheduler.load_state_dict(ckpt["scheduler"])  # (what a plateau schedule has learnt cannot be replayed)
         scaler.load_state_dict(ckpt["scaler"])
         if ema is not None and ckpt["ema"] is not None:
             ema.module.load_state_dict(ckpt["ema"])
@@ -418,11 +419,12 @@ def run(cfg: DictConfig) -> float:
             set_rng_state(ckpt["rng"][rank])
         else:
             _logger.warning(f"checkpoint has RNG states for {len(ckpt['rng'])} ranks, not {world_size}: reseeded.")
-        if ckpt["config"].get("epochs") != cfg.epochs:
+        if not same_schedule:
             _logger.warning(
-                f"epochs changed from {ckpt['config'].get('epochs')} to {cfg.epochs}: the lr schedule moves."
+                f"epochs ({ckpt['config']['epochs']} -> {cfg.epochs}) or sched changed since the checkpoint: "
+                "the lr schedule is rebuilt from this config, at the checkpoint's step."
             )
-        if scheduler is not None:  # the schedule's length comes from this config
+        if scheduler is not None:  # set the lr for where the run stands
             scheduler.step(start_epoch)
             scheduler.step_update(global_step)
         _logger.info(f"resumed from {resume_path}: epoch {start_epoch + 1}, batch {start_batch}, step {global_step}")
