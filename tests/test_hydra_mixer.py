@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mixers import create_mixer
+from mixers.hydra_mixer import Hydra
 from mixers.ops.ssd import default_chunk_size, ssd, ssd_chunked, ssd_matrix, ssd_sequential
 
 
@@ -77,3 +79,149 @@ def test_ssd_dispatch_runs_in_float32_under_autocast_and_names_bad_backends() ->
     if not (torch.cuda.is_available() and x.is_cuda):
         with pytest.raises(RuntimeError, match="backend='fused' needs CUDA tensors and mamba_ssm"):
             ssd(x, dt, A, B, C, backend="fused")
+
+
+# --- the hydra mixer ------------------------------------------------------------------------------------------
+def _hydra_branches(mixer: Hydra, u: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The layer's per-token quantities, recomputed from its parameters: z, x (post conv+SiLU), per-direction
+    B, C (b, l, n; ngroups 1) and dt (b, l, h), all in original token order."""
+    h, n, d = mixer.nheads, mixer.d_state, mixer.d_inner
+    proj = u @ mixer.in_proj.weight.T
+    z, xbc, dt = proj[..., :d], proj[..., d : 2 * d + 4 * n], proj[..., 2 * d + 4 * n :]
+    xbc = F.silu(
+        F.conv1d(
+            xbc.transpose(1, 2),
+            mixer.conv1d.weight,
+            mixer.conv1d.bias,
+            padding=mixer.conv1d.padding,
+            groups=xbc.shape[-1],
+        )
+    )
+    xbc = xbc.transpose(1, 2)
+    x, B_f, C_f, B_b, C_b = xbc.split([d, n, n, n, n], dim=-1)
+    dt_f, dt_b = F.softplus(dt[..., :h] + mixer.dt_bias), F.softplus(dt[..., h:] + mixer.dt_bias)
+    return dict(z=z, x=x, B_f=B_f, C_f=C_f, B_b=B_b, C_b=C_b, dt_f=dt_f, dt_b=dt_b)
+
+
+def _hydra_matrix(mixer: Hydra, q: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The quasiseparable matrix (b, h, L, L), entry by entry from the paper's formula (spec section 1.1)."""
+    b, L, _ = q["x"].shape
+    A = -torch.exp(mixer.A_log)
+    a_f, a_b = q["dt_f"] * A, q["dt_b"] * A  # (b, L, h)
+    diag = q["x"] @ mixer.fc_D.weight.T + mixer.D  # (b, L, h)
+    M = torch.zeros(b, mixer.nheads, L, L, dtype=q["x"].dtype)
+    for i in range(L):
+        for j in range(L):
+            if i > j:
+                cb = (q["C_f"][:, i - 1] * q["B_f"][:, j]).sum(-1)[:, None]  # (b, 1)
+                M[:, :, i, j] = cb * torch.exp(a_f[:, j + 1 : i].sum(1)) * q["dt_f"][:, j]
+            elif i < j:
+                cb = (q["C_b"][:, i + 1] * q["B_b"][:, j]).sum(-1)[:, None]
+                M[:, :, i, j] = cb * torch.exp(a_b[:, i + 1 : j].sum(1)) * q["dt_b"][:, j]
+            else:
+                M[:, :, i, i] = diag[:, i]
+    return M
+
+
+def _perturbed_hydra(dim: int, **options) -> Hydra:
+    """A float64 Hydra layer with non-trivial A, D and norm weights (the init values are all equal)."""
+    mixer = create_mixer({"name": "hydra", **options}, dim).double()
+    with torch.no_grad():
+        mixer.A_log.uniform_(-1.0, 1.0)
+        mixer.D.normal_()
+        mixer.dt_bias.normal_()
+        mixer.norm.weight.normal_()
+    return mixer
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (3, 5), (5, 2), (1, 7)], ids=lambda g: f"{g[0]}x{g[1]}")
+def test_hydra_equals_materialised_quasiseparable_matrix(grid: tuple[int, int]) -> None:
+    mixer = _perturbed_hydra(16, d_state=6, headdim=8, chunk_size=4)
+    u = torch.randn(2, *grid, 16, dtype=torch.float64)
+    q = _hydra_branches(mixer, u.reshape(2, -1, 16))
+    M = _hydra_matrix(mixer, q)
+    b, L, _ = q["x"].shape
+    y = torch.einsum("bhij,bjhp->bihp", M, q["x"].reshape(b, L, mixer.nheads, -1)).reshape(b, L, -1)
+    y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + 1e-5) * mixer.norm.weight * F.silu(q["z"])
+    expected = (y @ mixer.out_proj.weight.T).reshape(u.shape)
+    torch.testing.assert_close(mixer(u), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_hydra_shift_keeps_both_scans_off_the_diagonal() -> None:
+    """With D = 0 and W_D = 0 a token's output does not depend on its own x (the diagonal comes only from δ),
+    and the first token sees only the backward scan, the last only the forward one."""
+    mixer = _perturbed_hydra(8, d_state=4, headdim=8, d_conv=1)
+    with torch.no_grad():
+        mixer.D.zero_()
+        mixer.fc_D.weight.zero_()
+    q = _hydra_branches(mixer, torch.randn(1, 6, 8, dtype=torch.float64))
+    M = _hydra_matrix(mixer, q)
+    assert torch.all(M.diagonal(dim1=-2, dim2=-1) == 0)
+    assert torch.all(M[..., 0, 0] == 0) and (M[..., 0, 1:] != 0).all() and (M[..., -1, :-1] != 0).all()
+    # flipping the tokens and swapping the directions' projections flips the output
+    u = torch.randn(1, 1, 6, 8, dtype=torch.float64)
+    swapped = _perturbed_hydra(8, d_state=4, headdim=8, d_conv=1)
+    swapped.load_state_dict(mixer.state_dict())
+    d, n, h = mixer.d_inner, mixer.d_state, mixer.nheads
+    with torch.no_grad():
+        w = swapped.in_proj.weight
+        w[2 * d : 2 * d + 2 * n], w[2 * d + 2 * n : 2 * d + 4 * n] = (
+            mixer.in_proj.weight[2 * d + 2 * n : 2 * d + 4 * n].clone(),
+            mixer.in_proj.weight[2 * d : 2 * d + 2 * n].clone(),
+        )
+        w[-2 * h : -h], w[-h:] = mixer.in_proj.weight[-h:].clone(), mixer.in_proj.weight[-2 * h : -h].clone()
+        for p_swapped, p in ((swapped.conv1d.weight, mixer.conv1d.weight), (swapped.conv1d.bias, mixer.conv1d.bias)):
+            p_swapped[d : d + 2 * n], p_swapped[d + 2 * n :] = p[d + 2 * n :].clone(), p[d : d + 2 * n].clone()
+    torch.testing.assert_close(swapped(u.flip(2)), mixer(u).flip(2))
+
+
+@pytest.mark.parametrize("grid", [(7, 7), (5, 9), (6, 3), (1, 1), (2, 31)], ids=lambda g: f"{g[0]}x{g[1]}")
+def test_hydra_takes_any_grid(grid: tuple[int, int]) -> None:
+    mixer = create_mixer({"name": "hydra", "d_state": 16, "headdim": 16}, 32)
+    x = torch.randn(2, *grid, 32)
+    assert mixer(x).shape == x.shape
+
+
+def test_hydra_parameter_count_at_768_is_the_official_one() -> None:
+    mixer = create_mixer("hydra", 768)
+    assert sum(p.numel() for p in mixer.parameters()) == 3_825_224
+    assert mixer.nheads == 24 and mixer.in_proj.out_features == 3376
+    assert mixer.no_weight_decay() == {"A_log", "D", "dt_bias"}
+    torch.testing.assert_close(-torch.exp(mixer.A_log), -torch.ones(24))
+
+
+def test_hydra_bf16_autocast_keeps_shape_dtype_and_scans_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mixers.ops.ssd as ssd_module
+
+    seen = []
+    original = ssd_module.ssd_chunked
+
+    def spy(x, *args, **kwargs):
+        seen.append((x.dtype, torch.is_autocast_enabled("cpu")))
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(ssd_module, "ssd_chunked", spy)
+    mixer = create_mixer({"name": "hydra", "d_state": 16, "headdim": 16}, 32)
+    x = torch.randn(2, 5, 6, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mixer(x)
+    assert y.shape == x.shape and y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    assert seen == [(torch.float32, False)]
+    torch.testing.assert_close(y.float(), mixer(x), rtol=0.05, atol=0.05)
+    y.float().sum().backward()
+    assert all(p.grad is not None for p in mixer.parameters())
+
+
+def test_hydra_gradients_reach_every_parameter_including_init_states() -> None:
+    mixer = create_mixer({"name": "hydra", "d_state": 8, "headdim": 16, "learnable_init_states": True}, 32)
+    mixer(torch.randn(2, 3, 5, 32)).square().sum().backward()
+    for name, p in mixer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert "init_states" in mixer.no_weight_decay()
+
+
+def test_hydra_rejects_bad_shapes_with_clear_errors() -> None:
+    with pytest.raises(ValueError, match="must be divisible by headdim"):
+        create_mixer({"name": "hydra", "headdim": 48}, 32)
+    with pytest.raises(ValueError, match="d_conv must be odd"):
+        create_mixer({"name": "hydra", "d_conv": 4}, 32)
