@@ -4,6 +4,7 @@ clear errors for bad inputs, and the RandAugment fix for Pillow 13. Runs in-proc
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -120,6 +121,13 @@ def test_bf16_autocast_on_cpu(tmp_path: Path) -> None:
 def test_fp16_uses_a_grad_scaler(tmp_path: Path) -> None:
     run(tmp_path, "epochs=1", "runtime.precision=fp16")
     assert load(tmp_path / "last.pth")["scaler"]["scale"] > 0
+
+
+def test_tensorboard_logs_or_is_skipped_when_missing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run(tmp_path, "epochs=1", "logger=tensorboard")
+    installed = importlib.util.find_spec("tensorboard") is not None
+    assert (tmp_path / "tensorboard").is_dir() if installed else "tensorboard package is not installed" in caplog.text
+    assert read_json(tmp_path / "summary.json")["epochs_completed"] == 1
 
 
 def test_ema_is_evaluated_and_saved(tmp_path: Path) -> None:
