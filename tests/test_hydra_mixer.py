@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from mixers import create_mixer
 from mixers.hydra_mixer import Hydra
+from mixers.matrix_mixer import STRUCTURES, MatrixMixer
 from mixers.ops.ssd import default_chunk_size, ssd, ssd_chunked, ssd_matrix, ssd_sequential
 
 
@@ -225,3 +226,114 @@ def test_hydra_rejects_bad_shapes_with_clear_errors() -> None:
         create_mixer({"name": "hydra", "headdim": 48}, 32)
     with pytest.raises(ValueError, match="d_conv must be odd"):
         create_mixer({"name": "hydra", "d_conv": 4}, 32)
+
+
+# --- the matrix-mixer family ----------------------------------------------------------------------------------
+MM_CASES = [(s, dd) for s in STRUCTURES for dd in (True, False) if not (dd and s in ("dense", "dft"))]
+
+
+def _matrix_mixer(structure: str, data_dependent: bool, grid=(3, 5), dim: int = 16) -> MatrixMixer:
+    spec = {"name": "matrix_mixer", "structure": structure, "data_dependent": data_dependent}
+    return create_mixer({**spec, "headdim": 8, "qk_dim": 4, "d_conv": 3}, dim, grid=grid).double()
+
+
+def _reference_matrix(mixer: MatrixMixer, x: torch.Tensor) -> torch.Tensor:
+    """Entry-by-entry definitions (spec section 2, identity included) for the structures built from q/k or taps."""
+    b, H, W, _ = x.shape
+    L, h, d = H * W, mixer.nheads, mixer.qk_dim
+    extra = mixer._branches(x.reshape(b, L, -1))[2]
+    if mixer.data_dependent and mixer.structure != "toeplitz":
+        q, k = extra[..., : h * d].unflatten(-1, (h, d)), extra[..., h * d :].unflatten(-1, (h, d))
+    elif hasattr(mixer, "q_table"):
+        q, k = mixer.q_table[None].expand(b, -1, -1, -1), mixer.k_table[None].expand(b, -1, -1, -1)
+    M = torch.zeros(b, h, L, L, dtype=x.dtype)
+    for i in range(L):
+        for j in range(L):
+            s = mixer.structure
+            if s == "toeplitz":
+                t = i - j
+                if mixer.data_dependent:
+                    taps = extra[:, t, :h] if t >= 0 else extra[:, -t, h:]  # forward tap f_t / reverse tap r_{-t}
+                else:
+                    taps = mixer.kernel[:, t + L - 1][None]
+                M[:, :, i, j] = 0.5 / L**0.5 * taps
+            elif s == "vandermonde":
+                eps = 1e-3 if mixer.data_dependent else 1.0
+                terms = torch.cos(2 * torch.pi * eps * q[:, i] * j) - torch.cos(2 * torch.pi * eps * k[:, j] * i)
+                M[:, :, i, j] = terms.sum(-1) / (2 * L * d) ** 0.5
+            elif s == "cauchy":
+                c = mixer.cauchy_bias if mixer.data_dependent else 0.0
+                M[:, :, i, j] = (1 / (q[:, i].exp() + c + k[:, j].exp() + c + 1e-8)).sum(-1) / (L * d) ** 0.5
+            elif s == "low_rank":
+                M[:, :, i, j] = (q[:, i] * k[:, j]).sum(-1) / (L * d) ** 0.5
+            elif s == "dft":
+                M[:, :, i, j] = torch.cos(torch.tensor(2 * torch.pi * i * j / L, dtype=x.dtype)) / L**0.5
+    if mixer.structure == "attention":
+        M = torch.softmax(torch.einsum("bihd,bjhd->bhij", q, k) / d**0.5, dim=-1)
+    if mixer.structure == "dense":
+        M = (mixer.M / L**0.5).expand(b, -1, -1, -1)
+    return M + torch.eye(L, dtype=x.dtype)
+
+
+@pytest.mark.parametrize(("structure", "data_dependent"), MM_CASES, ids=lambda v: str(v))
+def test_matrix_mixer_fast_form_equals_its_materialised_matrix(structure: str, data_dependent: bool) -> None:
+    mixer = _matrix_mixer(structure, data_dependent)
+    x = torch.randn(2, 3, 5, 16, dtype=torch.float64)
+    torch.testing.assert_close(mixer(x), mixer(x, materialize=True), rtol=1e-9, atol=1e-9)
+    if structure != "quasiseparable":  # (quasiseparable: tested against Hydra's entry formula below)
+        torch.testing.assert_close(mixer.mixing_matrix(x).expand(2, -1, -1, -1), _reference_matrix(mixer, x))
+
+
+def test_quasiseparable_matrix_mixer_is_hydra_with_shared_bc() -> None:
+    mixer = _matrix_mixer("quasiseparable", True)
+    hydra = create_mixer({"name": "hydra", "d_state": mixer.d_state, "headdim": 8, "d_conv": 3}, 16).double()
+    d, n, h = mixer.d_inner, mixer.d_state, mixer.nheads
+    state = {k: v for k, v in mixer.state_dict().items() if k != "in_proj.weight" and not k.startswith("conv1d")}
+    w, cw, cb = mixer.in_proj.weight, mixer.conv1d.weight, mixer.conv1d.bias
+    # hydra's layout [z, x, B_f, C_f, B_b, C_b, dt_f, dt_b]; the matrix mixer's [z, v, B, C, dt_f, dt_b]
+    bc = slice(2 * d, 2 * d + 2 * n)
+    state["in_proj.weight"] = torch.cat([w[: 2 * d], w[bc], w[bc], w[2 * d + 2 * n :]])
+    state["conv1d.weight"] = torch.cat([cw[:d], cw[d:], cw[d:]])
+    state["conv1d.bias"] = torch.cat([cb[:d], cb[d:], cb[d:]])
+    hydra.load_state_dict(state)
+    x = torch.randn(2, 3, 5, 16, dtype=torch.float64)
+    torch.testing.assert_close(hydra(x), mixer(x))
+    assert h == hydra.nheads
+
+
+@pytest.mark.parametrize(("structure", "data_dependent"), MM_CASES, ids=lambda v: str(v))
+def test_matrix_depends_on_the_input_only_when_data_dependent(structure: str, data_dependent: bool) -> None:
+    mixer = _matrix_mixer(structure, data_dependent)
+    a, b = (mixer.mixing_matrix(torch.randn(2, 3, 5, 16, dtype=torch.float64)) for _ in range(2))
+    if structure == "quasiseparable" and not data_dependent:  # keeps Hydra's diagonal D + W_D x (official)
+        a, b = (m - torch.diag_embed(m.diagonal(dim1=-2, dim2=-1)) for m in (a, b))
+    assert torch.allclose(a, b) != data_dependent
+
+
+@pytest.mark.parametrize(("structure", "data_dependent"), MM_CASES, ids=lambda v: str(v))
+def test_matrix_mixer_gradients_reach_every_parameter(structure: str, data_dependent: bool) -> None:
+    mixer = _matrix_mixer(structure, data_dependent).float()
+    mixer(torch.randn(2, 3, 5, 16)).square().sum().backward()
+    for name, p in mixer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("structure", ["dense", "toeplitz", "dft", "quasiseparable"])
+def test_data_independent_forms_reject_another_grid_and_name_it(structure: str) -> None:
+    mixer = _matrix_mixer(structure, False, grid=(4, 4))
+    with pytest.raises(ValueError, match=r"built for a 4x4 token grid, got 5x3"):
+        mixer(torch.randn(1, 5, 3, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs the token grid"):
+        create_mixer({"name": "matrix_mixer", "structure": structure, "data_dependent": False}, 16)
+    with pytest.raises(ValueError, match="exists only data-independent"):
+        create_mixer({"name": "matrix_mixer", "structure": "dense"}, 16)
+
+
+def test_data_dependent_matrix_mixers_take_any_grid_and_bf16_autocast() -> None:
+    for structure in ("toeplitz", "cauchy", "low_rank", "quasiseparable"):
+        mixer = create_mixer({"name": "matrix_mixer", "structure": structure, "headdim": 16}, 32)
+        for grid in [(7, 7), (2, 9), (1, 1)]:
+            assert mixer(torch.randn(2, *grid, 32)).shape == (2, *grid, 32)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = mixer(torch.randn(2, 5, 6, 32))
+        assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
