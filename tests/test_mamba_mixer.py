@@ -1,0 +1,193 @@
+"""MambaMixer (mixers/mamba_mixer.py, mixers/ops/selective_scan.py) and ViM2 (models/vim2_family.py): the fast S6
+scan against the sequential reference (values and gradients), the cross-scan against explicit loops over the grid,
+the token and channel mixers on any grid and under bf16 autocast, weighted averaging at init against the plain
+residual network, and the published ViM2 sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mixers import create_mixer
+from mixers.mamba_mixer import cross_merge, cross_scan
+from mixers.ops.selective_scan import linear_recurrence, selective_scan, selective_scan_ref, selective_scan_torch
+
+GRIDS = [(4, 4), (3, 5), (5, 2), (1, 7), (7, 1)]
+
+
+def _scan_inputs(batch: int, dim: int, d_state: int, length: int, groups: int | None = None, dtype=torch.float64):
+    """u, Δ, A, B, C, D, z, Δ_bias with gradients (B, C grouped when ``groups`` is given)."""
+    bc_shape = (batch, d_state, length) if groups is None else (batch, groups, d_state, length)
+    tensors = [
+        torch.randn(batch, dim, length, dtype=dtype),
+        torch.randn(batch, dim, length, dtype=dtype),
+        -torch.rand(dim, d_state, dtype=dtype) - 0.1,
+        torch.randn(*bc_shape, dtype=dtype),
+        torch.randn(*bc_shape, dtype=dtype),
+        torch.randn(dim, dtype=dtype),
+        torch.randn(batch, dim, length, dtype=dtype),
+        torch.randn(dim, dtype=dtype),
+    ]
+    return [t.requires_grad_() for t in tensors]
+
+
+def test_linear_recurrence_passes_gradcheck() -> None:
+    a = torch.rand(9, 2, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(9, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(linear_recurrence, (a, b))
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+@pytest.mark.parametrize("options", [dict(), dict(D=True, z=True, delta_bias=True, delta_softplus=True)])
+def test_fast_scan_passes_gradcheck(groups, options) -> None:
+    u, delta, A, B, C, D, z, bias = _scan_inputs(2, 4, 3, 6, groups)
+    extra = dict(
+        D=D if options.get("D") else None,
+        z=z if options.get("z") else None,
+        delta_bias=bias if options.get("delta_bias") else None,
+    )
+
+    def fn(u, delta, A, B, C):
+        return selective_scan_torch(u, delta, A, B, C, delta_softplus=options.get("delta_softplus", False), **extra)
+
+    if not options:  # Δ must stay positive without softplus for a decaying scan
+        delta = delta.detach().abs().requires_grad_()
+    assert torch.autograd.gradcheck(fn, (u, delta, A, B, C))
+
+
+@pytest.mark.parametrize("length", [1, 2, 17, 64])
+@pytest.mark.parametrize("groups", [None, 3])
+def test_fast_scan_equals_sequential_reference(length: int, groups: int | None) -> None:
+    inputs = _scan_inputs(2, 6, 4, length, groups)
+    y_fast = selective_scan(*inputs, delta_softplus=True, backend="torch")
+    y_ref = selective_scan_ref(*inputs, delta_softplus=True)
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(y_ref)
+    for g_fast, g_ref in zip(torch.autograd.grad(y_fast, inputs, grad), torch.autograd.grad(y_ref, inputs, grad)):
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_scan_runs_in_float32_under_bf16_autocast() -> None:
+    u, delta, A, B, C, D, _, bias = _scan_inputs(1, 8, 4, 20, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = selective_scan(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D, None, bias, True)
+    assert y.dtype == torch.bfloat16
+    y32 = selective_scan(
+        u.bfloat16().float(),
+        delta.bfloat16().float(),
+        A,
+        B.bfloat16().float(),
+        C.bfloat16().float(),
+        D,
+        None,
+        bias,
+        True,
+    )
+    torch.testing.assert_close(y.float(), y32, rtol=1e-2, atol=1e-2)
+
+
+def test_scan_backend_errors() -> None:
+    inputs = _scan_inputs(1, 2, 2, 3, dtype=torch.float32)
+    with pytest.raises(ValueError, match="backend"):
+        selective_scan(*inputs[:5], backend="cuda")
+    with pytest.raises(RuntimeError, match="fused"):
+        selective_scan(*inputs[:5], backend="fused")  # CPU tensors
+
+
+# --- cross-scan ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_each_scan_order_equals_an_explicit_loop_over_the_grid(grid) -> None:
+    H, W = grid
+    x = torch.randn(2, 3, H, W)
+    orders = [
+        [(h, w) for h in range(H) for w in range(W)],  # row-major
+        [(h, w) for w in range(W) for h in range(H)],  # column-major
+    ]
+    orders += [order[::-1] for order in orders]
+    seqs = cross_scan(x)  # (B, 4, E, L)
+    for k, order in enumerate(orders):
+        assert len(set(order)) == H * W  # every token once
+        expected = torch.stack([x[:, :, h, w] for h, w in order], dim=-1)
+        torch.testing.assert_close(seqs[:, k], expected, rtol=0, atol=0)
+    # merging is the exact inverse: merging one direction alone gives back the grid
+    for k in range(4):
+        only_k = torch.zeros_like(seqs)
+        only_k[:, k] = seqs[:, k]
+        torch.testing.assert_close(cross_merge(only_k, H, W), x, rtol=0, atol=0)
+
+
+def test_mamba_mixer_is_transpose_equivariant_on_square_grids() -> None:
+    """Transposing a square input turns the row scans into column scans: swapping the direction parameters
+    (0 <-> 1, 2 <-> 3) of the transposed-input mixer gives the transposed output."""
+    mixer = create_mixer("mamba_mixer", 8).double()
+    swapped = create_mixer("mamba_mixer", 8).double()
+    swapped.load_state_dict(mixer.state_dict())
+    with torch.no_grad():
+        for name in ("x_proj", "dt_proj", "dt_bias", "A_log", "D"):
+            getattr(swapped.ssm, name).copy_(getattr(mixer.ssm, name)[[1, 0, 3, 2]])
+        swapped.conv2d.weight.copy_(mixer.conv2d.weight.transpose(2, 3))
+    x = torch.randn(2, 5, 5, 8, dtype=torch.float64)
+    torch.testing.assert_close(swapped(x.transpose(1, 2)), mixer(x).transpose(1, 2))
+
+
+# --- mixers --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mamba_mixer", "mamba_channel_mixer"])
+@pytest.mark.parametrize("grid", GRIDS)
+def test_mixers_keep_shape_on_any_grid(name: str, grid) -> None:
+    mixer = create_mixer(name, 16)
+    x = torch.randn(2, *grid, 16)
+    assert mixer(x).shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["mamba_mixer", "mamba_channel_mixer"])
+def test_gradients_reach_every_parameter(name: str) -> None:
+    mixer = create_mixer(name, 16)
+    mixer(torch.randn(2, 3, 5, 16)).square().sum().backward()
+    for pname, p in mixer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", ["mamba_mixer", "mamba_channel_mixer"])
+def test_bf16_autocast_keeps_shape_and_dtype(name: str) -> None:
+    mixer = create_mixer(name, 16)
+    x = torch.randn(2, 4, 3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mixer(x)
+    assert y.shape == x.shape and y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), mixer(x), rtol=0.1, atol=0.1)
+
+
+def test_mamba_mixer_equals_four_reference_scans() -> None:
+    """The batched grouped scan equals four separate reference S6 passes, merged by explicit loops."""
+    mixer = create_mixer("mamba_mixer", 4, d_state=3).double()
+    H, W, E = 3, 4, mixer.d_inner
+    x = torch.randn(1, H, W, 4, dtype=torch.float64)
+    xi, z = mixer.in_proj(x).chunk(2, dim=-1)
+    xi = torch.nn.functional.silu(mixer.conv2d(xi.permute(0, 3, 1, 2)))  # (1, E, H, W)
+    ssm = mixer.ssm
+    orders = [[(h, w) for h in range(H) for w in range(W)], [(h, w) for w in range(W) for h in range(H)]]
+    orders += [o[::-1] for o in orders]
+    y = torch.zeros(1, E, H, W, dtype=torch.float64)
+    for k, order in enumerate(orders):
+        seq = torch.stack([xi[:, :, h, w] for h, w in order], dim=-1)  # (1, E, L)
+        dt, Bk, Ck = (ssm.x_proj[k] @ seq).split([ssm.dt_rank, ssm.d_state, ssm.d_state], dim=1)
+        out = selective_scan_ref(
+            seq, ssm.dt_proj[k] @ dt, -torch.exp(ssm.A_log[k]), Bk, Ck, ssm.D[k], None, ssm.dt_bias[k], True
+        )
+        for t, (h, w) in enumerate(order):
+            y[:, :, h, w] += out[:, :, t]
+    expected = mixer.out_proj(mixer.out_norm(y.permute(0, 2, 3, 1)) * torch.nn.functional.silu(z))
+    torch.testing.assert_close(mixer(x), expected)
+
+
+def test_channel_mixer_is_per_token_and_resolution_independent() -> None:
+    """The channel mixer's weights do not depend on the grid, and each token's output depends on that token only."""
+    mixer = create_mixer("mamba_channel_mixer", 32).double()
+    x = torch.randn(2, 6, 5, 32, dtype=torch.float64)
+    y = mixer(x)
+    torch.testing.assert_close(mixer(x[:, 1:4, 2:3]), y[:, 1:4, 2:3])  # any sub-grid, any shape
+    torch.testing.assert_close(mixer(x.reshape(1, 3, 20, 32)), y.reshape(1, 3, 20, 32))
