@@ -6,7 +6,7 @@ works on the NCHW *view* of that memory (channels_last format, no copies).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,7 @@ __all__ = [
     "InvertedResidualDownsample",
     "StageFusion",
     "Stem",
+    "WeightedAverage",
 ]
 
 
@@ -189,3 +190,47 @@ class CrossStageShortcuts(nn.Module):
                     break
                 x = out[target] = link(x)
         return out
+
+
+class WeightedAverage(nn.Module):
+    """Dense learnable scalar averaging of all earlier outputs inside a stage (MambaMixer's weighted averaging,
+    Behrouz et al. 2024, arXiv 2403.19888 v1 §3.2; DenseFormer's depth-weighted average, Pagliardini et al. 2024).
+
+    With the stage input ``y_0`` and the outputs ``y_1..y_K`` of its K residual sub-layers in order (token mixer,
+    channel mixer, token mixer, ...; each output includes its residual), sub-layer k reads
+
+        x_k = sum_{i=0}^{k-1} w_{k,i} y_i,        y_k = sublayer_k(x_k),        stage output y_K.
+
+    For alternating token/channel sub-layers this is the paper's α, β (token inputs) and θ, γ (channel inputs; the
+    current token output included), with the two weights on the stage input (y_Token^(0) = y_Channel^(0) = x) folded
+    into one. K(K+1)/2 scalars, initialised to w_{k,k-1} = 1 and 0 elsewhere: at init the stage computes exactly
+    the plain residual network (the paper gives no init; this is DenseFormer's).
+    """
+
+    def __init__(self, num_sublayers: int) -> None:
+        super().__init__()
+        self.num_sublayers = num_sublayers
+        init = torch.zeros(num_sublayers * (num_sublayers + 1) // 2)
+        for k in range(num_sublayers):  # row k (inputs y_0..y_k of sub-layer k + 1) starts at k (k + 1) / 2
+            init[k * (k + 1) // 2 + k] = 1.0
+        self.weights = nn.Parameter(init)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"weights"}
+
+    def forward(self, sublayers: Sequence[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+        if len(sublayers) != self.num_sublayers:
+            raise ValueError(
+                f"WeightedAverage holds weights for {self.num_sublayers} sub-layers, got {len(sublayers)}."
+            )
+        outputs = [x]
+        for k, sublayer in enumerate(sublayers):
+            w = self.weights[k * (k + 1) // 2 : (k + 1) * (k + 2) // 2]  # (k + 1,)
+            x = w[0] * outputs[0]
+            for i in range(1, k + 1):
+                x = x + w[i] * outputs[i]
+            outputs.append(sublayer(x))
+        return outputs[-1]
+
+    def extra_repr(self) -> str:
+        return f"num_sublayers={self.num_sublayers}"
