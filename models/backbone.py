@@ -13,7 +13,9 @@ default): the channel MLP first (``mlp_first``), one residual around both sub-la
 inverted-residual channel mixer (``mlp_type``), convolutional stages of inverted residuals (``block_type``),
 inverted-residual downsampling (``downsample_type``), a stage-level fusion with the stage's input
 (``stage_fusion``), a conv-BN-act stem and a 1x1 conv before the head; AFFNet is built from these (see
-``models/blocks.py`` and ``models/affnet_family.py``). Inside a stage the tensors are
+``models/blocks.py`` and ``models/affnet_family.py``). ConvNeXt(-V2)-style channel mixers (``mlp_type``),
+cross-stage shortcuts (``cross_stage_shortcuts``) and a constant drop path build Strip-MLP
+(``models/stripmlp_family.py``). Inside a stage the tensors are
 channels-last ``(B, H, W, C)``; between stages, and in every output of the model, they are NCHW views of that
 memory (so ``features_only`` maps and ``forward_features`` are NCHW, in channels_last memory format).
 
@@ -36,15 +38,24 @@ from timm.models._features import feature_take_indices
 
 from mixers import create_act, create_mixer
 
-from .blocks import ConvNormAct, Downsample, InvertedResidual, InvertedResidualDownsample, StageFusion, Stem
-from .layers import Mlp, MlpHead, Scale, create_norm
+from .blocks import (
+    ConvNormAct,
+    CrossStageShortcuts,
+    Downsample,
+    InvertedResidual,
+    InvertedResidualDownsample,
+    StageFusion,
+    Stem,
+)
+from .layers import ConvNeXtMlp, Mlp, MlpHead, Scale, create_norm
 
 __all__ = ["ClassifierHead", "MetaFormer", "MetaFormerBlock", "MetaFormerStage"]
 
 POOL_TYPES = ("avg", "max", "")
 BLOCK_TYPES = ("metaformer", "inverted_residual")
 DOWNSAMPLE_TYPES = ("conv", "inverted_residual")
-MLP_TYPES = ("mlp", "inverted_residual")
+MLP_TYPES = ("mlp", "inverted_residual", "convnext", "convnext_grn")
+DROP_PATH_SCHEDULES = ("linear", "constant")
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
@@ -151,7 +162,11 @@ class MetaFormerStage(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = shortcut = self.downsample(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+        return self.forward_blocks(self.downsample(x))
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage after its downsampling (NCHW in and out)."""
+        x = shortcut = x.permute(0, 2, 3, 1)  # (B, H, W, C)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
@@ -250,7 +265,15 @@ class MetaFormer(nn.Module):
     - ``downsample_type``: ``conv`` (norm + strided conv, default) or ``inverted_residual`` (stride-2 inverted
       residual, expansion ``ir_expansion``) in front of MetaFormer stages.
     - ``mlp_type``: ``mlp`` (default) or ``inverted_residual``: the channel mixer is an inverted residual with its
-      own skip (expansion ``mlp_ratio``, activation ``mlp_act``).
+      own skip (expansion ``mlp_ratio``, activation ``mlp_act``); ``convnext`` / ``convnext_grn``: the branch of a
+      ConvNeXt (V2, with GRN) block, dw 7x7 conv (bias ``mlp_conv_bias``) -> LayerNorm (eps ``norm_eps``) -> MLP
+      (``mlp_ratio``, ``mlp_act``, ``mlp_bias``), meant for ``norm=None`` blocks (``models.layers.ConvNeXtMlp``).
+    - ``downsample_bias``: the downsampling convs' bias.
+    - ``drop_path_schedule``: ``linear`` (default; 0 -> ``drop_path_rate`` over the blocks) or ``constant``
+      (``drop_path_rate`` in every block, as Strip-MLP).
+    - ``cross_stage_shortcuts``: source stages whose input (after downsampling) is carried to every later stage's
+      input by grouped strided convs and added there (``models.blocks.CrossStageShortcuts``; Strip-MLP: (1, 2)).
+      ``features_only`` models then need timm's ``feature_cls="getter"`` (it calls ``forward_intermediates``).
     - ``mlp_first``, ``single_residual``: block order and residual layout (see ``MetaFormerBlock``).
     - ``stage_fusion``: end the stage with ``StageFusion`` (norm, 1x1 projection, concat with the stage input
       after downsampling, 1x1 fusion conv).
@@ -304,6 +327,10 @@ class MetaFormer(nn.Module):
         single_residual: bool = False,
         stage_fusion: Any = False,
         final_conv_dim: int | None = None,
+        downsample_bias: bool = True,
+        mlp_conv_bias: bool = True,
+        drop_path_schedule: str = "linear",
+        cross_stage_shortcuts: Sequence[int] = (),
     ) -> None:
         super().__init__()
         depths, dims = [int(d) for d in depths], [int(d) for d in dims]
@@ -321,6 +348,7 @@ class MetaFormer(nn.Module):
         mlp_types = [_check_choice("mlp_type", m, MLP_TYPES) for m in _per_stage("mlp_type", mlp_type, num_stages)]
         fusions = _per_stage("stage_fusion", stage_fusion, num_stages)
         _check_choice("downsample_type", downsample_type, DOWNSAMPLE_TYPES)
+        _check_choice("drop_path_schedule", drop_path_schedule, DROP_PATH_SCHEDULES)
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = final_conv_dim or dims[-1]
         self.img_size = _to_pair(img_size)
@@ -340,6 +368,8 @@ class MetaFormer(nn.Module):
         reduction = stem_stride
         num_blocks = sum(depths)  # drop path grows linearly with the global block index, 0 -> drop_path_rate
         drop_path_rates = [drop_path_rate * j / max(num_blocks - 1, 1) for j in range(num_blocks)]
+        if drop_path_schedule == "constant":
+            drop_path_rates = [drop_path_rate] * num_blocks
         stages, self.feature_info = [], []
         for i in range(num_stages):
             in_dim, stride = (stem_dim, 1) if i == 0 else (dims[i - 1], downsample_stride)
@@ -360,11 +390,22 @@ class MetaFormer(nn.Module):
                     else:
                         kernel, padding = downsample_kernel_size, downsample_padding
                         norm_layer = create_norm(downsample_norm, in_dim, eps=norm_eps, bias=norm_bias)
-                        downsample = Downsample(in_dim, dims[i], kernel, stride, padding, norm_layer)
+                        downsample = Downsample(in_dim, dims[i], kernel, stride, padding, norm_layer, downsample_bias)
                     grid = tuple(_conv_out(s, kernel, stride, padding) for s in grid)
                 for j in range(depths[i]):
                     if mlp_types[i] == "inverted_residual":
                         mlp = InvertedResidual(dims[i], dims[i], 1, mlp_ratios[i], mlp_act)
+                    elif mlp_types[i] in ("convnext", "convnext_grn"):
+                        mlp = ConvNeXtMlp(
+                            dims[i],
+                            int(mlp_ratios[i] * dims[i]),
+                            act=mlp_act,
+                            bias=mlp_bias,
+                            conv_bias=mlp_conv_bias,
+                            grn=mlp_types[i] == "convnext_grn",
+                            norm_eps=norm_eps,
+                            drop=proj_drop_rate,
+                        )
                     else:
                         mlp = Mlp(
                             dims[i], int(mlp_ratios[i] * dims[i]), act=mlp_act, bias=mlp_bias, drop=proj_drop_rate
@@ -389,6 +430,11 @@ class MetaFormer(nn.Module):
             stages.append(MetaFormerStage(downsample, blocks, fusion))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        self.cross_shortcuts = None
+        if cross_stage_shortcuts:
+            self.cross_shortcuts = CrossStageShortcuts(
+                cross_stage_shortcuts, dims, downsample_kernel_size, downsample_stride, downsample_padding
+            )
         self.final_conv = ConvNormAct(dims[-1], final_conv_dim, act=conv_act) if final_conv_dim else nn.Identity()
         self.head = ClassifierHead(
             self.num_features,
@@ -428,6 +474,7 @@ class MetaFormer(nn.Module):
                 (r"^stages\.(\d+)\.downsample", (0,)),
                 (r"^stages\.(\d+)\.blocks\.(\d+)", None),
                 (r"^stages\.(\d+)\.fusion", (99999,)),
+                (r"^cross_shortcuts\.", (99999,)),
                 (r"^final_conv", (99999,)),
             ],
         )
@@ -447,8 +494,24 @@ class MetaFormer(nn.Module):
             self.head.norm = nn.Identity()
         self.head.reset(num_classes, global_pool)
 
+    def _stage_outputs(self, x: torch.Tensor, stages: Sequence[nn.Module]) -> list[torch.Tensor]:
+        """Each stage's output (NCHW) from the stem output, adding the cross-stage shortcuts to stage inputs."""
+        outputs, arriving = [], {}
+        for i, stage in enumerate(stages):
+            x = stage.downsample(x)
+            carried = self.cross_shortcuts.carry(i, x, len(stages)) if self.cross_shortcuts is not None else {}
+            for target, y in carried.items():
+                arriving[target] = arriving[target] + y if target in arriving else y
+            if i in arriving:
+                x = x + arriving.pop(i)
+            x = stage.forward_blocks(x)
+            outputs.append(x)
+        return outputs
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final_conv(self.stages(self.stem(x)))  # (B, C_last or final_conv_dim, H/32, W/32)
+        x = self.stem(x)
+        x = self.stages(x) if self.cross_shortcuts is None else self._stage_outputs(x, self.stages)[-1]
+        return self.final_conv(x)  # (B, C_last or final_conv_dim, H/32, W/32)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -472,12 +535,9 @@ class MetaFormer(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}.")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         stages = self.stages[: max_index + 1] if stop_early else self.stages
-        intermediates = []
-        x = self.stem(x)
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(x)
+        outputs = self._stage_outputs(self.stem(x), stages)
+        intermediates = [y for i, y in enumerate(outputs) if i in take_indices]
+        x = outputs[-1]
         if intermediates_only:
             return intermediates
         if len(stages) == len(self.stages):
