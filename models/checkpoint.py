@@ -106,12 +106,69 @@ def _affnet_convert(sd: StateDict) -> StateDict:
     return out
 
 
+def _stripmlp_detect(sd: StateDict) -> bool:
+    return any(".token_mixing.smlp_block." in k for k in sd) and any(k.startswith("conv_s1_28.") for k in sd)
+
+
+_STRIPMLP_MIXER_NAMES = {
+    "dwsc.conv_merge.BN": "dwsc_norm",
+    "dwsc.conv_merge.Conv": "dwsc_conv",
+    "smlp_block.mlp.0": "proj",
+    "smlp_block.mlp.1": "proj_norm",
+    "smlp_block.proj_h": "cgsmm.proj_h",
+    "smlp_block.proj_w": "cgsmm.proj_w",
+    "smlp_block.fuse_h": "cgsmm.fuse_h",
+    "smlp_block.fuse_w": "cgsmm.fuse_w",
+    "smlp_block.BN": "cgsmm.norm",
+    "smlp_block.relate_pos_h": "cgsmm.pos_h",
+    "smlp_block.relate_pos_w": "cgsmm.pos_w",
+    "smlp_block.fc_h": "lsmm.fc_h",
+    "smlp_block.fc_w": "lsmm.fc_w",
+    "smlp_block.reweight": "lsmm.reweight",
+    "smlp_block.fuse": "fuse",
+}
+_STRIPMLP_CHANNEL_NAMES = {"conv_77": "conv", "layer_norm": "norm", "fc1": "fc1", "fc2": "fc2", "grn": "grn"}
+_STRIPMLP_SHORTCUTS = {"conv_s1_28": "1.0", "conv_s1_14": "1.1", "conv_s2_14": "2.0"}
+
+
+def _stripmlp_convert(sd: StateDict) -> StateDict:
+    """Med-Process/Strip_MLP ``StripMLPNet``: ``patch_embed`` stem conv, ``blocks1..4.<j>`` with
+    ``token_mixing.{dwsc.conv_merge.BN|Conv, smlp_block.*}`` and ``channel_mixing.{conv_77, layer_norm, fc1, fc2,
+    grn}``, ``merging1..3`` downsampling convs, the cross-stage shortcuts ``conv_s1_28``, ``conv_s1_14``,
+    ``conv_s2_14``, the final BatchNorm ``norm`` and the linear ``head``. Relative-position tables are
+    ``relate_pos_*.embeddings_table``; GRN's (1, 1, 1, C) ``gamma``/``beta`` are reshaped by the loader."""
+    out = {}
+    for key, value in sd.items():
+        key = re.sub(r"^patch_embed\.", "stem.conv.", key)
+        key = re.sub(r"^merging(\d)\.", r"stages.\1.downsample.conv.", key)
+        key = re.sub(
+            r"^(conv_s1_28|conv_s1_14|conv_s2_14)\.",
+            lambda m: f"cross_shortcuts.chains.{_STRIPMLP_SHORTCUTS[m[1]]}.",
+            key,
+        )
+        key = re.sub(r"^norm\.", "head.norm.", key)
+        key = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+        key = re.sub(r"\.embeddings_table$", ".table", key)
+        if m := re.match(r"^blocks(\d)\.(\d+)\.", key):
+            block, rest = f"stages.{int(m[1]) - 1}.blocks.{m[2]}", key[m.end() :]
+            if rest.startswith("token_mixing."):
+                rest = rest[len("token_mixing.") :]
+                name = max((n for n in _STRIPMLP_MIXER_NAMES if rest.startswith(n + ".")), key=len, default=None)
+                rest = f"token_mixer.{_STRIPMLP_MIXER_NAMES[name]}{rest[len(name) :]}" if name else rest
+            elif m2 := re.match(r"^channel_mixing\.(\w+)\.", rest):
+                rest = f"mlp.{_STRIPMLP_CHANNEL_NAMES.get(m2[1], m2[1])}.{rest[m2.end() :]}"
+            key = f"{block}.{rest}"
+        out[key] = value
+    return out
+
+
 # (description, detect, convert): the official key layouts the zoo knows. A family whose authors released
 # weights adds its entry here.
 OFFICIAL_LAYOUTS: list[tuple[str, Callable[[StateDict], bool], Callable[[StateDict], StateDict]]] = [
     ("official PoolFormer v1 (sail-sg/poolformer)", _metaformer_v1_detect, _metaformer_v1_convert),
     ("official MetaFormer baselines (sail-sg/metaformer)", _metaformer_v2_detect, _metaformer_v2_convert),
     ("official AFFNet (microsoft/TokenMixers)", _affnet_detect, _affnet_convert),
+    ("official Strip-MLP (Med-Process/Strip_MLP)", _stripmlp_detect, _stripmlp_convert),
 ]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "module")
