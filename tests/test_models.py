@@ -16,11 +16,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import MetaFormer
 from models.affnet_family import SIZES as AFFNET_SIZES
 from models.metaformer_baselines import SIZES
+from models.stripmlp_family import SIZES as STRIPMLP_SIZES
 from tests.conftest import build_model, num_params
 from tests.published import PUBLISHED, TIMM_OWNED
 
 ZOO_TIMM_NAMES = [f"{family}_{size}" for family in ("identityformer", "randformer") for size in SIZES]
 ZOO_TIMM_NAMES += list(AFFNET_SIZES)
+ZOO_TIMM_NAMES += list(STRIPMLP_SIZES)
 
 
 def tiny(**kwargs) -> MetaFormer:
@@ -100,7 +102,7 @@ def test_zoo_models_satisfy_timm_default_cfg_contract(name: str) -> None:
     assert cfg["classifier"] + ".weight" in timm.create_model(name).state_dict()
     for key in ("paper_ids", "origin_url", "license", "interpolation", "crop_pct", "mean", "std"):
         assert cfg.get(key), key
-    assert cfg["fixed_input_size"] == name.startswith("randformer")
+    assert cfg["fixed_input_size"] == name.startswith(("randformer", "stripmlp"))  # grid-bound weights
 
 
 def test_create_model_without_pool_and_classes_returns_the_map() -> None:

@@ -1,0 +1,138 @@
+"""Strip-MLP-T*, -T, -S and -B (Cao et al., "Strip-MLP: Efficient Token Interaction for Vision MLP", ICCV 2023,
+arXiv 2307.11458), registered in timm as ``stripmlp_t_light``, ``stripmlp_t``, ``stripmlp_s`` and ``stripmlp_b``.
+Code followed: Med-Process/Strip_MLP, ``models/strip_mlp.py`` (``StripMLPNet``) and ``configs/smlp_*.yaml``.
+
+Built by the shared builder (``models.backbone.MetaFormer``), four stages at strides 4-32, widths C, 2C, 4C, 8C:
+
+    stem     4x4 conv, stride 4, no bias, no norm                     (official patch_embed)
+    stage i  [2x2 conv, stride 2, no bias, no norm] + depth_i blocks  (merging1-3, blocks1-4)
+    block    x = x + drop_path(StripMixing(x));  x = x + drop_path(ChannelMixing(x))      (no block norms)
+    shortcut the inputs of stages 1 and 2 reach every later stage's input through grouped 2x2 stride-2 convs
+             (conv_s1_28, conv_s1_14; conv_s2_14)
+    head     BatchNorm on the map -> global average pool -> linear
+
+StripMixing is the ``strip_mlp`` mixer (``mixers/strip_mlp.py``; P = 2 channel patches for widths divisible by
+80, else 4); ChannelMixing the ConvNeXt-V2 branch ``convnext_grn`` (dw 7x7 without bias -> LayerNorm (eps 1e-5)
+-> Linear (3C) -> GELU -> GRN -> Linear). Drop path is the same in every block (the official ``BasicBlock``
+hard-codes 0.1); ``drop_path_rate`` sets it (default 0, as timm models do; the experiment configs use 0.1).
+Parameter counts equal the official ones.
+
+The strip MLPs fix the grid, so the models take only their ``img_size`` (default 224; ``fixed_input_size``
+in the pretrained cfg). ``img_size`` builds a model for another size (any multiple of 32, also non-square); or
+build with ``mixer={"name": "strip_mlp", "resize": True}`` to run at other sizes by interpolating the strip
+weights (off by default; beyond the paper, see ``mixers/strip_mlp.py``).
+
+Deviations: the builder's init (trunc-normal 0.02 for conv/linear layers outside the strip layers) instead of
+PyTorch's defaults; unused official options (``drop_rate`` of the channel MLP, ``patch_norm``) are absent.
+The released weights are on Baidu Pan only, so the cfgs have no URL; load a downloaded file with
+``pretrained=True, pretrained_cfg_overlay=dict(file=...)`` (the official key layout is converted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .backbone import MetaFormer
+from .checkpoint import checkpoint_filter_fn
+
+__all__: list[str] = []
+
+SIZES = {
+    "stripmlp_t_light": dict(depths=(2, 2, 6, 2), dims=(80, 160, 320, 640)),
+    "stripmlp_t": dict(depths=(2, 2, 12, 2), dims=(80, 160, 320, 640)),
+    "stripmlp_s": dict(depths=(2, 2, 18, 2), dims=(96, 192, 384, 768)),
+    "stripmlp_b": dict(depths=(2, 2, 18, 2), dims=(112, 224, 448, 896)),
+}
+
+LAYOUT = dict(
+    stem_kernel_size=4,
+    stem_stride=4,
+    stem_padding=0,
+    stem_norm=None,
+    stem_bias=False,
+    downsample_kernel_size=2,
+    downsample_stride=2,
+    downsample_padding=0,
+    downsample_norm=None,
+    downsample_bias=False,
+    cross_stage_shortcuts=(1, 2),
+    mixer="strip_mlp",
+    norm=None,
+    norm_eps=1e-5,
+    mlp_type="convnext_grn",
+    mlp_ratio=3.0,
+    mlp_act="gelu",
+    mlp_bias=True,
+    mlp_conv_bias=False,
+    layer_scale_init=None,
+    res_scale_init=None,
+    drop_path_schedule="constant",
+    head_norm="batchnorm",
+    head_norm_before_pool=True,
+    img_size=224,
+)
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "fixed_input_size": True,
+        "pool_size": (7, 7),
+        "crop_pct": 224 / 256,
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.conv",
+        "classifier": "head.fc",
+        "license": "mit",
+        "paper_name": "Strip-MLP: Efficient Token Interaction for Vision MLP",
+        "paper_ids": "arXiv:2307.11458",
+        "origin_url": "https://github.com/Med-Process/Strip_MLP",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in SIZES})
+
+
+def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        MetaFormer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        # the cross-stage shortcuts live outside the stages, so features come from forward_intermediates
+        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+        **{**LAYOUT, **SIZES[variant], **kwargs},
+    )
+
+
+@register_model
+def stripmlp_t_light(pretrained: bool = False, **kwargs: Any) -> MetaFormer:
+    """Strip-MLP-T* ("light tiny"): 18.24 M params, 2.53 GMACs, 81.2 % top-1 at 224."""
+    return _create("stripmlp_t_light", pretrained, **kwargs)
+
+
+@register_model
+def stripmlp_t(pretrained: bool = False, **kwargs: Any) -> MetaFormer:
+    """Strip-MLP-T: 24.90 M params, 3.66 GMACs, 82.2 % top-1 at 224."""
+    return _create("stripmlp_t", pretrained, **kwargs)
+
+
+@register_model
+def stripmlp_s(pretrained: bool = False, **kwargs: Any) -> MetaFormer:
+    """Strip-MLP-S: 42.57 M params, 6.83 GMACs, 83.3 % top-1 at 224."""
+    return _create("stripmlp_s", pretrained, **kwargs)
+
+
+@register_model
+def stripmlp_b(pretrained: bool = False, **kwargs: Any) -> MetaFormer:
+    """Strip-MLP-B: 57.22 M params, 9.21 GMACs, 83.6 % top-1 at 224."""
+    return _create("stripmlp_b", pretrained, **kwargs)
