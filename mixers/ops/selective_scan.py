@@ -14,13 +14,13 @@ D % G == 0 (channel d uses group d // (D / G)); D_skip, Δ_bias (D,). Output (b,
 - ``selective_scan_ref``: the recurrence as written, one step per token, plain autograd (test oracle; slow:
   ~400x slower than the fast path in fwd+bwd at L = 3136).
 - ``selective_scan_torch``: exact and fast on CPU. The decays ``a_t = exp(Δ_t A)`` and inputs ``b_t = Δ_t B_t u_t``
-  are computed in bulk in the contiguous layout (L, b, G, D/G, N) (B, C broadcast over their group), then the first-order linear recurrence ``h_t = a_t ⊙ h_{t-1} + b_t`` runs in
-  a custom ``autograd.Function`` (``LinearRecurrence``): the forward is one fused multiply-add per step into a
-  preallocated state buffer; the backward is the reverse recurrence ``g_t = dh_t + a_{t+1} ⊙ g_{t+1}``, giving
-  ``da_t = g_t ⊙ h_{t-1}`` and ``db_t = g_t`` (shown equal to plain autograd by ``gradcheck`` in float64). The
-  readout ``y_t = h_t C_t`` is one batched matmul; everything else is ordinary batched ops. Stable: only products of decays ≤ 1,
-  no cumulative sums or divisions. The loop is kept out of ``torch.compile`` graphs (it would be unrolled L
-  times).
+  are computed in bulk in the contiguous layout (L, b, G, D/G, N) (B, C broadcast over their group), then the
+  first-order linear recurrence ``h_t = a_t ⊙ h_{t-1} + b_t`` runs in a custom ``autograd.Function``
+  (``LinearRecurrence``): the forward is one fused multiply-add per step into a preallocated state buffer; the
+  backward is the reverse recurrence ``g_t = dh_t + a_{t+1} ⊙ g_{t+1}``, giving ``da_t = g_t ⊙ h_{t-1}`` and
+  ``db_t = g_t`` (shown equal to plain autograd by ``gradcheck`` in float64). The readout ``y_t = h_t C_t`` is one
+  batched matmul. Stable: only products of decays ≤ 1, no cumulative sums or divisions. The loop is kept out of
+  ``torch.compile`` graphs (it would be unrolled L times).
 - ``selective_scan``: dispatch. ``backend="auto"`` runs the fused kernel when ``mamba_ssm`` imports and the tensors
   are on CUDA with d_state ≤ 256, else the torch path; ``"torch"``/``"fused"`` force one. The scan computes in
   float32 (float64 stays float64) with autocast off and returns u's dtype; the fused kernel gets D and Δ_bias in
