@@ -54,7 +54,7 @@ __all__ = ["ClassifierHead", "MetaFormer", "MetaFormerBlock", "MetaFormerStage"]
 POOL_TYPES = ("avg", "max", "")
 BLOCK_TYPES = ("metaformer", "inverted_residual")
 DOWNSAMPLE_TYPES = ("conv", "inverted_residual")
-MLP_TYPES = ("mlp", "inverted_residual", "convnext", "convnext_grn")
+MLP_TYPES = ("mlp", "inverted_residual", "convnext", "convnext_grn", "none")
 DROP_PATH_SCHEDULES = ("linear", "constant")
 
 
@@ -98,6 +98,8 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 class MetaFormerBlock(nn.Module):
     """Pre-norm token mixer + channel MLP, each with drop path, optional LayerScale and ResScale.
 
+    ``mlp=None`` (with ``norm2=None``) makes a mixer-only block, ``x = x + drop_path(mixer(norm1(x)))``.
+
     ``norm1`` always belongs to the token mixer and ``norm2`` to the MLP. ``mlp_first`` runs the MLP sub-layer
     first. ``single_residual`` puts one residual (with ``drop_path1``/``layer_scale1``/``res_scale1``) around
     both sub-layers instead of one each; with ``mlp_first`` this is AFFNet's block:
@@ -109,8 +111,8 @@ class MetaFormerBlock(nn.Module):
         dim: int,
         token_mixer: nn.Module,
         norm1: nn.Module,
-        norm2: nn.Module,
-        mlp: nn.Module,
+        norm2: nn.Module | None,
+        mlp: nn.Module | None,
         drop_path: float = 0.0,
         layer_scale_init: float | None = None,
         res_scale_init: float | None = None,
@@ -127,7 +129,7 @@ class MetaFormerBlock(nn.Module):
         self.res_scale1 = Scale(dim, res_scale_init) if res_scale_init is not None else nn.Identity()
         self.norm2 = norm2
         self.mlp = mlp
-        if not single_residual:
+        if not single_residual and mlp is not None:
             self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
             self.layer_scale2 = Scale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
             self.res_scale2 = Scale(dim, res_scale_init) if res_scale_init is not None else nn.Identity()
@@ -136,16 +138,16 @@ class MetaFormerBlock(nn.Module):
         return self.token_mixer(self.norm1(x))
 
     def _channel_mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.norm2(x))
+        return x if self.mlp is None else self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         if self.single_residual:
             y = self._mix(self._channel_mlp(x)) if self.mlp_first else self._channel_mlp(self._mix(x))
             return self.res_scale1(x) + self.layer_scale1(self.drop_path1(y))
-        if self.mlp_first:
+        if self.mlp_first and self.mlp is not None:
             x = self.res_scale2(x) + self.layer_scale2(self.drop_path2(self._channel_mlp(x)))
         x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(self._mix(x)))
-        if not self.mlp_first:
+        if not self.mlp_first and self.mlp is not None:
             x = self.res_scale2(x) + self.layer_scale2(self.drop_path2(self._channel_mlp(x)))
         return x
 
@@ -268,6 +270,7 @@ class MetaFormer(nn.Module):
       own skip (expansion ``mlp_ratio``, activation ``mlp_act``); ``convnext`` / ``convnext_grn``: the branch of a
       ConvNeXt (V2, with GRN) block, dw 7x7 conv (bias ``mlp_conv_bias``) -> LayerNorm (eps ``norm_eps``) -> MLP
       (``mlp_ratio``, ``mlp_act``, ``mlp_bias``), meant for ``norm=None`` blocks (``models.layers.ConvNeXtMlp``).
+      ``none`` (or ``mlp_ratio`` 0): mixer-only blocks, no ``norm2``/``mlp`` (Hydra-ViT).
     - ``downsample_bias``: the downsampling convs' bias.
     - ``drop_path_schedule``: ``linear`` (default; 0 -> ``drop_path_rate`` over the blocks) or ``constant``
       (``drop_path_rate`` in every block, as Strip-MLP).
@@ -393,7 +396,10 @@ class MetaFormer(nn.Module):
                         downsample = Downsample(in_dim, dims[i], kernel, stride, padding, norm_layer, downsample_bias)
                     grid = tuple(_conv_out(s, kernel, stride, padding) for s in grid)
                 for j in range(depths[i]):
-                    if mlp_types[i] == "inverted_residual":
+                    norm2 = create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias)
+                    if mlp_types[i] == "none" or not mlp_ratios[i]:  # mixer-only block
+                        mlp = norm2 = None
+                    elif mlp_types[i] == "inverted_residual":
                         mlp = InvertedResidual(dims[i], dims[i], 1, mlp_ratios[i], mlp_act)
                     elif mlp_types[i] in ("convnext", "convnext_grn"):
                         mlp = ConvNeXtMlp(
@@ -415,7 +421,7 @@ class MetaFormer(nn.Module):
                             dims[i],
                             token_mixer=create_mixer(mixers[i], dims[i], grid=grid, img_size=self.img_size),
                             norm1=create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias),
-                            norm2=create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias),
+                            norm2=norm2,
                             mlp=mlp,
                             drop_path=rates[j],
                             layer_scale_init=layer_scales[i],
