@@ -5,7 +5,10 @@ quasiseparable L x L matrix, every matrix mixer's fast form against its material
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 
@@ -13,6 +16,7 @@ from mixers import create_mixer
 from mixers.hydra_mixer import Hydra
 from mixers.matrix_mixer import STRUCTURES, MatrixMixer
 from mixers.ops.ssd import default_chunk_size, ssd, ssd_chunked, ssd_matrix, ssd_sequential
+from tests.conftest import build_model
 
 
 def _ssd_inputs(b: int, l: int, h: int, p: int, g: int, n: int, dtype=torch.float64, dt_scale: float = 1.0):
@@ -337,3 +341,54 @@ def test_data_dependent_matrix_mixers_take_any_grid_and_bf16_autocast() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = mixer(torch.randn(2, 5, 6, 32))
         assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+
+
+# --- models -----------------------------------------------------------------------------------------------------
+HYDRA_VIT_B_PUBLISHED = dict(params=91.0, top1=81.0, top1_ema=81.6)  # Table 5
+
+
+def test_hydra_vit_b_params_within_3_percent_of_the_paper() -> None:
+    with torch.device("meta"):
+        model = timm.create_model("hydra_vit_b")
+    params = sum(p.numel() for p in model.parameters())
+    # stem 3*256*768 + 768; 24 x (LayerNorm 1536 + Hydra 3,825,224); head LayerNorm 1536 + 768*1000 + 1000
+    assert params == 590_592 + 24 * (1_536 + 3_825_224) + 1_536 + 769_000 == 93_203_368
+    assert abs(params / 1e6 - HYDRA_VIT_B_PUBLISHED["params"]) <= 0.03 * HYDRA_VIT_B_PUBLISHED["params"]
+
+
+def test_hydra_vit_blocks_are_mixer_only_without_positional_embedding() -> None:
+    with torch.device("meta"):
+        model = timm.create_model("hydra_vit_b")
+    block = model.stages[0].blocks[0]
+    assert block.mlp is None and block.norm2 is None and isinstance(block.token_mixer, Hydra)
+    assert len(model.stages) == 1 and len(model.stages[0].blocks) == 24
+    assert model.stem.conv.kernel_size == model.stem.conv.stride == (16, 16)
+    assert not any("pos" in name for name, _ in model.named_parameters())
+    assert "stages.0.blocks.0.token_mixer.A_log" in model.no_weight_decay()
+
+
+def test_small_hydra_vit_runs_any_resolution_and_gets_gradients_everywhere() -> None:
+    model = timm.create_model("hydra_vit_s", depths=(2,), dims=(64,), num_classes=5, drop_path_rate=0.1)
+    for size in [(64, 64), (48, 80), (33, 47)]:
+        assert model(torch.randn(1, 3, *size)).shape == (1, 5)
+    model(torch.randn(2, 3, 32, 48)).square().sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+
+
+def test_hydra_in_the_comparison_backbone_builds_and_runs() -> None:
+    model = build_model("hydra_metaformer_s12", num_classes=3)
+    assert all(isinstance(b.token_mixer, Hydra) for s in model.stages for b in s.blocks)
+    assert model.stages[0].blocks[0].token_mixer.nheads == 4
+    assert model(torch.randn(1, 3, 64, 96)).shape == (1, 3)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager_for_a_small_hydra_model() -> None:
+    model = timm.create_model("hydra_vit_s", depths=(2,), dims=(64,), num_classes=5).eval()
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eager = model(x)
+        compiled = torch.compile(model, backend="inductor")(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)

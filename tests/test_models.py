@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import MetaFormer
 from models.affnet_family import SIZES as AFFNET_SIZES
+from models.hydra_family import SIZES as HYDRA_SIZES
 from models.metaformer_baselines import SIZES
 from models.stripmlp_family import SIZES as STRIPMLP_SIZES
 from tests.conftest import build_model, num_params
@@ -23,6 +24,7 @@ from tests.published import PUBLISHED, TIMM_OWNED
 ZOO_TIMM_NAMES = [f"{family}_{size}" for family in ("identityformer", "randformer") for size in SIZES]
 ZOO_TIMM_NAMES += list(AFFNET_SIZES)
 ZOO_TIMM_NAMES += list(STRIPMLP_SIZES)
+ZOO_TIMM_NAMES += list(HYDRA_SIZES)
 
 
 def tiny(**kwargs) -> MetaFormer:

@@ -1,0 +1,103 @@
+"""Hydra-ViT (Hwang et al., "Hydra: Bidirectional State Space Models Through Generalized Matrix Mixers",
+NeurIPS 2024, arXiv 2407.09941, §4.3 / Table 5 / Appendix D.2), registered in timm as ``hydra_vit_b`` and
+``hydra_vit_s``. Code followed for the layer: goombalab/hydra ``hydra/modules/hydra.py`` (the ImageNet code was not
+released; the authors point to state-spaces/s4's ViT with Hydra as a drop-in, goombalab/hydra #1).
+
+Built by the shared builder (``models.backbone.MetaFormer``) as one isotropic stage:
+
+    stem   16x16 conv, stride 16 (patch embedding, no norm)  -> 14 x 14 = 196 tokens at 224
+    blocks depth x [x = x + drop_path(hydra(LayerNorm(x)))]    mixer-only: no channel MLP (``mlp_type="none"``)
+    head   global average pool -> LayerNorm -> linear
+
+No positional embedding and no class token: the Hydra layer reads the 14 x 14 grid row-major ("Hydra simply
+flattens images"). ``hydra_vit_b``: ViT-B width 768 and 24 Hydra layers (Mamba and Hydra use 24 layers "to match
+parameters" with the 12-layer ViT-B) with the default layer (d_state 64, d_conv 7, expand 2, headdim 64):
+93.2 M parameters, against the paper's 91 M (24 x 3,825,224 = 91.8 M in the mixers alone; the 91 M of Table 5
+is probably rounded down from the mixers or counted without embedding/head). ``hydra_vit_s`` (ours, not in the
+paper): ViT-S width 384, 24 layers, same layer defaults (24.9 M params, vs ViT-S's 22 M).
+
+[UNVERIFIED] pre-norm LayerNorm blocks (eps 1e-6, as timm's ViT) and pooled-then-normed features, from the s4 repo
+ViT the authors used; mean pooling per the s4 ``use_cls_token=false`` config. No weights were released (the
+HF ``goombalab/hydra`` checkpoint is the BERT model), so the cfgs have no URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .backbone import MetaFormer
+from .checkpoint import checkpoint_filter_fn
+
+__all__: list[str] = []
+
+SIZES = {
+    "hydra_vit_s": dict(depths=(24,), dims=(384,)),
+    "hydra_vit_b": dict(depths=(24,), dims=(768,)),
+}
+
+LAYOUT = dict(
+    stem_kernel_size=16,
+    stem_stride=16,
+    stem_padding=0,
+    stem_norm=None,
+    mixer={"name": "hydra", "d_state": 64, "d_conv": 7, "expand": 2, "headdim": 64},
+    norm="layernorm",
+    norm_eps=1e-6,
+    norm_bias=True,
+    mlp_type="none",
+    layer_scale_init=None,
+    res_scale_init=None,
+    head_norm="layernorm",
+)
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (14, 14),
+        "crop_pct": 0.9,
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.conv",
+        "classifier": "head.fc",
+        "license": "mit",
+        "paper_name": "Hydra: Bidirectional State Space Models Through Generalized Matrix Mixers",
+        "paper_ids": "arXiv:2407.09941",
+        "origin_url": "https://github.com/goombalab/hydra",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in SIZES})
+
+
+def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
+    options = {**LAYOUT, **SIZES[variant], **kwargs}
+    return build_model_with_cfg(
+        MetaFormer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=options.pop("out_indices", (0,))),
+        **options,
+    )
+
+
+@register_model
+def hydra_vit_s(pretrained: bool = False, **kwargs: Any) -> MetaFormer:
+    """Hydra-ViT-S (ours): width 384, 24 mixer-only Hydra layers, 16x16 patches; 24.9 M params."""
+    return _create("hydra_vit_s", pretrained, **kwargs)
+
+
+@register_model
+def hydra_vit_b(pretrained: bool = False, **kwargs: Any) -> MetaFormer:
+    """Hydra-ViT-B (Table 5): width 768, 24 mixer-only Hydra layers, 16x16 patches; 93.2 M params (paper: 91 M),
+    81.0 % top-1 (81.6 % with EMA) on ImageNet-1K at 224."""
+    return _create("hydra_vit_b", pretrained, **kwargs)
