@@ -22,7 +22,10 @@ class StarReLU(nn.Module):
         self.bias = nn.Parameter(torch.full((1,), bias_value), requires_grad=learnable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.relu(x).square() + self.bias
+        if torch.is_grad_enabled() and (x.requires_grad or self.scale.requires_grad or self.bias.requires_grad):
+            return torch.addcmul(self.bias, self.scale, F.relu(x).square())  # 3 passes over x instead of 4
+        # no autograd graph (inference): one buffer, updated in place (~2x faster on CPU, where it is memory-bound)
+        return F.relu(x).square_().mul_(self.scale).add_(self.bias)
 
 
 class SquaredReLU(nn.Module):
