@@ -495,7 +495,7 @@ def format_value(column: str, value: Any) -> str:
         return "n/a" if column in COLUMNS[3:-1] else ""
     if isinstance(value, float):
         if column.startswith("gmacs"):
-            return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+            return f"{value:.1e}" if 0 < value < 1e-3 else f"{value:.3f}" if value < 10 else f"{value:.1f}"
         return f"{value:.{DECIMALS.get(column, 2)}f}"
     return str(value)
 
