@@ -46,6 +46,7 @@ from .blocks import (
     InvertedResidualDownsample,
     StageFusion,
     Stem,
+    WeightedAverage,
 )
 from .layers import ConvNeXtMlp, Mlp, MlpHead, Scale, create_norm
 
@@ -99,6 +100,7 @@ class MetaFormerBlock(nn.Module):
     """Pre-norm token mixer + channel MLP, each with drop path, optional LayerScale and ResScale.
 
     ``mlp=None`` (with ``norm2=None``) makes a mixer-only block, ``x = x + drop_path(mixer(norm1(x)))``.
+    ``sublayers()`` lists the residual sub-layers in the order they run (for stage-level weighted averaging).
 
     ``norm1`` always belongs to the token mixer and ``norm2`` to the MLP. ``mlp_first`` runs the MLP sub-layer
     first. ``single_residual`` puts one residual (with ``drop_path1``/``layer_scale1``/``res_scale1``) around
@@ -144,23 +146,46 @@ class MetaFormerBlock(nn.Module):
         if self.single_residual:
             y = self._mix(self._channel_mlp(x)) if self.mlp_first else self._channel_mlp(self._mix(x))
             return self.res_scale1(x) + self.layer_scale1(self.drop_path1(y))
-        if self.mlp_first and self.mlp is not None:
-            x = self.res_scale2(x) + self.layer_scale2(self.drop_path2(self._channel_mlp(x)))
-        x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(self._mix(x)))
-        if not self.mlp_first and self.mlp is not None:
-            x = self.res_scale2(x) + self.layer_scale2(self.drop_path2(self._channel_mlp(x)))
+        for sublayer in self.sublayers():
+            x = sublayer(x)
         return x
+
+    def token_sublayer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res_scale1(x) + self.layer_scale1(self.drop_path1(self._mix(x)))
+
+    def channel_sublayer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res_scale2(x) + self.layer_scale2(self.drop_path2(self._channel_mlp(x)))
+
+    def sublayers(self) -> list[Any]:
+        """The residual sub-layers in the order they run (not defined for ``single_residual`` blocks)."""
+        if self.single_residual:
+            raise ValueError("A single_residual block has no separate residual sub-layers.")
+        if self.mlp is None:
+            return [self.token_sublayer]
+        if self.mlp_first:
+            return [self.channel_sublayer, self.token_sublayer]
+        return [self.token_sublayer, self.channel_sublayer]
 
 
 class MetaFormerStage(nn.Module):
     """Downsampling (or identity), a sequence of blocks and an optional fusion of the blocks' output with the
-    downsampled input (``fusion(x, shortcut)``); NCHW in and out."""
+    downsampled input (``fusion(x, shortcut)``); NCHW in and out. With ``averaging`` (a ``WeightedAverage``) every
+    sub-layer reads a learnable weighted average of all earlier sub-layer outputs of the stage (gradient
+    checkpointing is then not applied)."""
 
-    def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module], fusion: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        downsample: nn.Module,
+        blocks: Sequence[nn.Module],
+        fusion: nn.Module | None = None,
+        averaging: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.downsample = downsample
         self.blocks = nn.Sequential(*blocks)
         self.fusion = fusion
+        if averaging is not None:  # only registered when used: other models keep their keys
+            self.averaging = averaging
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,7 +194,9 @@ class MetaFormerStage(nn.Module):
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """The stage after its downsampling (NCHW in and out)."""
         x = shortcut = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
+        if hasattr(self, "averaging"):
+            x = self.averaging([f for block in self.blocks for f in block.sublayers()], x)
+        elif self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
@@ -281,6 +308,13 @@ class MetaFormer(nn.Module):
     - ``stage_fusion``: end the stage with ``StageFusion`` (norm, 1x1 projection, concat with the stage input
       after downsampling, 1x1 fusion conv).
     - ``final_conv_dim``: a 1x1 conv-BN-act to this width after the last stage (part of ``forward_features``).
+    - ``channel_mixer``: per stage, a registered mixer spec (``mixers.create_mixer``, with the same context as the
+      token mixer) built in the MLP slot instead of the MLP (e.g. ``mamba_channel_mixer``); None keeps ``mlp_type``.
+    - ``mlp_every``: per stage, only every n-th block has the channel sub-layer (block j when ``(j + 1) % n == 0``;
+      the others are mixer-only): ViM2's two token mixers per channel mixer is ``mlp_every=2``.
+    - ``weighted_average``: per stage, each sub-layer's input is a learnable scalar combination of the stage input
+      and all earlier sub-layer outputs of the stage (``models.blocks.WeightedAverage``, MambaMixer's weighted
+      averaging), initialised to the plain residual network.
     """
 
     def __init__(
@@ -334,6 +368,9 @@ class MetaFormer(nn.Module):
         mlp_conv_bias: bool = True,
         drop_path_schedule: str = "linear",
         cross_stage_shortcuts: Sequence[int] = (),
+        channel_mixer: Any = None,
+        mlp_every: Any = 1,
+        weighted_average: Any = False,
     ) -> None:
         super().__init__()
         depths, dims = [int(d) for d in depths], [int(d) for d in dims]
@@ -350,6 +387,9 @@ class MetaFormer(nn.Module):
         ]
         mlp_types = [_check_choice("mlp_type", m, MLP_TYPES) for m in _per_stage("mlp_type", mlp_type, num_stages)]
         fusions = _per_stage("stage_fusion", stage_fusion, num_stages)
+        channel_mixers = _per_stage("channel_mixer", channel_mixer, num_stages)
+        mlp_everys = [int(n) for n in _per_stage("mlp_every", mlp_every, num_stages)]
+        averages = _per_stage("weighted_average", weighted_average, num_stages)
         _check_choice("downsample_type", downsample_type, DOWNSAMPLE_TYPES)
         _check_choice("drop_path_schedule", drop_path_schedule, DROP_PATH_SCHEDULES)
         self.num_classes = num_classes
@@ -397,8 +437,10 @@ class MetaFormer(nn.Module):
                     grid = tuple(_conv_out(s, kernel, stride, padding) for s in grid)
                 for j in range(depths[i]):
                     norm2 = create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias)
-                    if mlp_types[i] == "none" or not mlp_ratios[i]:  # mixer-only block
+                    if mlp_types[i] == "none" or not mlp_ratios[i] or (j + 1) % mlp_everys[i]:  # mixer-only block
                         mlp = norm2 = None
+                    elif channel_mixers[i] is not None:  # a registered mixer in the MLP slot
+                        mlp = create_mixer(channel_mixers[i], dims[i], grid=grid, img_size=self.img_size)
                     elif mlp_types[i] == "inverted_residual":
                         mlp = InvertedResidual(dims[i], dims[i], 1, mlp_ratios[i], mlp_act)
                     elif mlp_types[i] in ("convnext", "convnext_grn"):
@@ -432,8 +474,11 @@ class MetaFormer(nn.Module):
                     )
             if fusions[i]:
                 fusion = StageFusion(dims[i], create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias), conv_act)
+            averaging = None
+            if averages[i] and blocks:
+                averaging = WeightedAverage(sum(len(block.sublayers()) for block in blocks))
             reduction *= stride
-            stages.append(MetaFormerStage(downsample, blocks, fusion))
+            stages.append(MetaFormerStage(downsample, blocks, fusion, averaging))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.cross_shortcuts = None
@@ -480,6 +525,7 @@ class MetaFormer(nn.Module):
                 (r"^stages\.(\d+)\.downsample", (0,)),
                 (r"^stages\.(\d+)\.blocks\.(\d+)", None),
                 (r"^stages\.(\d+)\.fusion", (99999,)),
+                (r"^stages\.(\d+)\.averaging", (99999,)),
                 (r"^cross_shortcuts\.", (99999,)),
                 (r"^final_conv", (99999,)),
             ],
