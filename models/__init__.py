@@ -3,7 +3,7 @@
 Importing this package registers the zoo's models in timm's registry (``timm.create_model("identityformer_s12")``).
 """
 
-from . import affnet_family, hydra_family, metaformer_baselines, stripmlp_family  # noqa: F401  (register affnet*, hydra_vit_*, identityformer_*, randformer_*, stripmlp_*)
+from . import affnet_family, hydra_family, metaformer_baselines, stripmlp_family, vim2_family  # noqa: F401  (register affnet*, hydra_vit_*, identityformer_*, randformer_*, stripmlp_*, vim2_*)
 from .backbone import MetaFormer
 from .checkpoint import load_checkpoint
 

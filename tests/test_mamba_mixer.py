@@ -5,12 +5,17 @@ residual network, and the published ViM2 sizes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import timm
 import torch
 
 from mixers import create_mixer
-from mixers.mamba_mixer import cross_merge, cross_scan
+from mixers.mamba_mixer import MambaChannelMixer, cross_merge, cross_scan
 from mixers.ops.selective_scan import linear_recurrence, selective_scan, selective_scan_ref, selective_scan_torch
+from models import MetaFormer
+from tests.conftest import build_model, num_params
 
 GRIDS = [(4, 4), (3, 5), (5, 2), (1, 7), (7, 1)]
 
@@ -191,3 +196,96 @@ def test_channel_mixer_is_per_token_and_resolution_independent() -> None:
     y = mixer(x)
     torch.testing.assert_close(mixer(x[:, 1:4, 2:3]), y[:, 1:4, 2:3])  # any sub-grid, any shape
     torch.testing.assert_close(mixer(x.reshape(1, 3, 20, 32)), y.reshape(1, 3, 20, 32))
+
+
+# --- builder options and ViM2 --------------------------------------------------------------------------------
+
+# ViM2 v1 appendix (params in M, top-1 at 224) and our exact counts (see models/vim2_family.py for the gap).
+VIM2_PUBLISHED = {"vim2_t": (20.0, 82.7), "vim2_s": (43.0, 83.7), "vim2_b": (74.0, 83.9)}
+VIM2_PARAMS = {"vim2_t": 22_451_719, "vim2_s": 40_355_284, "vim2_b": 69_667_572}
+
+
+def _tiny(mixer: Any = "mamba_mixer", **kwargs: Any) -> MetaFormer:
+    options = dict(
+        depths=(2, 3),
+        dims=(16, 32),
+        mixer=mixer,
+        channel_mixer={"name": "mamba_channel_mixer", "hidden_dim": 32},
+        mlp_every=(1, 2),
+        norm="layernorm",
+        res_scale_init=None,
+        num_classes=10,
+    )
+    return MetaFormer(**{**options, **kwargs})
+
+
+def test_channel_mixer_spec_fills_the_mlp_slot_and_mlp_every_drops_it() -> None:
+    model = _tiny()
+    stage0, stage1 = model.stages
+    assert all(isinstance(block.mlp, MambaChannelMixer) for block in stage0.blocks)
+    assert [block.mlp is not None for block in stage1.blocks] == [False, True, False]
+    assert [len(block.sublayers()) for block in stage1.blocks] == [1, 2, 1]
+    assert not any(name.startswith("stages.1.blocks.0.norm2") for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("mixer", ["mamba_mixer", "pooling"])
+def test_weighted_average_at_init_equals_the_plain_residual_network(mixer: str) -> None:
+    plain = _tiny(mixer).eval()
+    dense = _tiny(mixer, weighted_average=True).eval()
+    missing, unexpected = dense.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == ["stages.0.averaging.weights", "stages.1.averaging.weights"]
+    assert dense.stages[1].averaging.weights.numel() == 4 * 5 // 2  # 4 sub-layers: T, T, C, T
+    x = torch.randn(2, 3, 32, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(dense(x), plain(x), rtol=0, atol=0)
+
+
+def test_weighted_average_weights_learn_and_change_the_output() -> None:
+    model = _tiny(weighted_average=True)
+    x = torch.randn(2, 3, 32, 32)
+    model(x).square().sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+    weights = model.stages[1].averaging.weights
+    assert weights.grad.abs().min() > 0  # every scalar, also the zero-initialised ones, gets a gradient
+    assert {f"stages.{i}.averaging.weights" for i in range(2)} <= model.no_weight_decay()
+    before = model(x)
+    with torch.no_grad():
+        weights[0] += 0.5
+    assert not torch.allclose(model(x), before)
+
+
+@pytest.mark.parametrize("name", list(VIM2_PUBLISHED))
+def test_vim2_params_against_published(name: str) -> None:
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    count = num_params(model)
+    assert count == VIM2_PARAMS[name]
+    published = VIM2_PUBLISHED[name][0] * 1e6
+    assert abs(count / published - 1) < (0.13 if name == "vim2_t" else 0.10)  # T: +12.3 %, see vim2_family.py
+
+
+def test_vim2_t_runs_on_any_input_size_with_features() -> None:
+    model = timm.create_model("vim2_t", num_classes=5).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96)).shape == (1, 5)
+        features = model.forward_intermediates(torch.randn(1, 3, 64, 64), intermediates_only=True)
+    assert [f.shape[1:] for f in features] == [(96, 16, 16), (192, 8, 8), (384, 4, 4), (768, 2, 2)]
+    assert [info["num_chs"] for info in model.feature_info] == [96, 192, 384, 768]
+    assert {"A_log", "D", "dt_bias", "weights"} <= {n.rsplit(".", 1)[-1] for n in model.no_weight_decay()}
+
+
+def test_mamba_mixer_metaformer_config_builds() -> None:
+    model = build_model("mamba_mixer_metaformer_s12", num_classes=10).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager_on_a_tiny_model() -> None:
+    model = _tiny(weighted_average=True, depths=(1,), dims=(8,), mlp_every=1, channel_mixer="mamba_channel_mixer")
+    model = model.eval()
+    x = torch.randn(2, 3, 24, 20)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)

@@ -18,6 +18,7 @@ from models.affnet_family import SIZES as AFFNET_SIZES
 from models.hydra_family import SIZES as HYDRA_SIZES
 from models.metaformer_baselines import SIZES
 from models.stripmlp_family import SIZES as STRIPMLP_SIZES
+from models.vim2_family import SIZES as VIM2_SIZES
 from tests.conftest import build_model, num_params
 from tests.published import PUBLISHED, TIMM_OWNED
 
@@ -25,6 +26,7 @@ ZOO_TIMM_NAMES = [f"{family}_{size}" for family in ("identityformer", "randforme
 ZOO_TIMM_NAMES += list(AFFNET_SIZES)
 ZOO_TIMM_NAMES += list(STRIPMLP_SIZES)
 ZOO_TIMM_NAMES += list(HYDRA_SIZES)
+ZOO_TIMM_NAMES += list(VIM2_SIZES)
 
 
 def tiny(**kwargs) -> MetaFormer:
