@@ -96,6 +96,20 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _channel_mlp(
+    mlp_type: str, dim: int, ratio: float, act: str, bias: bool, conv_bias: bool, norm_eps: float, drop: float
+) -> nn.Module:
+    """The channel MLP of a block: ``mlp`` (fc-act-fc), ``inverted_residual`` (MBConv with its own skip), or
+    ``convnext`` / ``convnext_grn`` (dw 7x7 -> LayerNorm -> MLP [-> GRN], ConvNeXt(-V2))."""
+    hidden = int(ratio * dim)
+    if mlp_type == "inverted_residual":
+        return InvertedResidual(dim, dim, 1, ratio, act)
+    if mlp_type in ("convnext", "convnext_grn"):
+        grn = mlp_type == "convnext_grn"
+        return ConvNeXtMlp(dim, hidden, act=act, bias=bias, conv_bias=conv_bias, grn=grn, norm_eps=norm_eps, drop=drop)
+    return Mlp(dim, hidden, act=act, bias=bias, drop=drop)
+
+
 class MetaFormerBlock(nn.Module):
     """Pre-norm token mixer + channel MLP, each with drop path, optional LayerScale and ResScale.
 
@@ -441,22 +455,16 @@ class MetaFormer(nn.Module):
                         mlp = norm2 = None
                     elif channel_mixers[i] is not None:  # a registered mixer in the MLP slot
                         mlp = create_mixer(channel_mixers[i], dims[i], grid=grid, img_size=self.img_size)
-                    elif mlp_types[i] == "inverted_residual":
-                        mlp = InvertedResidual(dims[i], dims[i], 1, mlp_ratios[i], mlp_act)
-                    elif mlp_types[i] in ("convnext", "convnext_grn"):
-                        mlp = ConvNeXtMlp(
-                            dims[i],
-                            int(mlp_ratios[i] * dims[i]),
-                            act=mlp_act,
-                            bias=mlp_bias,
-                            conv_bias=mlp_conv_bias,
-                            grn=mlp_types[i] == "convnext_grn",
-                            norm_eps=norm_eps,
-                            drop=proj_drop_rate,
-                        )
                     else:
-                        mlp = Mlp(
-                            dims[i], int(mlp_ratios[i] * dims[i]), act=mlp_act, bias=mlp_bias, drop=proj_drop_rate
+                        mlp = _channel_mlp(
+                            mlp_types[i],
+                            dims[i],
+                            mlp_ratios[i],
+                            mlp_act,
+                            mlp_bias,
+                            mlp_conv_bias,
+                            norm_eps,
+                            proj_drop_rate,
                         )
                     blocks.append(
                         MetaFormerBlock(
