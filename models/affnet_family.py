@@ -30,10 +30,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from .backbone import MetaFormer
-from .checkpoint import checkpoint_filter_fn
+from .backbone import MetaFormer, create_metaformer
 
 __all__: list[str] = []
 
@@ -100,14 +99,7 @@ default_cfgs = generate_default_cfgs({f"{name}.ms_in1k": _cfg() for name in SIZE
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
     size = SIZES[variant]
     options = {**LAYOUT, **size, "final_conv_dim": min(4 * size["dims"][-1], 960), **kwargs}
-    return build_model_with_cfg(
-        MetaFormer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=options.pop("out_indices", (0, 1, 2, 3, 4))),
-        **options,
-    )
+    return create_metaformer(variant, pretrained, (0, 1, 2, 3, 4), **options)
 
 
 @register_model

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, trunc_normal_
-from timm.models import checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint_seq
 from timm.models._features import feature_take_indices
 
 from mixers import create_act, create_mixer
@@ -48,9 +48,10 @@ from .blocks import (
     Stem,
     WeightedAverage,
 )
+from .checkpoint import checkpoint_filter_fn
 from .layers import ConvNeXtMlp, Mlp, MlpHead, Scale, create_norm
 
-__all__ = ["ClassifierHead", "MetaFormer", "MetaFormerBlock", "MetaFormerStage"]
+__all__ = ["ClassifierHead", "MetaFormer", "MetaFormerBlock", "MetaFormerStage", "create_metaformer"]
 
 POOL_TYPES = ("avg", "max", "")
 BLOCK_TYPES = ("metaformer", "inverted_residual")
@@ -616,3 +617,23 @@ class MetaFormer(nn.Module):
         if prune_head:
             self.reset_classifier(0, "", reset_other=True)
         return take_indices
+
+
+def create_metaformer(
+    variant: str,
+    pretrained: bool,
+    default_out_indices: Sequence[int],
+    feature_cls: str | None = None,
+    **kwargs: Any,
+) -> MetaFormer:
+    """Build a registered family member with timm's ``build_model_with_cfg``: its pretrained cfg, loading with
+    ``checkpoint_filter_fn`` (official key layouts too), and ``features_only`` support. ``feature_cls="getter"``
+    takes features from ``forward_intermediates`` (for layouts with connections outside the stages)."""
+    out_indices = kwargs.pop("out_indices", default_out_indices)
+    if feature_cls is None:
+        feature_cfg = dict(flatten_sequential=True, out_indices=out_indices)
+    else:
+        feature_cfg = dict(feature_cls=feature_cls, out_indices=out_indices)
+    return build_model_with_cfg(
+        MetaFormer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs
+    )

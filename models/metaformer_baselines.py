@@ -15,10 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from .backbone import MetaFormer
-from .checkpoint import checkpoint_filter_fn
+from .backbone import MetaFormer, create_metaformer
 
 __all__: list[str] = []
 
@@ -65,14 +64,7 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
-    return build_model_with_cfg(
-        MetaFormer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=kwargs.pop("out_indices", (0, 1, 2, 3))),
-        **kwargs,
-    )
+    return create_metaformer(variant, pretrained, (0, 1, 2, 3), **kwargs)
 
 
 def _identityformer(size: str, pretrained: bool, **kwargs: Any) -> MetaFormer:

@@ -33,10 +33,9 @@ from __future__ import annotations
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from .backbone import MetaFormer
-from .checkpoint import checkpoint_filter_fn
+from .backbone import MetaFormer, create_metaformer
 
 __all__: list[str] = []
 
@@ -102,16 +101,8 @@ default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in SIZES})
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
-        MetaFormer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        # the cross-stage shortcuts live outside the stages, so features come from forward_intermediates
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **{**LAYOUT, **SIZES[variant], **kwargs},
-    )
+    # the cross-stage shortcuts live outside the stages, so features come from forward_intermediates
+    return create_metaformer(variant, pretrained, (0, 1, 2, 3), "getter", **{**LAYOUT, **SIZES[variant], **kwargs})
 
 
 @register_model

@@ -35,10 +35,9 @@ from __future__ import annotations
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from .backbone import MetaFormer
-from .checkpoint import checkpoint_filter_fn
+from .backbone import MetaFormer, create_metaformer
 
 __all__: list[str] = []
 
@@ -104,14 +103,7 @@ default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in SI
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
     options = {**LAYOUT, **SIZES[variant], **kwargs}
-    return build_model_with_cfg(
-        MetaFormer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=options.pop("out_indices", (0, 1, 2, 3))),
-        **options,
-    )
+    return create_metaformer(variant, pretrained, (0, 1, 2, 3), **options)
 
 
 @register_model
