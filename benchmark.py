@@ -26,8 +26,9 @@ real<->complex pair, the real size) and ``batch`` the number of independent tran
 - real FFT (``aten._fft_r2c``, inverse ``aten._fft_c2r``): half of that, 1.25·n·log2(n) MACs per transform;
 - scans (``aten.cumsum``/``cumprod``/``logcumsumexp``): one multiply-add per output element;
 - fused scan kernels whose work no aten op shows (e.g. a CUDA selective scan): a module that defines
-  ``scan_macs(*inputs) -> int`` has that number added to ``gmacs_scan`` (Mamba's selective scan: 9·B·L·D·N,
-  state-spaces/mamba #110; such a module must not also run the scan through the ops above).
+  ``scan_macs(*inputs) -> int`` has that number added to ``gmacs_scan`` (the zoo's S6 declares B·L·D·N, one
+  multiply-add per state update; its C·h readout is a matmul already; such a module must not also run the scan
+  through the ops above).
 
 Models (positional arguments; globs allowed):
 

@@ -105,6 +105,14 @@ class _S6Params(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"A_log", "D", "dt_bias"}
 
+    def scan_macs(self, xs: torch.Tensor) -> int:
+        """Work of the scan that no matmul shows, for ``benchmark.py``: the state recurrence
+        h_t = exp(dt A) h_{t-1} + dt B x_t is one multiply-add per (batch, channel, token, state). The readout
+        C h_t is an einsum (counted as a matmul); the discretisation is elementwise (counted 0, like all
+        elementwise work in the tables)."""
+        b, K, E, L = xs.shape
+        return b * K * E * L * self.d_state
+
     def forward(self, xs: torch.Tensor) -> torch.Tensor:  # (b, K, E, L)
         b, K, E, L = xs.shape
         x_dbl = torch.einsum("bkel,kce->bkcl", xs, self.x_proj)  # (b, K, R + 2N, L)

@@ -180,3 +180,14 @@ def test_collector_builds_the_table_from_summary_files(tmp_path: Path) -> None:
     assert table[0] == "| " + " | ".join(collect_results.COLUMNS) + " |"
     assert table[2].startswith("| 0_model.mixer=pooling | metaformer_tiny | pooling | 0.44 |")
     assert "| n/a | 500 | 70.00 | 69.00 | 3 |" in table[4]  # no config: no MACs, the rest from summary.json
+
+
+def test_selective_scan_state_updates_are_counted_for_the_mamba_mixers() -> None:
+    from mixers import create_mixer
+
+    x = torch.empty(2, 4, 5, 32, device="meta")
+    with torch.device("meta"):
+        token_mixer = create_mixer({"name": "mamba_mixer", "d_state": 16}, 32)
+    count = benchmark.count_macs(token_mixer, x)
+    # batch 2 x 4 scan directions x E inner channels x 20 tokens x 16 states
+    assert count.scan == 2 * 4 * token_mixer.ssm.d_inner * 20 * 16 > 0
