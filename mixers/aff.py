@@ -32,13 +32,12 @@ the official filter uses two separate activation instances for the two parts and
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .activations import create_act
+from .ops import autocast_off
 from .registry import register_mixer
 
 __all__ = ["AFF", "complex_group_matrix"]
@@ -104,13 +103,7 @@ class AFF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         dtype = x.dtype
         H, W = x.shape[1], x.shape[2]
-        device_type = x.device.type
-        no_autocast = (
-            torch.autocast(device_type, enabled=False)
-            if torch.amp.is_autocast_available(device_type)
-            else contextlib.nullcontext()  # e.g. the meta device (FLOP counting)
-        )
-        with no_autocast:
+        with autocast_off(x.device.type):
             u = x.to(torch.promote_types(dtype, torch.float32))
             spectrum = torch.fft.rfft2(u, dim=(1, 2), norm="ortho")  # (B, H, W//2+1, C) complex
             y = torch.fft.irfft2(self.mask(spectrum) * spectrum, s=(H, W), dim=(1, 2), norm="ortho")  # (B, H, W, C)

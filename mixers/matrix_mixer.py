@@ -40,7 +40,6 @@ does not mix tokens).
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -48,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .hydra_mixer import GatedRMSNorm, init_dt_bias, quasiseparable_mix
+from .ops import autocast_off
 from .ops.ssd import ssd_matrix
 from .registry import register_mixer
 
@@ -56,12 +56,6 @@ __all__ = ["STRUCTURES", "MatrixMixer"]
 STRUCTURES = ("dense", "toeplitz", "vandermonde", "dft", "cauchy", "low_rank", "attention", "quasiseparable")
 DI_ONLY = ("dense", "dft")
 QK_STRUCTURES = ("vandermonde", "cauchy", "low_rank", "attention")
-
-
-def _no_autocast(device_type: str):
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
 
 
 @register_mixer("matrix_mixer")
@@ -255,7 +249,7 @@ class MatrixMixer(nn.Module):
             dt, A, B, C, diag = self._qs_params(v, extra, dt)
             y = quasiseparable_mix(vh, dt, A, B, C, diag, self.chunk_size, backend=self.backend)
         elif s == "toeplitz":
-            with _no_autocast(x.device.type):  # real FFT in float32: linear convolution, no wrap-around
+            with autocast_off(x.device.type):  # real FFT in float32: linear convolution, no wrap-around
                 fp32 = torch.promote_types(v.dtype, torch.float32)
                 kernel = self._toeplitz_kernel(extra.to(fp32), L).to(fp32)  # (B|1, H, 2L-1)
                 n = 2 * L - 1

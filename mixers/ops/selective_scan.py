@@ -29,11 +29,12 @@ D % G == 0 (channel d uses group d // (D / G)); D_skip, Δ_bias (D,). Output (b,
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
 import torch.nn.functional as F
+
+from . import autocast_off
 
 __all__ = [
     "LinearRecurrence",
@@ -215,13 +216,7 @@ def selective_scan(
     use_fused = backend == "fused" or (backend == "auto" and fusable)
     dtype = u.dtype
     compute = torch.promote_types(dtype, torch.float32)
-    device_type = u.device.type
-    no_autocast = (
-        torch.autocast(device_type, enabled=False)
-        if torch.amp.is_autocast_available(device_type)
-        else contextlib.nullcontext()  # e.g. the meta device (FLOP counting)
-    )
-    with no_autocast:
+    with autocast_off(u.device.type):
         args = [None if t is None else t.to(compute) for t in (u, delta, A, B, C, D, z, delta_bias)]
         scan = _selective_scan_fused if use_fused else selective_scan_torch
         out = scan(*args, delta_softplus)

@@ -30,11 +30,12 @@ B, C (b, l, g, n) with h % g == 0, initial_state (b, h, p, n). Output y (b, l, h
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
 import torch.nn.functional as F
+
+from . import autocast_off
 
 __all__ = ["default_chunk_size", "fused_ssd_available", "ssd", "ssd_chunked", "ssd_matrix", "ssd_sequential"]
 
@@ -200,13 +201,7 @@ def ssd(
         )
     dtype = x.dtype
     compute = torch.promote_types(dtype, torch.float32)
-    device_type = x.device.type
-    no_autocast = (
-        torch.autocast(device_type, enabled=False)
-        if torch.amp.is_autocast_available(device_type)
-        else contextlib.nullcontext()  # e.g. the meta device (FLOP counting)
-    )
-    with no_autocast:
+    with autocast_off(x.device.type):
         args = [t.to(compute) for t in (x, dt, A, B, C)]
         state = None if initial_state is None else initial_state.to(compute)
         if use_fused:
