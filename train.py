@@ -42,13 +42,13 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad
+from timm.utils import ModelEmaV3, dispatch_clip_grad
 from timm.utils.distributed import init_distributed_device_so
 from torch.nn.parallel import DistributedDataParallel
 
 import models  # registers the zoo's models in timm (also used: models.load_checkpoint)
 from training.config import register_configs
-from training.data import create_datasets, eval_loader, train_batches, train_loader
+from training.data import EpochBatchSampler, create_datasets, eval_loader, train_batches, train_loader
 
 _logger = logging.getLogger("train")
 register_configs()
@@ -192,32 +192,29 @@ class Progress:
 
 
 def train_one_epoch(
-    cfg: DictConfig,
-    state: dict[str, Any],
-    epoch: int,
-    batches: list[list[int]],
-    start_batch: int,
-    on_step_end: Any,
+    cfg: DictConfig, state: dict[str, Any], epoch: int, start_batch: int, on_stop: Any
 ) -> dict[str, float]:
-    """Train over ``batches[start_batch:]``; returns the epoch's mean loss and global images/s.
+    """Train over this epoch's batches from ``start_batch`` on; returns the epoch's mean loss and global images/s.
 
-    Every micro-step syncs one small tensor (the loss and the stop flag, summed over ranks): a non-finite loss
-    raises ``FloatingPointError`` on every rank before it reaches the weights, and a stop signal on any rank
-    stops all of them after the same optimizer step.
+    One host sync per optimizer update and none between forward and backward: the update's summed loss and the
+    stop flag travel together (summed over ranks in the same all-reduce, which never runs inside ``no_sync``
+    micro-steps) and are read once, after the backward and before the optimizer step. So a non-finite loss raises
+    ``FloatingPointError`` on every rank before anything of the update reaches the weights, and a stop signal on
+    any rank stops all of them after the same optimizer step.
     """
     model, net, optimizer, scaler = state["model"], state["net"], state["optimizer"], state["scaler"]
     device, world_size, accum = state["device"], state["world_size"], cfg.optim.grad_accum_steps
+    loader = state["train_loader"]
     mixup_fn: Mixup | None = state["mixup"]
     if mixup_fn is not None and cfg.aug.mixup_off_epoch and epoch >= cfg.aug.mixup_off_epoch:
         mixup_fn.mixup_enabled = False
-    loader = train_loader(
-        state["train_ds"], batches[start_batch:], cfg.data.num_workers, cfg.data.pin_memory and device.type == "cuda"
-    )
-    progress = Progress(cfg, len(batches), start_batch, epoch, state["num_epochs"], state["primary"])
+    loader.batch_sampler.set_epoch(epoch, start_batch)
+    num_batches = start_batch + len(loader)
+    progress = Progress(cfg, num_batches, start_batch, epoch, state["num_epochs"], state["primary"])
     model.train()
-    loss_sum, loss_count, images, start_time = 0.0, 0, 0, time.time()
-    for i, (x, y) in enumerate(loader, start=start_batch):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    update_loss = torch.zeros((), device=device)  # summed over the micro-steps of the current update
+    loss_sum, updates, images, start_time = 0.0, 0, 0, time.time()
+    for i, (x, y) in enumerate(loader, start=start_batch):  # x: normalised float32 on the device
         if cfg.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if mixup_fn is not None:
@@ -227,20 +224,25 @@ def train_one_epoch(
         with sync_ctx:
             with autocast(cfg, device):
                 loss = state["train_loss"](model(x), y)
-            flags = torch.stack([loss.detach().float(), torch.tensor(float(_stop_signal is not None), device=device)])
-            if world_size > 1:
-                dist.all_reduce(flags)
-            step_loss, stop = flags.tolist()
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(
-                    f"Loss is {step_loss} at epoch {epoch + 1}, batch {i + 1}: stopping. Nothing of this step was "
-                    f"applied; the last good checkpoint is {os.path.join(cfg.output_dir, 'last.pth')} (if one was "
-                    "written). Try a lower optim.lr, optim.clip_grad=1.0, or runtime.precision=bf16/fp32."
-                )
             scaler.scale(loss / accum).backward()
-        loss_sum, loss_count, images = loss_sum + step_loss / world_size, loss_count + 1, images + x.shape[0]
+        update_loss += loss.detach().float()
+        images += x.shape[0]
         if not is_update:
             continue
+        flags = torch.stack([update_loss, torch.full((), float(_stop_signal is not None), device=device)])
+        if world_size > 1:
+            dist.all_reduce(flags)
+        step_loss, stop = flags.tolist()  # the update's one host sync
+        update_loss.zero_()
+        step_loss /= world_size * accum
+        if not math.isfinite(step_loss):
+            where = f"batch {i + 1}" if accum == 1 else f"batches {i + 2 - accum}-{i + 1}"
+            raise FloatingPointError(
+                f"Loss is {step_loss} at epoch {epoch + 1}, {where}: stopping. Nothing of this step was applied; "
+                f"the last good checkpoint is {os.path.join(cfg.output_dir, 'last.pth')} (if one was written). "
+                "Try a lower optim.lr, optim.clip_grad=1.0, or runtime.precision=bf16/fp32."
+            )
+        loss_sum, updates = loss_sum + step_loss, updates + 1
         if cfg.optim.clip_grad:
             scaler.unscale_(optimizer)
             dispatch_clip_grad(net.parameters(), cfg.optim.clip_grad, mode=cfg.optim.clip_mode)
@@ -254,15 +256,15 @@ def train_one_epoch(
             state["scheduler"].step_update(num_updates=state["global_step"])
         elapsed = time.time() - start_time
         lr = optimizer.param_groups[-1]["lr"]
-        progress.update(i + 1, step_loss / world_size, lr, images * world_size / max(elapsed, 1e-9))
+        progress.update(i + 1, step_loss, lr, images * world_size / max(elapsed, 1e-9))
         if stop:
             progress.close()
-            on_step_end(epoch, i + 1)
+            on_stop(epoch, i + 1)
             return {}
     progress.close()
     elapsed = time.time() - start_time
     return {
-        "train_loss": loss_sum / max(loss_count, 1),
+        "train_loss": loss_sum / max(updates, 1),
         "images_per_sec": images * world_size / max(elapsed, 1e-9),
         "train_time": elapsed,
         "train_images": images * world_size,
@@ -270,33 +272,32 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(cfg: DictConfig, model: nn.Module, state: dict[str, Any]) -> dict[str, float]:
-    """Top-1/top-5 and loss over the whole validation set; each rank takes a disjoint share, then sums."""
-    device, world_size = state["device"], state["world_size"]
-    loader = eval_loader(
-        state["val_ds"],
-        cfg.eval_batch_size or 2 * cfg.batch_size,
-        cfg.data.num_workers,
-        cfg.data.pin_memory and device.type == "cuda",
-        rank=state["rank"],
-        world_size=world_size,
-    )
+def evaluation_totals(cfg: DictConfig, model: nn.Module, loader: Any, device: torch.device) -> torch.Tensor:
+    """Loss sum, top-1 hits, top-5 hits and sample count over ``loader``, as one float64 tensor on ``device``
+    (accumulated there: no host sync per batch)."""
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits, count
-    for i, (x, y) in enumerate(loader):
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
+    for i, (x, y) in enumerate(loader):  # x: normalised float32 on the device
         if cfg.limit_val_batches is not None and i >= cfg.limit_val_batches:
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if cfg.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(cfg, device):
             output = model(x)
         output = output.float()
-        top1, top5 = accuracy(output, y, topk=(1, min(5, output.shape[1])))
-        n = x.shape[0]
-        loss = nn.functional.cross_entropy(output, y, reduction="sum")
-        totals += torch.stack([loss.double(), top1.double() * n / 100, top5.double() * n / 100, torch.tensor(n)])
-    if world_size > 1:
+        maxk = min(5, output.shape[1])
+        hits = output.topk(maxk, dim=1).indices.eq(y[:, None])  # (n, maxk)
+        totals[0] += nn.functional.cross_entropy(output, y, reduction="sum").double()
+        totals[1] += hits[:, 0].sum()
+        totals[2] += hits.sum()
+        totals[3] += y.shape[0]
+    return totals
+
+
+def evaluate(cfg: DictConfig, model: nn.Module, state: dict[str, Any]) -> dict[str, float]:
+    """Top-1/top-5 and loss over the whole validation set; each rank takes a disjoint share, then sums."""
+    totals = evaluation_totals(cfg, model, state["eval_loader"], state["device"])
+    if state["world_size"] > 1:
         dist.all_reduce(totals)
     loss_sum, top1, top5, count = totals.tolist()
     count = max(count, 1)
@@ -329,8 +330,14 @@ def run(cfg: DictConfig) -> float:
     if cfg.checkpoint:
         layout = models.load_checkpoint(net, cfg.checkpoint)
         _logger.info(f"loaded weights from {cfg.checkpoint} ({layout} layout)")
+    eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
     state: dict[str, Any] = dict(
-        net=net, device=device, rank=rank, world_size=world_size, primary=primary, train_ds=train_ds, val_ds=val_ds
+        net=net,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        primary=primary,
+        eval_loader=eval_loader(val_ds, eval_batch_size, cfg.data, device, rank=rank, world_size=world_size),
     )
     if cfg.eval_only:
         return run_eval_only(cfg, state, num_params)
@@ -358,6 +365,8 @@ def run(cfg: DictConfig) -> float:
             f"batch_size={cfg.batch_size} x grad_accum_steps={cfg.optim.grad_accum_steps}. Lower them."
         )
     updates_per_epoch = num_batches // cfg.optim.grad_accum_steps
+    batch_sampler = EpochBatchSampler(len(train_ds), cfg.batch_size, num_batches, cfg.seed, rank, world_size)
+    state["train_loader"] = train_loader(train_ds, batch_sampler, cfg.data, cfg.aug, device)
     scheduler, num_epochs = None, cfg.epochs
     if cfg.sched.sched != "none":
         scheduler, num_epochs = create_scheduler_v2(
@@ -380,6 +389,10 @@ def run(cfg: DictConfig) -> float:
         ema = ModelEmaV3(
             net, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup, device="cpu" if cfg.ema.force_cpu else None
         )
+    # an EMA kept on the CPU (ema.force_cpu) beside a GPU model is saved but not evaluated (as in timm's train.py)
+    ema_evaluated = ema is not None and next(ema.module.parameters()).device == next(net.parameters()).device
+    if ema is not None and not ema_evaluated:
+        _logger.info("ema.force_cpu=true on a %s run: the EMA weights are saved, not evaluated.", device.type)
     mixup_active = cfg.aug.mixup > 0 or cfg.aug.cutmix > 0 or cfg.aug.cutmix_minmax is not None
     mixup = None
     if mixup_active:
@@ -492,8 +505,7 @@ def run(cfg: DictConfig) -> float:
     )
     try:
         for epoch in range(start_epoch, num_epochs):
-            batches = train_batches(len(train_ds), cfg.batch_size, epoch, cfg.seed, rank, world_size)[:num_batches]
-            train_metrics = train_one_epoch(cfg, state, epoch, batches, start_batch, on_stop)
+            train_metrics = train_one_epoch(cfg, state, epoch, start_batch, on_stop)
             start_batch = 0
             if not train_metrics:  # stopped by a signal, checkpoint written
                 break
@@ -502,7 +514,7 @@ def run(cfg: DictConfig) -> float:
             metrics = {"epoch": epoch + 1, **train_metrics, "lr": optimizer.param_groups[-1]["lr"]}
             metrics.update(evaluate(cfg, eval_model, state))
             score = metrics["top1"]
-            if ema is not None:
+            if ema is not None and ema_evaluated:
                 ema_metrics = evaluate(cfg, ema.module, state)
                 metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
                 score = ema_metrics["top1"]

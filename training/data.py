@@ -4,27 +4,40 @@ Every dataset yields ``(PIL image, int label)`` and gets its transform from timm
 same augmentation config drives all of them. One dataset object is built per split, so no transform is ever
 shared between the train and eval pipelines.
 
-Loaders are plain ``torch.utils.data.DataLoader``s over an explicit list of batches (see ``train_batches``):
-the order of an epoch depends only on ``(seed, epoch)`` and the rank, so a run can resume in the middle of an
-epoch by skipping the batches it has already trained on, on any number of processes.
+The loaders are built once per run (persistent workers) and follow timm's GPU data path: workers decode and
+augment to **uint8** tensors (``create_transform(use_prefetcher=True)`` + timm's ``fast_collate``), and timm's
+``PrefetchLoader`` copies each batch to the device on a side stream (CUDA), converts it to float, normalises it and
+applies random erasing there. Mixup/CutMix run on the device in ``train.py``.
+
+The training order comes from ``EpochBatchSampler``, a stateful batch sampler: an epoch's batches depend only on
+``(seed, epoch)`` and the rank, and ``set_epoch(epoch, start_batch)`` skips the batches already trained on, so a
+run resumes in the middle of an epoch without rebuilding the loader. In loader workers each sample's augmentation
+RNGs are seeded from ``(seed, epoch, index)`` (``SeededSamples``), so the augmentation a sample gets does not depend
+on which worker loads it or on whether the run was resumed; without workers the main process's RNGs (saved in
+every checkpoint) drive it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from timm.data import auto_augment, create_dataset, create_transform
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from timm.data.loader import PrefetchLoader, fast_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 _logger = logging.getLogger(__name__)
 
 __all__ = [
     "DigitsDataset",
+    "EpochBatchSampler",
+    "SeededSamples",
     "create_datasets",
     "eval_loader",
     "fix_posterize_for_pillow13",
@@ -140,12 +153,14 @@ def _check_folder_root(root: str | None) -> None:
 
 
 def _transform(data_cfg: Any, aug_cfg: Any, is_training: bool) -> Any:
-    """timm's train or eval transform from the data and aug configs."""
+    """timm's train or eval transform from the data and aug configs, ending in a uint8 CHW tensor: conversion to
+    float, normalisation and random erasing happen on the device (``PrefetchLoader``)."""
     common = dict(
         input_size=(data_cfg.in_chans, data_cfg.img_size, data_cfg.img_size),
         mean=tuple(data_cfg.mean),
         std=tuple(data_cfg.std),
         crop_pct=data_cfg.crop_pct,
+        use_prefetcher=True,
     )
     if not is_training:
         return create_transform(**common, is_training=False, interpolation=data_cfg.interpolation)
@@ -160,9 +175,6 @@ def _transform(data_cfg: Any, aug_cfg: Any, is_training: bool) -> Any:
         color_jitter=aug_cfg.color_jitter,
         auto_augment=aug_cfg.auto_augment,
         interpolation=aug_cfg.train_interpolation,
-        re_prob=aug_cfg.re_prob,
-        re_mode=aug_cfg.re_mode,
-        re_count=aug_cfg.re_count,
     )
 
 
@@ -215,26 +227,99 @@ def train_batches(
     return [indices[i : i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
 
 
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """The training batch sampler: this rank's batches of the current epoch (``train_batches``, at most
+    ``num_batches`` of them), from ``start_batch`` on. Each item is ``(epoch, index)``, read by ``SeededSamples``.
+
+    The loader iterates the sampler in the main process, so ``set_epoch`` between epochs takes effect with
+    persistent workers.
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, num_batches: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.num_samples, self.batch_size, self.num_batches = num_samples, batch_size, num_batches
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= self.num_batches:
+            raise ValueError(f"start_batch {start_batch} outside the epoch's {self.num_batches} batches.")
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        batches = train_batches(self.num_samples, self.batch_size, self.epoch, self.seed, self.rank, self.world_size)
+        for batch in batches[self.start_batch : self.num_batches]:
+            yield [(self.epoch, index) for index in batch]
+
+    def __len__(self) -> int:
+        return self.num_batches - self.start_batch
+
+
+class SeededSamples(Dataset):
+    """``dataset[index]`` for a key ``(epoch, index)``; in a loader worker, Python's and torch's RNGs are first
+    seeded from ``(seed, epoch, index)``, so a sample's augmentation is independent of the worker that loads it,
+    of the number of workers and of resumes. In the main process the global RNGs are left alone."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if get_worker_info() is not None:
+            sample_seed = hash((self.seed, epoch, index)) & (2**63 - 1)  # int tuples hash deterministically
+            random.seed(sample_seed)
+            torch.manual_seed(sample_seed)
+        return self.dataset[index]
+
+
 def _loader(dataset: Dataset, num_workers: int, pin_memory: bool, **kwargs: Any) -> DataLoader:
     return DataLoader(
         dataset,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
+        collate_fn=fast_collate,
         **kwargs,
     )
 
 
-def train_loader(dataset: Dataset, batches: Sequence[list[int]], num_workers: int, pin_memory: bool) -> DataLoader:
-    """A loader over the given batches (a list is a valid ``batch_sampler``)."""
-    return _loader(dataset, num_workers, pin_memory, batch_sampler=batches)
+def _on_device(loader: DataLoader, data_cfg: Any, device: torch.device, re: dict[str, Any] | None = None) -> Any:
+    """timm's ``PrefetchLoader``: uint8 batches to ``device`` (side stream on CUDA), then float, normalised and
+    (``re``) randomly erased there."""
+    re = re or {}
+    return PrefetchLoader(
+        loader, tuple(data_cfg.mean), tuple(data_cfg.std), channels=data_cfg.in_chans, device=device, **re
+    )
+
+
+def train_loader(
+    dataset: Dataset, batch_sampler: EpochBatchSampler, data_cfg: Any, aug_cfg: Any, device: torch.device
+) -> Any:
+    """The run's training loader (built once): ``batch_sampler`` picks the epoch and the first batch."""
+    loader = _loader(
+        SeededSamples(dataset, batch_sampler.seed),
+        data_cfg.num_workers,
+        data_cfg.pin_memory and device.type == "cuda",
+        batch_sampler=batch_sampler,
+    )
+    erasing = dict(re_prob=aug_cfg.re_prob, re_mode=aug_cfg.re_mode, re_count=aug_cfg.re_count)
+    return _on_device(loader, data_cfg, device, erasing if aug_cfg.re_prob > 0 else None)
 
 
 def eval_loader(
-    dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool, rank: int = 0, world_size: int = 1
-) -> DataLoader:
+    dataset: Dataset, batch_size: int, data_cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1
+) -> Any:
     """Every ``world_size``-th sample from ``rank``: the ranks cover the set exactly once (no padding)."""
-    return _loader(
-        dataset, num_workers, pin_memory, batch_size=batch_size, sampler=range(rank, len(dataset), world_size)
+    loader = _loader(
+        dataset,
+        data_cfg.num_workers,
+        data_cfg.pin_memory and device.type == "cuda",
+        batch_size=batch_size,
+        sampler=range(rank, len(dataset), world_size),
     )
+    return _on_device(loader, data_cfg, device)
