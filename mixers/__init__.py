@@ -1,5 +1,7 @@
 """Token mixers: one module each, all ``(B, H, W, C) -> (B, H, W, C)``, built by name through the registry."""
 
+from timm.layers import register_notrace_module
+
 from . import (  # noqa: F401  (registers the mixers)
     aff,
     attention,
@@ -15,7 +17,16 @@ from . import (  # noqa: F401  (registers the mixers)
 from .activations import SquaredReLU, StarReLU, create_act
 from .registry import create_mixer, get_mixer_class, list_mixers, mixer_spec_name, register_mixer
 
+# Mixers that FX graphs (timm's ``feature_cls="fx"``, torchvision's feature extractors, timm's FX tests) keep as one
+# leaf call instead of tracing into them: they run their FFT / scan under ``autocast_off(x.device.type)`` and pick
+# a kernel by the tensors' device (fused CUDA kernels or the PyTorch path), decisions that must be taken when the
+# graph runs, on real tensors, not once at trace time on proxies.
+FX_LEAF_MIXERS = ("aff", "hydra", "mamba_mixer", "mamba_channel_mixer", "matrix_mixer")
+for _name in FX_LEAF_MIXERS:
+    register_notrace_module(get_mixer_class(_name))
+
 __all__ = [
+    "FX_LEAF_MIXERS",
     "SquaredReLU",
     "StarReLU",
     "create_act",

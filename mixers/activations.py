@@ -7,10 +7,25 @@ to (1, 0) as in the released code; SquaredReLU(x) = relu(x)^2.
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
-__all__ = ["ACTIVATIONS", "SquaredReLU", "StarReLU", "create_act"]
+__all__ = ["ACTIVATIONS", "SquaredReLU", "StarReLU", "create_act", "star_relu"]
+
+
+@register_notrace_function
+def star_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``scale * relu(x)^2 + bias``. With an autograd graph to record: addcmul (3 passes over x instead of 4);
+    without (inference): one buffer updated in place (~2x faster on CPU, where it is memory-bound). An FX leaf:
+    the choice is made when a graph runs, not once when it is traced."""
+    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad):
+        return torch.addcmul(bias, scale, F.relu(x).square())
+    return F.relu(x).square_().mul_(scale).add_(bias)
+
+
+torch.fx.wrap("star_relu")
 
 
 class StarReLU(nn.Module):
@@ -22,10 +37,7 @@ class StarReLU(nn.Module):
         self.bias = nn.Parameter(torch.full((1,), bias_value), requires_grad=learnable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or self.scale.requires_grad or self.bias.requires_grad):
-            return torch.addcmul(self.bias, self.scale, F.relu(x).square())  # 3 passes over x instead of 4
-        # no autograd graph (inference): one buffer, updated in place (~2x faster on CPU, where it is memory-bound)
-        return F.relu(x).square_().mul_(self.scale).add_(self.bias)
+        return star_relu(x, self.scale, self.bias)
 
 
 class SquaredReLU(nn.Module):

@@ -101,14 +101,23 @@ class AFF(nn.Module):
         return torch.view_as_complex(z.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        if torch.jit.is_scripting():  # TorchScript takes only a constant device type here: CUDA, where it matters
+            with torch.autocast(device_type="cuda", enabled=False):
+                y = self._filter(x)
+        else:
+            with autocast_off(x.device.type):
+                y = self._filter(x)
+        return y
+
+    def _filter(self, x: torch.Tensor) -> torch.Tensor:
+        """The filter in float32 (float64 kept), returning x's dtype; the caller turns autocast off."""
         dtype = x.dtype
         H, W = x.shape[1], x.shape[2]
-        with autocast_off(x.device.type):
-            u = x.to(torch.promote_types(dtype, torch.float32))
-            spectrum = torch.fft.rfft2(u, dim=(1, 2), norm="ortho")  # (B, H, W//2+1, C) complex
-            y = torch.fft.irfft2(self.mask(spectrum) * spectrum, s=(H, W), dim=(1, 2), norm="ortho")  # (B, H, W, C)
-            if self.inner_skip:
-                y = y + u
+        u = x.to(torch.promote_types(dtype, torch.float32))
+        spectrum = torch.fft.rfft2(u, dim=(1, 2), norm="ortho")  # (B, H, W//2+1, C) complex
+        y = torch.fft.irfft2(self.mask(spectrum) * spectrum, s=(H, W), dim=(1, 2), norm="ortho")  # (B, H, W, C)
+        if self.inner_skip:
+            y = y + u
         return y.to(dtype)
 
     def extra_repr(self) -> str:

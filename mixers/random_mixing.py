@@ -17,11 +17,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 import torch.nn as nn
 
+from .grid import built_for, check_grid
 from .registry import register_mixer
 
+torch.fx.wrap("check_grid")
+
 __all__ = ["RandomMixing"]
+
+ADVICE = (
+    "Its frozen mixing matrix only fits that grid: feed images of the size the model was built for, or build the "
+    "model with img_size set to your input size (that draws a new random matrix)."
+)
 
 
 @register_mixer("random")
@@ -30,18 +39,13 @@ class RandomMixing(nn.Module):
         super().__init__()
         self.grid = (int(grid[0]), int(grid[1]))
         self.img_size = tuple(img_size) if img_size is not None else None
+        self.built_for, self.advice = built_for(self.img_size), ADVICE  # for the grid check's error
         num_tokens = self.grid[0] * self.grid[1]
         self.register_buffer("random_matrix", torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_grid(x, self.grid, "random mixer", self.built_for, self.advice)
         B, H, W, C = x.shape
-        if self.grid != (H, W):
-            built_for = f" (the grid of a {self.img_size[0]}x{self.img_size[1]} input)" if self.img_size else ""
-            raise ValueError(
-                f"random mixer: built for a {self.grid[0]}x{self.grid[1]} token grid{built_for}, got {H}x{W}. "
-                "Its frozen mixing matrix only fits that grid: feed images of the size the model was built for, "
-                "or build the model with img_size set to your input size (that draws a new random matrix)."
-            )
         tokens = x.reshape(B, H * W, C)  # (B, N, C), row-major
         mixed = torch.matmul(self.random_matrix.to(x.dtype), tokens)  # (N, N) @ (B, N, C) -> (B, N, C)
         return mixed.reshape(B, H, W, C)

@@ -49,15 +49,25 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_function, trunc_normal_
 
+from .grid import built_for, check_grid
 from .registry import register_mixer
+
+torch.fx.wrap("check_grid")
+torch.fx.wrap("strip_weights")
 
 __all__ = ["CGSMM", "LSMM", "RelativePosition", "StripMLP", "StripMLPLayer", "num_strip_patches"]
 
 STRIP_AXES = ("row", "column")
+ADVICE = (
+    "Its strip MLP weights only fit that grid: feed images of the size the model was built for, build the model "
+    "with img_size set to your input size, or build the mixer with resize=True to interpolate the strip weights "
+    "to other grids."
+)
 
 
 def num_strip_patches(dim: int) -> int:
@@ -65,9 +75,23 @@ def num_strip_patches(dim: int) -> int:
     return 2 if dim % 80 == 0 else 4
 
 
-def _batchnorm_cl(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm2d on channels-last ``(B, H, W, C)`` through its NCHW view."""
-    return norm(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+@register_notrace_function
+def strip_weights(
+    weight: torch.Tensor, bias: torch.Tensor, group_dim: int, length: int, resize: bool, axis: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv1d weight (G L', L', 3) and bias (G L',) of a strip layer (``weight`` (G L, L, 1, 3), ``bias`` (G L,))
+    for strips of ``length`` L' tokens: the stored ones if L' = L, else bilinearly interpolated (``resize``) or an
+    error. An FX leaf (it compares the length at run time)."""
+    L = weight.shape[1]
+    if length == L:
+        return weight[:, :, 0], bias
+    if not resize:
+        raise ValueError(f"strip_mlp: this {axis} layer mixes strips of {L} tokens, got {length}.")
+    G = group_dim
+    image = weight[:, :, 0].reshape(G, L, L, 3).permute(0, 3, 1, 2)  # (G, 3, L_out, L_in)
+    image = F.interpolate(image, size=(length, length), mode="bilinear", align_corners=False) * (L / length)
+    new_bias = F.interpolate(bias.reshape(G, 1, L), size=length, mode="linear", align_corners=False)
+    return image.permute(0, 2, 3, 1).reshape(G * length, length, 3), new_bias.reshape(G * length)
 
 
 class StripMLPLayer(nn.Module):
@@ -92,16 +116,7 @@ class StripMLPLayer(nn.Module):
 
     def weights_for(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Conv1d weight (G L', L', 3) and bias (G L',) for strips of ``length`` L' (interpolated if resizing)."""
-        G, L = self.group_dim, self.length
-        weight = self.weight[:, :, 0]  # (G L, L, 3)
-        if length == L:
-            return weight, self.bias
-        if not self.resize:
-            raise ValueError(f"strip_mlp: this {self.axis} layer mixes strips of {L} tokens, got {length}.")
-        image = weight.reshape(G, L, L, 3).permute(0, 3, 1, 2)  # (G, 3, L_out, L_in)
-        image = F.interpolate(image, size=(length, length), mode="bilinear", align_corners=False) * (L / length)
-        bias = F.interpolate(self.bias.reshape(G, 1, L), size=length, mode="linear", align_corners=False)
-        return image.permute(0, 2, 3, 1).reshape(G * length, length, 3), bias.reshape(G * length)
+        return strip_weights(self.weight, self.bias, self.group_dim, length, self.resize, self.axis)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         B, H, W, C = x.shape
@@ -154,9 +169,9 @@ class CGSMM(nn.Module):
         self.fuse_w = nn.Linear(2 * dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C')
-        H, W = x.shape[1:3]
+        H, W = x.shape[1], x.shape[2]
         r = self.proj_h(x + self.pos_h(H, W).to(x.dtype))  # row mixing, (B, H, W, C')
-        z = F.gelu(_batchnorm_cl(self.norm, self.fuse_h(torch.cat([r, x], dim=-1))))
+        z = F.gelu(self.norm(self.fuse_h(torch.cat([r, x], dim=-1)).permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
         u = self.proj_w(z + self.pos_w(H, W).to(x.dtype))  # column mixing
         return self.fuse_w(torch.cat([x, u], dim=-1))
 
@@ -212,6 +227,7 @@ class StripMLP(nn.Module):
         self.dim = dim
         self.grid = (int(grid[0]), int(grid[1]))
         self.img_size = tuple(img_size) if img_size is not None else None
+        self.built_for, self.advice = built_for(self.img_size), ADVICE  # for the grid check's error
         self.num_patches = num_patches or num_strip_patches(dim)
         self.resize = resize
         half = dim // 2
@@ -228,20 +244,12 @@ class StripMLP(nn.Module):
         self.lsmm = LSMM(half)
         self.fuse = nn.Linear(dim, dim, bias=False)
 
-    def _check_grid(self, H: int, W: int) -> None:
-        if self.grid != (H, W) and not self.resize:
-            built_for = f" (the grid of a {self.img_size[0]}x{self.img_size[1]} input)" if self.img_size else ""
-            raise ValueError(
-                f"strip_mlp: built for a {self.grid[0]}x{self.grid[1]} token grid{built_for}, got {H}x{W}. "
-                "Its strip MLP weights only fit that grid: feed images of the size the model was built for, "
-                "build the model with img_size set to your input size, or build the mixer with resize=True to "
-                "interpolate the strip weights to other grids."
-            )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
-        self._check_grid(x.shape[1], x.shape[2])
+        if not self.resize:
+            x = check_grid(x, self.grid, "strip_mlp", self.built_for, self.advice)
         h = self.dwsc_conv(F.gelu(self.dwsc_norm(x.permute(0, 3, 1, 2))))  # DWSC: BN -> GELU -> dw 3x3 (NCHW)
-        h = F.gelu(_batchnorm_cl(self.proj_norm, self.proj(h.permute(0, 2, 3, 1))))  # (B, H, W, C)
+        h = F.gelu(self.proj_norm(self.proj(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)))  # BN on the NCHW view
+        h = h.permute(0, 2, 3, 1)  # (B, H, W, C)
         half = self.dim // 2
         return self.fuse(torch.cat([self.cgsmm(h[..., :half]), self.lsmm(h[..., half:])], dim=-1))
 

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq
-from timm.models._features import feature_take_indices
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
+from timm.models._features import FeatureGetterNet, feature_take_indices
 
 from mixers import create_act, create_mixer
 
@@ -47,6 +47,7 @@ from .blocks import (
     StageFusion,
     Stem,
     WeightedAverage,
+    weighted_average,
 )
 from .checkpoint import checkpoint_filter_fn
 from .layers import ConvNeXtMlp, Mlp, MlpHead, Scale, create_norm
@@ -123,6 +124,8 @@ class MetaFormerBlock(nn.Module):
     ``x = x + drop_path(mixer(norm1(mlp(norm2(x)))))``.
     """
 
+    __constants__ = ("mlp_first", "single_residual")  # TorchScript compiles only the layout a block has
+
     def __init__(
         self,
         dim: int,
@@ -155,15 +158,34 @@ class MetaFormerBlock(nn.Module):
         return self.token_mixer(self.norm1(x))
 
     def _channel_mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.mlp is None else self.mlp(self.norm2(x))
+        if self.mlp is None:
+            return x
+        return self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         if self.single_residual:
             y = self._mix(self._channel_mlp(x)) if self.mlp_first else self._channel_mlp(self._mix(x))
             return self.res_scale1(x) + self.layer_scale1(self.drop_path1(y))
-        for sublayer in self.sublayers():
-            x = sublayer(x)
-        return x
+        if self.mlp is None:
+            return self.token_sublayer(x)
+        if self.mlp_first:
+            return self.token_sublayer(self.channel_sublayer(x))
+        return self.channel_sublayer(self.token_sublayer(x))
+
+    def forward_averaged(self, outputs: list[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
+        """The block inside a weighted-averaging stage: each of its residual sub-layers reads the weighted average
+        (``WeightedAverage.weights``, see ``weighted_average``) of all earlier sub-layer outputs of the stage
+        (``outputs``, the stage input first). Returns the block's new outputs (one per sub-layer)."""
+        new: list[torch.Tensor] = []
+        if self.mlp is None:
+            new.append(self.token_sublayer(weighted_average(weights, outputs)))
+        elif self.mlp_first:
+            new.append(self.channel_sublayer(weighted_average(weights, outputs)))
+            new.append(self.token_sublayer(weighted_average(weights, outputs + new)))
+        else:
+            new.append(self.token_sublayer(weighted_average(weights, outputs)))
+            new.append(self.channel_sublayer(weighted_average(weights, outputs + new)))
+        return new
 
     def token_sublayer(self, x: torch.Tensor) -> torch.Tensor:
         return self.res_scale1(x) + self.layer_scale1(self.drop_path1(self._mix(x)))
@@ -171,11 +193,15 @@ class MetaFormerBlock(nn.Module):
     def channel_sublayer(self, x: torch.Tensor) -> torch.Tensor:
         return self.res_scale2(x) + self.layer_scale2(self.drop_path2(self._channel_mlp(x)))
 
-    def sublayers(self) -> list[Any]:
-        """The residual sub-layers in the order they run (not defined for ``single_residual`` blocks)."""
+    def num_sublayers(self) -> int:
+        """The number of residual sub-layers (not defined for ``single_residual`` blocks)."""
         if self.single_residual:
             raise ValueError("A single_residual block has no separate residual sub-layers.")
-        if self.mlp is None:
+        return 1 if self.mlp is None else 2
+
+    def sublayers(self) -> list[Any]:
+        """The residual sub-layers in the order they run (not defined for ``single_residual`` blocks)."""
+        if self.num_sublayers() == 1:
             return [self.token_sublayer]
         if self.mlp_first:
             return [self.channel_sublayer, self.token_sublayer]
@@ -185,8 +211,9 @@ class MetaFormerBlock(nn.Module):
 class MetaFormerStage(nn.Module):
     """Downsampling (or identity), a sequence of blocks and an optional fusion of the blocks' output with the
     downsampled input (``fusion(x, shortcut)``); NCHW in and out. With ``averaging`` (a ``WeightedAverage``) every
-    sub-layer reads a learnable weighted average of all earlier sub-layer outputs of the stage (gradient
-    checkpointing is then not applied)."""
+    sub-layer reads a learnable weighted average of all earlier sub-layer outputs of the stage. Gradient
+    checkpointing (``grad_checkpointing``) recomputes each block in the backward pass, with or without averaging
+    (with averaging, every sub-layer output of the stage is kept: later sub-layers read them)."""
 
     def __init__(
         self,
@@ -199,18 +226,26 @@ class MetaFormerStage(nn.Module):
         self.downsample = downsample
         self.blocks = nn.Sequential(*blocks)
         self.fusion = fusion
-        if averaging is not None:  # only registered when used: other models keep their keys
-            self.averaging = averaging
+        self.averaging = averaging  # None is a plain attribute: models without averaging keep their keys
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_blocks(self.downsample(x))
+    def forward(
+        self, x: torch.Tensor, shortcut: torch.Tensor | None = None, skip_downsample: bool = False
+    ) -> torch.Tensor:
+        """``shortcut`` (cross-stage shortcuts) is added to the downsampled input; ``skip_downsample``: ``x`` is
+        already the downsampled input (the shortcuts read it). Called as a module either way, so FX graphs and
+        hooks see every stage's output under the stage's name."""
+        if not skip_downsample:
+            x = self.downsample(x)
+        if shortcut is not None:
+            x = x + shortcut
+        return self.forward_blocks(x)
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """The stage after its downsampling (NCHW in and out)."""
         x = shortcut = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        if hasattr(self, "averaging"):
-            x = self.averaging([f for block in self.blocks for f in block.sublayers()], x)
+        if self.averaging is not None:
+            x = self._averaged(x, len(self.blocks))[-1]
         elif self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
@@ -218,6 +253,44 @@ class MetaFormerStage(nn.Module):
         if self.fusion is not None:
             x = self.fusion(x, shortcut)
         return x.permute(0, 3, 1, 2)  # NCHW view
+
+    def _averaged(self, x: torch.Tensor, num_blocks: int) -> list[torch.Tensor]:
+        """The outputs (channels-last) of the first ``num_blocks`` blocks of a weighted-averaging stage."""
+        averaging = self.averaging
+        assert averaging is not None
+        weights = averaging.weights
+        outputs, block_outputs = [x], []
+        for j, block in enumerate(self.blocks):
+            if j < num_blocks:
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    outputs = outputs + list(checkpoint(_averaged_block, block, weights, *outputs))
+                else:
+                    outputs = outputs + block.forward_averaged(outputs, weights)
+                block_outputs.append(outputs[-1])
+        return block_outputs
+
+    @torch.jit.ignore
+    def forward_block_outputs(self, x: torch.Tensor, num_blocks: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-block taps (for single-stage models): NCHW in (after the downsampling); returns the outputs of the
+        first ``num_blocks`` blocks (NCHW views) and the stage output (the last of them, through the fusion when
+        every block ran)."""
+        x = shortcut = x.permute(0, 2, 3, 1)
+        if self.averaging is not None:
+            outputs = self._averaged(x, num_blocks)
+        else:
+            outputs = []
+            for block in self.blocks[:num_blocks]:
+                x = checkpoint(block, x) if self.grad_checkpointing else block(x)
+                outputs.append(x)
+        final = outputs[-1]
+        if self.fusion is not None and num_blocks == len(self.blocks):
+            final = self.fusion(final, shortcut)
+        return [y.permute(0, 3, 1, 2) for y in outputs], final.permute(0, 3, 1, 2)
+
+
+def _averaged_block(block: MetaFormerBlock, weights: torch.Tensor, *outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A block of a weighted-averaging stage as a function of the earlier outputs (for ``checkpoint``)."""
+    return tuple(block.forward_averaged(list(outputs), weights))
 
 
 class ClassifierHead(nn.Module):
@@ -485,11 +558,19 @@ class MetaFormer(nn.Module):
                 fusion = StageFusion(dims[i], create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias), conv_act)
             averaging = None
             if averages[i] and blocks:
-                averaging = WeightedAverage(sum(len(block.sublayers()) for block in blocks))
+                averaging = WeightedAverage(sum(block.num_sublayers() for block in blocks))
             reduction *= stride
             stages.append(MetaFormerStage(downsample, blocks, fusion, averaging))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}"))
+            if _taps_blocks(depths):  # isotropic: one feature level per block, as timm's ViT / MLP-Mixer
+                taps = [
+                    dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}.blocks.{j}")
+                    for j in range(depths[i])
+                ]
+                self.feature_info.extend(taps)
+            else:
+                self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        self.taps_blocks = _taps_blocks(depths)
         self.cross_shortcuts = None
         if cross_stage_shortcuts:
             self.cross_shortcuts = CrossStageShortcuts(
@@ -555,23 +636,24 @@ class MetaFormer(nn.Module):
             self.head.norm = nn.Identity()
         self.head.reset(num_classes, global_pool)
 
-    def _stage_outputs(self, x: torch.Tensor, stages: Sequence[nn.Module]) -> list[torch.Tensor]:
-        """Each stage's output (NCHW) from the stem output, adding the cross-stage shortcuts to stage inputs."""
-        outputs, arriving = [], {}
-        for i, stage in enumerate(stages):
-            x = stage.downsample(x)
-            carried = self.cross_shortcuts.carry(i, x, len(stages)) if self.cross_shortcuts is not None else {}
-            for target, y in carried.items():
-                arriving[target] = arriving[target] + y if target in arriving else y
-            if i in arriving:
-                x = x + arriving.pop(i)
-            x = stage.forward_blocks(x)
-            outputs.append(x)
+    def _stage_outputs(self, x: torch.Tensor, num_stages: int) -> list[torch.Tensor]:
+        """The outputs (NCHW) of the first ``num_stages`` stages from the stem output, adding the cross-stage
+        shortcuts to the stage inputs."""
+        outputs: list[torch.Tensor] = []
+        arriving: dict[int, torch.Tensor] = {}
+        for i, stage in enumerate(self.stages):
+            if i < num_stages:
+                x = stage.downsample(x)
+                if self.cross_shortcuts is not None:
+                    for target, y in self.cross_shortcuts.carry(i, x, num_stages).items():
+                        arriving[target] = arriving[target] + y if target in arriving else y
+                x = stage(x, arriving.get(i), True)
+                outputs.append(x)
         return outputs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        x = self.stages(x) if self.cross_shortcuts is None else self._stage_outputs(x, self.stages)[-1]
+        x = self.stages(x) if self.cross_shortcuts is None else self._stage_outputs(x, len(self.stages))[-1]
         return self.final_conv(x)  # (B, C_last or final_conv_dim, H/32, W/32)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -589,28 +671,48 @@ class MetaFormer(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (NCHW) at ``indices`` (None: all, int n: last n, list: those); ``norm`` has no effect
-        (stage outputs carry no norm of their own, as in timm's MetaFormer). The final output (not the
-        intermediates) goes through ``final_conv`` when all stages ran, as in ``forward_features``."""
+        """The feature levels of ``feature_info`` at ``indices`` (None: all, int n: last n, list: those): stage
+        outputs, or block outputs in a single-stage (isotropic) model, as in timm's ViT. ``output_fmt``: ``NCHW``,
+        ``NHWC`` or ``NLC`` (tokens row-major). ``norm`` has no effect (the taps carry no norm of their own, as in
+        timm's MetaFormer). The final output (NCHW, not the intermediates) goes through ``final_conv`` when every
+        level ran, as in ``forward_features``."""
+        if output_fmt not in ("NCHW", "NHWC", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}.")
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        num_levels = max_index + 1 if stop_early else len(self.feature_info)
+        x = self.stem(x)
+        if self.taps_blocks:
+            stage = self.stages[0]
+            outputs, x = stage.forward_block_outputs(stage.downsample(x), num_levels)
+        else:
+            outputs = self._stage_outputs(x, num_levels)
+            x = outputs[-1]
+        intermediates = [outputs[i] for i in take_indices]
         if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}.")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
-        outputs = self._stage_outputs(self.stem(x), stages)
-        intermediates = [y for i, y in enumerate(outputs) if i in take_indices]
-        x = outputs[-1]
+            intermediates = [y.permute(0, 2, 3, 1) for y in intermediates]
+            if output_fmt == "NLC":
+                intermediates = [y.flatten(1, 2) for y in intermediates]
         if intermediates_only:
             return intermediates
-        if len(stages) == len(self.stages):
+        if num_levels == len(self.feature_info):
             x = self.final_conv(x)
         return x, intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
+        """Drop the stages (blocks, in a single-stage model) after the last of ``indices``."""
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         if max_index < len(self.feature_info) - 1:
+            if self.taps_blocks:
+                stage = self.stages[0]
+                stage.blocks = stage.blocks[: max_index + 1]
+                stage.fusion = None
+            else:
+                self.stages = self.stages[: max_index + 1]
+                if self.cross_shortcuts is not None and not self.cross_shortcuts.prune(max_index + 1):
+                    self.cross_shortcuts = None  # no link left into a kept stage
+            self.feature_info = self.feature_info[: max_index + 1]
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
             self.final_conv = nn.Identity()
             prune_head = True
@@ -619,21 +721,44 @@ class MetaFormer(nn.Module):
         return take_indices
 
 
+def _taps_blocks(depths: Sequence[int]) -> bool:
+    """Whether a model's feature levels are its blocks (single-stage, isotropic models) rather than its stages."""
+    return len(depths) == 1
+
+
 def create_metaformer(
     variant: str,
     pretrained: bool,
     default_out_indices: Sequence[int],
-    feature_cls: str | None = None,
+    *,
+    default_feature_cls: str | None = None,
     **kwargs: Any,
 ) -> MetaFormer:
     """Build a registered family member with timm's ``build_model_with_cfg``: its pretrained cfg, loading with
-    ``checkpoint_filter_fn`` (official key layouts too), and ``features_only`` support. ``feature_cls="getter"``
-    takes features from ``forward_intermediates`` (for layouts with connections outside the stages)."""
-    out_indices = kwargs.pop("out_indices", default_out_indices)
-    if feature_cls is None:
-        feature_cfg = dict(flatten_sequential=True, out_indices=out_indices)
-    else:
-        feature_cfg = dict(feature_cls=feature_cls, out_indices=out_indices)
+    ``checkpoint_filter_fn`` (official key layouts too), and ``features_only`` support with any ``feature_cls``
+    (a caller's ``feature_cls`` overrides the family's ``default_feature_cls``; ``"getter"`` takes features from
+    ``forward_intermediates``, for layouts with connections outside the stages). A single-stage model's feature
+    levels are its blocks, which run channels-last: extractors that tap modules (``"fx"``, ``"hook"``) return
+    them as NHWC maps and say so in their ``output_fmt``; ``"getter"`` returns NCHW. With cross-stage shortcuts,
+    ``"list"``/``"dict"`` (which re-run the top-level modules in order) raise; ``"hook"`` hooks the unchanged
+    model."""
+    feature_cfg: dict[str, Any] = dict(out_indices=kwargs.pop("out_indices", default_out_indices))
+    feature_cfg["flatten_sequential"] = True  # dropped by timm for the extractors that do not take it
+    if default_feature_cls is not None:
+        feature_cfg["feature_cls"] = default_feature_cls
+    feature_cls = kwargs.get("feature_cls", default_feature_cls)
+    if kwargs.get("cross_stage_shortcuts"):  # connections outside the stages: the model's own forward must run
+        if feature_cls in (None, "list", "dict"):
+            raise ValueError(
+                f"{variant}: feature_cls={feature_cls!r} re-runs the top-level modules in order, which skips the "
+                "cross-stage shortcuts; use 'getter', 'fx' or 'hook'."
+            )
+        feature_cfg["flatten_sequential"] = False  # 'hook': hooks on the unchanged model
+    uses_getter = feature_cls == "getter" or (
+        isinstance(feature_cls, type) and issubclass(feature_cls, FeatureGetterNet)
+    )
+    if _taps_blocks(kwargs.get("depths", ())) and not uses_getter:
+        feature_cfg["output_fmt"] = "NHWC"
     return build_model_with_cfg(
         MetaFormer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs
     )

@@ -6,7 +6,7 @@ works on the NCHW *view* of that memory (channels_last format, no copies).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -23,6 +23,7 @@ __all__ = [
     "StageFusion",
     "Stem",
     "WeightedAverage",
+    "weighted_average",
 ]
 
 
@@ -183,13 +184,26 @@ class CrossStageShortcuts(nn.Module):
 
     def carry(self, stage: int, x: torch.Tensor, num_stages: int) -> dict[int, torch.Tensor]:
         """The contributions of stage ``stage``'s input ``x`` to the inputs of the later stages (< ``num_stages``)."""
-        out = {}
-        if str(stage) in self.chains:
-            for target, link in enumerate(self.chains[str(stage)], start=stage + 1):
-                if target >= num_stages:
-                    break
-                x = out[target] = link(x)
+        out: dict[int, torch.Tensor] = {}
+        for source, chain in self.chains.items():
+            if int(source) == stage:
+                target = stage
+                for link in chain:
+                    target += 1
+                    if target < num_stages:
+                        x = link(x)
+                        out[target] = x
         return out
+
+    def prune(self, num_stages: int) -> bool:
+        """Keep only the links into the first ``num_stages`` stages; whether any link is left."""
+        for source in list(self.chains):
+            keep = num_stages - 1 - int(source)
+            if keep > 0:
+                self.chains[source] = self.chains[source][:keep]
+            else:
+                del self.chains[source]
+        return len(self.chains) > 0
 
 
 class WeightedAverage(nn.Module):
@@ -218,19 +232,21 @@ class WeightedAverage(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"weights"}
 
-    def forward(self, sublayers: Sequence[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
-        if len(sublayers) != self.num_sublayers:
-            raise ValueError(
-                f"WeightedAverage holds weights for {self.num_sublayers} sub-layers, got {len(sublayers)}."
-            )
-        outputs = [x]
-        for k, sublayer in enumerate(sublayers):
-            w = self.weights[k * (k + 1) // 2 : (k + 1) * (k + 2) // 2]  # (k + 1,)
-            x = w[0] * outputs[0]
-            for i in range(1, k + 1):
-                x = x + w[i] * outputs[i]
-            outputs.append(sublayer(x))
-        return outputs[-1]
+    def forward(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """The input of the next sub-layer from the stage input and the sub-layer outputs so far."""
+        if len(outputs) > self.num_sublayers:
+            raise ValueError(f"WeightedAverage holds weights for {self.num_sublayers} sub-layers only.")
+        return weighted_average(self.weights, outputs)
 
     def extra_repr(self) -> str:
         return f"num_sublayers={self.num_sublayers}"
+
+
+def weighted_average(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+    """``x_k = sum_i w_{k,i} y_i`` for sub-layer k = ``len(outputs) - 1`` (the packed rows of ``WeightedAverage``)."""
+    k = len(outputs) - 1
+    w = weights[k * (k + 1) // 2 : (k + 1) * (k + 2) // 2]  # (k + 1,)
+    x = w[0] * outputs[0]
+    for i in range(1, k + 1):
+        x = x + w[i] * outputs[i]
+    return x

@@ -9,7 +9,9 @@ Built by the shared builder (``models.backbone.MetaFormer``) as one isotropic st
     blocks depth x [x = x + drop_path(hydra(LayerNorm(x)))]    mixer-only: no channel MLP (``mlp_type="none"``)
     head   global average pool -> LayerNorm -> linear
 
-No positional embedding and no class token: the Hydra layer reads the 14 x 14 grid row-major ("Hydra simply
+Feature levels (``feature_info``, ``forward_intermediates``, ``features_only``) are the blocks, as in timm's ViT
+(``features_only`` defaults to the last three, through ``forward_intermediates``). No positional embedding and no
+class token: the Hydra layer reads the 14 x 14 grid row-major ("Hydra simply
 flattens images"). ``hydra_vit_b``: ViT-B width 768 and 24 Hydra layers (Mamba and Hydra use 24 layers "to match
 parameters" with the 12-layer ViT-B) with the default layer (d_state 64, d_conv 7, expand 2, headdim 64):
 93.2 M parameters, against the paper's 91 M (24 x 3,825,224 = 91.8 M in the mixers alone; the 91 M of Table 5
@@ -79,7 +81,9 @@ default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in SI
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
     options = {**LAYOUT, **SIZES[variant], **kwargs}
-    return create_metaformer(variant, pretrained, (0,), **options)
+    depth = options["depths"][0]
+    last_three = tuple(range(max(depth - 3, 0), depth))  # the feature levels are the blocks; timm's ViT default
+    return create_metaformer(variant, pretrained, last_three, default_feature_cls="getter", **options)
 
 
 @register_model

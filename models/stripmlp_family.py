@@ -102,7 +102,8 @@ default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in SIZES})
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
     # the cross-stage shortcuts live outside the stages, so features come from forward_intermediates
-    return create_metaformer(variant, pretrained, (0, 1, 2, 3), "getter", **{**LAYOUT, **SIZES[variant], **kwargs})
+    options = {**LAYOUT, **SIZES[variant], **kwargs}
+    return create_metaformer(variant, pretrained, (0, 1, 2, 3), default_feature_cls="getter", **options)
 
 
 @register_model
