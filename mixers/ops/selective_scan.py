@@ -1,4 +1,4 @@
-"""Mamba-1 selective scan (S6): a sequential reference, an exact fast pure-PyTorch path and the fused ``mamba_ssm``
+"""Mamba-1 selective scan (S6): a sequential reference, an exact chunked pure-PyTorch path and the fused ``mamba_ssm``
 CUDA kernel (Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", 2023, arXiv 2312.00752;
 semantics and argument layout of state-spaces/mamba ``mamba_ssm/ops/selective_scan_interface.py``,
 ``selective_scan_fn`` / ``selective_scan_ref``).
@@ -11,16 +11,25 @@ Per channel d and state n (A of shape (D, N), real, negative), with Δ = softplu
 Shapes (mamba_ssm's, channels first): u, Δ, z (b, D, L); A (D, N); B, C (b, N, L) or grouped (b, G, N, L) with
 D % G == 0 (channel d uses group d // (D / G)); D_skip, Δ_bias (D,). Output (b, D, L) in u's dtype.
 
-- ``selective_scan_ref``: the recurrence as written, one step per token, plain autograd (test oracle; slow:
-  ~400x slower than the fast path in fwd+bwd at L = 3136).
-- ``selective_scan_torch``: exact and fast on CPU. The decays ``a_t = exp(Δ_t A)`` and inputs ``b_t = Δ_t B_t u_t``
-  are computed in bulk in the contiguous layout (L, b, G, D/G, N) (B, C broadcast over their group), then the
-  first-order linear recurrence ``h_t = a_t ⊙ h_{t-1} + b_t`` runs in a custom ``autograd.Function``
-  (``LinearRecurrence``): the forward is one fused multiply-add per step into a preallocated state buffer; the
-  backward is the reverse recurrence ``g_t = dh_t + a_{t+1} ⊙ g_{t+1}``, giving ``da_t = g_t ⊙ h_{t-1}`` and
-  ``db_t = g_t`` (shown equal to plain autograd by ``gradcheck`` in float64). The readout ``y_t = h_t C_t`` is one
-  batched matmul. Stable: only products of decays ≤ 1, no cumulative sums or divisions. The loop is kept out of
-  ``torch.compile`` graphs (it would be unrolled L times).
+- ``selective_scan_ref``: the recurrence as written, one step per token, plain autograd (test oracle).
+- ``selective_scan_torch``: exact, in chunks of Q tokens (``chunk_size``, default 64), O(L / Q) Python steps. It
+  works token-major, u, Δ (L, b, G, D/G) and B, C (L, b, G, N), and materialises states (Q, b, G, D/G, N) for one
+  chunk at a time, in buffers reused by every chunk. Per chunk: decays a_t = exp(Δ_t A) and inputs
+  x_t = Δ_t u_t B_t in bulk, the entry state folded in (x_s += a_s h_{s-1}), then all Q states of
+  h_t = a_t h_{t-1} + x_t at once by a pairwise tree reduction (``_linear_scan``: 2 log₂ Q whole-slice levels,
+  ~3 Q multiply-adds), and the readout y_t = Σ_n h_t C_t as one einsum. The last state enters the next chunk.
+  Training goes through ``ChunkedSelectiveScan`` (custom autograd): it saves the inputs and only the state entering
+  each chunk ((L / Q) b D N, not L b D N); its backward walks the chunks backwards, recomputes the chunk's states
+  from its entry state and solves the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} with the same tree
+  (checked against autograd of the reference in float64, and by ``gradcheck``). Without gradients only the running
+  state is kept. Large batches are scanned in independent (batch, group) blocks of ≤ ``TILE_ELEMENTS`` state
+  elements per chunk (cache-sized on CPU; on CUDA a bound on the workspace).
+  Stability in float32: every exponent is Δ_t A ≤ 0 (Δ ≥ 0 after softplus, A < 0), so every decay is in [0, 1];
+  the tree only multiplies decays together and adds inputs, so no exp of a positive (cumulative) sum, no division
+  and no difference of cumulative sums ever appears: products of decays can only underflow towards 0, exactly
+  where the true decay is negligible. (Segment-sum decays exp(A (S_t - S_τ)) would be stable too, but with a
+  different A per (d, n) they need Q² / 2 exps per (d, n) and chunk instead of Q: the SSD trick pays only for
+  Mamba-2's scalar A per head.) Control flow depends on shapes only, so ``torch.compile`` unrolls the chunk loop.
 - ``selective_scan``: dispatch. ``backend="auto"`` runs the fused kernel when ``mamba_ssm`` imports and the tensors
   are on CUDA with d_state ≤ 256, else the torch path; ``"torch"``/``"fused"`` force one. The scan computes in
   float32 (float64 stays float64) with autocast off and returns u's dtype; the fused kernel gets D and Δ_bias in
@@ -30,6 +39,7 @@ D % G == 0 (channel d uses group d // (D / G)); D_skip, Δ_bias (D,). Output (b,
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +47,8 @@ import torch.nn.functional as F
 from . import autocast_off
 
 __all__ = [
-    "LinearRecurrence",
+    "ChunkedSelectiveScan",
     "fused_selective_scan_available",
-    "linear_recurrence",
     "selective_scan",
     "selective_scan_ref",
     "selective_scan_torch",
@@ -47,6 +56,8 @@ __all__ = [
 
 BACKENDS = ("auto", "torch", "fused")
 MAX_FUSED_D_STATE = 256
+# State elements per chunk and block: on CPU a block stays in cache; on CUDA it bounds the workspace.
+TILE_ELEMENTS = {"cpu": 2**20, "default": 2**26}
 
 
 def _expand_groups(BC: torch.Tensor, dim: int) -> torch.Tensor:
@@ -96,38 +107,176 @@ def selective_scan_ref(
     return _finish(torch.stack(ys, dim=-1), u, D, z)
 
 
-class LinearRecurrence(torch.autograd.Function):
-    """``h_t = a_t ⊙ h_{t-1} + b_t`` (h_{-1} = 0) along dim 0 of a, b (L, ...); returns all h (L, ...).
+def _addcmul_into(out: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out[...] = x + a ⊙ b`` for a strided ``out``: written in place eagerly; through a temporary under
+    ``torch.compile``, which rejects non-contiguous ``out=`` arguments."""
+    if torch.compiler.is_compiling():
+        out.copy_(torch.addcmul(x, a, b))
+    else:
+        torch.addcmul(x, a, b, out=out)
 
-    Backward (reverse recurrence): ``g_t = dh_t + a_{t+1} ⊙ g_{t+1}``, ``da_t = g_t ⊙ h_{t-1}``, ``db_t = g_t``.
-    """
 
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        a, b = a.contiguous(), b.contiguous()
-        h = torch.empty_like(b)
-        h[0] = b[0]
-        for t in range(1, b.shape[0]):
-            torch.addcmul(b[t], a[t], h[t - 1], out=h[t])
-        ctx.save_for_backward(a, h)
+def _linear_scan(a: torch.Tensor, x: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor, reverse: bool) -> None:
+    """Writes into ``out`` the first-order linear recurrence along dim 0 (length m), by pairwise tree reduction:
+
+        forward:  out[t] = a[t] ⊙ out[t-1] + x[t]    (out[-1] = 0)
+        reverse:  out[t] = a[t] ⊙ out[t+1] + x[t]    (out[m] = 0; a[m-1] is never read)
+
+    Neighbouring steps are composed in pairs, ``(a₂, x₂) = (a_hi a_lo, a_hi x_lo + x_hi)``, the half-length
+    recurrence is solved recursively, and the other half is filled in from its solved neighbours: 2⌈log₂ m⌉ levels,
+    about 3 m multiply-adds in all, each a whole-slice op. Only products of the given a and sums with x are formed:
+    with decays a ∈ [0, 1] nothing can overflow. ``scratch`` (flat, ≥ 2 m · x[0].numel() elements) holds the
+    halved sequences, so nothing is allocated."""
+    m = x.shape[0]
+    if m == 1:
+        out.copy_(x)
+        return
+    p, size = m // 2, x[0].numel()
+    x2, a2 = (scratch[i * p * size : (i + 1) * p * size].view(p, *x.shape[1:]) for i in range(2))
+    rest = scratch[2 * p * size :]
+    if not reverse:  # pairs (0, 1), (2, 3), ...: each pair's second step is solved at the next level
+        lo, hi = slice(0, 2 * p, 2), slice(1, 2 * p, 2)
+        torch.addcmul(x[hi], a[hi], x[lo], out=x2)
+        if p > 1:  # the last level never reads its decay
+            torch.mul(a[hi], a[lo], out=a2)
+        _linear_scan(a2, x2, out[hi], rest, reverse)
+        out[0].copy_(x[0])
+        if m > 2:  # the even steps from their solved predecessors
+            _addcmul_into(out[2::2], x[2::2], a[2::2], out[1 : m - 1 : 2])
+    else:  # pairs counted from the end: (m-2, m-1), (m-4, m-3), ...; each pair's first step is solved
+        r = m - 2 * p
+        lo, hi = slice(r, m - 1, 2), slice(r + 1, m, 2)
+        torch.addcmul(x[lo], a[lo], x[hi], out=x2)
+        if p > 1:
+            torch.mul(a[lo], a[hi], out=a2)
+        _linear_scan(a2, x2, out[lo], rest, reverse)
+        out[m - 1].copy_(x[m - 1])
+        if m > 2:  # the remaining steps from their solved successors
+            _addcmul_into(out[1 - r : m - 1 : 2], x[1 - r : m - 1 : 2], a[1 - r : m - 1 : 2], out[2 - r : m : 2])
+
+
+def _chunks(length: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + chunk_size, length)) for s in range(0, length, chunk_size)]
+
+
+def _tiles(batch: int, groups: int, group_elements: int, budget: int) -> list[tuple[slice, slice]]:
+    """(batch, group) blocks scanned one after the other, each holding ≤ ``budget`` state elements per chunk where
+    possible (``group_elements``: one batch entry and one group of a chunk). Blocks are independent scans."""
+    if groups * group_elements <= budget:
+        step = budget // (groups * group_elements)
+        return [(slice(i, min(i + step, batch)), slice(0, groups)) for i in range(0, batch, step)]
+    step = max(1, budget // group_elements)
+    return [(slice(i, i + 1), slice(j, min(j + step, groups))) for i in range(batch) for j in range(0, groups, step)]
+
+
+class _Workspace:
+    """Buffers for one chunk of states (Q, b', G', Dg, N) of a block, reused by every chunk: large tensors allocated
+    per chunk would cost more than the arithmetic on CPU (fresh pages) and fragment the CUDA cache."""
+
+    def __init__(self, like: torch.Tensor, chunk: int, state_shape: tuple[int, ...], names: tuple[str, ...]) -> None:
+        self.state_shape = state_shape
+        self.h0 = like.new_empty(state_shape)  # the state entering the current chunk
+        self.a = like.new_empty((chunk + 1, *state_shape))  # one spare row: the reverse scan reads decays shifted
+        for name in names:
+            setattr(self, name, like.new_empty((chunk, *state_shape)))
+        self.scratch = like.new_empty(2 * chunk * math.prod(state_shape))
+
+    def states(self, dt, dtu, A, B, s: int, e: int) -> torch.Tensor:
+        """Decays a_t = exp(Δ_t A) into ``a``, inputs x_t = Δ_t u_t B_t (plus a_s h0 at the first token) into ``x``,
+        and the states h_t of tokens s..e-1 into ``h``; returns h[:e - s]."""
+        q = e - s
+        a, x, h = self.a[:q], self.x[:q], self.h[:q]
+        torch.mul(dt[s:e, ..., None], A, out=a).exp_()  # Δ ≥ 0, A < 0: exponents ≤ 0, decays in [0, 1]
+        torch.mul(dtu[s:e, ..., None], B[s:e, :, :, None, :], out=x)
+        x[0].addcmul_(a[0], self.h0)
+        _linear_scan(a, x, h, self.scratch, reverse=False)
         return h
 
+
+def _blocks(u, A, chunk_size: int, tile_elements: int | None):
+    """The chunks (start, end) and the (batch, group) blocks of a token-major scan, and the chunk length."""
+    length, batch, groups, dg = u.shape
+    chunk = min(chunk_size, length)
+    budget = tile_elements or TILE_ELEMENTS.get(u.device.type, TILE_ELEMENTS["default"])
+    return _chunks(length, chunk), _tiles(batch, groups, chunk * dg * A.shape[-1], budget), chunk
+
+
+def _workspace(ws, like, chunk, state_shape, names) -> _Workspace:
+    return ws if ws is not None and ws.state_shape == state_shape else _Workspace(like, chunk, state_shape, names)
+
+
+def _scan_forward(u, dt, A, B, C, chunk_size: int, tile_elements: int | None, keep_states: bool):
+    """Token-major chunked scan: u, Δ (L, b, G, Dg); A (G, Dg, N); B, C (L, b, G, N) -> y (L, b, G, Dg), and the
+    state entering each chunk (n_chunks, b, G, Dg, N) if ``keep_states`` (else None)."""
+    chunks, tiles, chunk = _blocks(u, A, chunk_size, tile_elements)
+    dtu = dt * u
+    y = torch.empty_like(u)
+    starts = u.new_empty((len(chunks), *u.shape[1:], A.shape[-1])) if keep_states else None
+    ws = None
+    for bs, gs in tiles:
+        dt_, dtu_, A_, B_, C_ = dt[:, bs, gs], dtu[:, bs, gs], A[gs], B[:, bs, gs], C[:, bs, gs]
+        ws = _workspace(ws, u, chunk, (*dt_.shape[1:], A.shape[-1]), ("x", "h"))
+        ws.h0.zero_()
+        for c, (s, e) in enumerate(chunks):
+            if keep_states:
+                starts[c, bs, gs] = ws.h0
+            hs = ws.states(dt_, dtu_, A_, B_, s, e)
+            y[s:e, bs, gs] = torch.einsum("qbgdn,qbgn->qbgd", hs, C_[s:e])  # y_t = Σ_n h_t[n] C_t[n]
+            ws.h0.copy_(hs[-1])
+    return y, starts
+
+
+class ChunkedSelectiveScan(torch.autograd.Function):
+    """The S6 core ``y_t = Σ_n h_t[n] C_t[n]``, ``h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t`` in chunks of Q tokens, in
+    the token-major layout of ``_scan_forward``. Saves only the states entering each chunk; the backward walks the
+    chunks from the last, recomputes the chunk's states from its entry state, and runs the adjoint recurrence
+
+        g_t = C_t dy_t + exp(Δ_{t+1} A) g_{t+1}      (g carried into the previous chunk as exp(Δ_s A) g_s)
+
+    giving dB_t = Σ_d g_t Δ_t u_t, d(Δu)_t = Σ_n g_t B_t, dC_t = Σ_d dy_t h_t, and through the decays
+    w_t = g_t ⊙ exp(Δ_t A) h_{t-1}: dΔ_t += Σ_n w_t A, dA = Σ_{b,t} w_t Δ_t."""
+
     @staticmethod
-    def backward(ctx, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, h = ctx.saved_tensors
-        g = torch.empty_like(h)
-        g[-1] = dh[-1]
-        for t in range(h.shape[0] - 2, -1, -1):
-            torch.addcmul(dh[t], a[t + 1], g[t + 1], out=g[t])
-        da = torch.zeros_like(a)
-        da[1:] = g[1:] * h[:-1]
-        return da, g
+    def forward(ctx, u, dt, A, B, C, chunk_size: int, tile_elements: int | None):
+        y, starts = _scan_forward(u, dt, A, B, C, chunk_size, tile_elements, keep_states=True)
+        ctx.save_for_backward(u, dt, A, B, C, starts)
+        ctx.blocks = chunk_size, tile_elements
+        return y
 
-
-@torch.compiler.disable
-def linear_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """All states of ``h_t = a_t ⊙ h_{t-1} + b_t`` along dim 0 (``LinearRecurrence``; not traced by compile)."""
-    return LinearRecurrence.apply(a, b)
+    @staticmethod
+    def backward(ctx, dy):
+        u, dt, A, B, C, starts = ctx.saved_tensors
+        chunks, tiles, chunk = _blocks(u, A, *ctx.blocks)
+        dtu = dt * u
+        du, ddt, dB, dC = (torch.empty_like(t) for t in (u, dt, B, C))
+        dA = torch.zeros_like(A)
+        ws = None
+        for bs, gs in tiles:
+            u_, dt_, dtu_, B_, C_, dy_ = (t[:, bs, gs] for t in (u, dt, dtu, B, C, dy))
+            A_ = A[gs]
+            ws = _workspace(ws, u, chunk, (*dt_.shape[1:], A.shape[-1]), ("x", "h", "g"))
+            carry = torch.zeros_like(ws.h0)  # exp(Δ_s A) g_s of the chunk after this one
+            for c, (s, e) in reversed(list(enumerate(chunks))):
+                q = e - s
+                ws.h0.copy_(starts[c, bs, gs])
+                hs = ws.states(dt_, dtu_, A_, B_, s, e)
+                a, g, dh = ws.a[: q + 1], ws.g[:q], ws.x[:q]  # the inputs x are not needed any more
+                a[q].zero_()
+                dC[s:e, bs, gs] = torch.matmul(dy_[s:e, :, :, None, :], hs).squeeze(-2)
+                torch.mul(dy_[s:e, ..., None], C_[s:e, :, :, None, :], out=dh)
+                dh[q - 1] += carry
+                _linear_scan(a[1:], dh, g, ws.scratch, reverse=True)
+                torch.mul(a[0], g[0], out=carry)
+                dB[s:e, bs, gs] = torch.matmul(dtu_[s:e, :, :, None, :], g).squeeze(-2)
+                ddtu = torch.einsum("qbgdn,qbgn->qbgd", g, B_[s:e])  # d(Δu)
+                w = dh  # w_t = g_t ⊙ a_t h_{t-1}
+                torch.mul(a[1:q], hs[:-1], out=w[1:])
+                torch.mul(a[0], ws.h0, out=w[0])
+                w.mul_(g)
+                dA[gs] += torch.mul(w, dt_[s:e, ..., None], out=g).sum((0, 1))
+                ddt[s:e, bs, gs] = torch.addcmul(w.mul_(A_).sum(-1), ddtu, u_[s:e])
+                du[s:e, bs, gs] = ddtu * dt_[s:e]
+        return du, ddt, dA, dB, dC, None, None
 
 
 def selective_scan_torch(
@@ -140,25 +289,35 @@ def selective_scan_torch(
     z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
+    chunk_size: int = 64,
+    tile_elements: int | None = None,
 ) -> torch.Tensor:
-    """The S6 scan with bulk decays/inputs and the custom-backward recurrence (computes in u's dtype).
-
-    Works in the contiguous layout (L, b, G, D/G, N), so B and C broadcast over their group's channels without
-    being copied per channel, and the readout is one batched matmul."""
+    """The chunked S6 scan (module docstring), exact, in u's dtype. Runs ``ChunkedSelectiveScan`` when a gradient is
+    needed, else the same chunked forward keeping nothing but the running state. ``chunk_size``: tokens per chunk
+    (Q); ``tile_elements``: the state elements per chunk above which batch entries / groups are scanned in separate
+    blocks (default ``TILE_ELEMENTS`` for the device)."""
     batch, dim, length = u.shape
     if B.dim() == 3:  # (b, N, L): one group
         B, C = B[:, None], C[:, None]
     groups, n = B.shape[1], B.shape[2]
     if dim % groups != 0:
         raise ValueError(f"selective scan: D ({dim}) must be divisible by the number of B/C groups ({groups}).")
+    if chunk_size < 1:
+        raise ValueError(f"selective scan: chunk_size must be positive, got {chunk_size}.")
     delta = _prepare_delta(delta, delta_bias, delta_softplus)
-    dt = delta.permute(2, 0, 1).reshape(length, batch, groups, dim // groups, 1)  # (L, b, G, Dg, 1)
-    du = dt * u.permute(2, 0, 1).reshape(length, batch, groups, dim // groups, 1)
-    Bt = B.permute(3, 0, 1, 2).contiguous()[:, :, :, None, :]  # (L, b, G, 1, N)
-    Ct = C.permute(3, 0, 1, 2).contiguous()[..., None]  # (L, b, G, N, 1)
-    a = torch.exp(dt * A.reshape(groups, dim // groups, n))  # (L, b, G, Dg, N) decays
-    h = linear_recurrence(a, du * Bt)  # (L, b, G, Dg, N) states
-    y = torch.matmul(h, Ct).reshape(length, batch, dim).permute(1, 2, 0)  # (b, D, L)
+    token_major = (length, batch, groups, dim // groups)
+    args = (
+        u.permute(2, 0, 1).reshape(token_major).contiguous(),  # (L, b, G, Dg)
+        delta.permute(2, 0, 1).reshape(token_major).contiguous(),
+        A.reshape(groups, dim // groups, n),  # (G, Dg, N)
+        B.permute(3, 0, 1, 2).contiguous(),  # (L, b, G, N)
+        C.permute(3, 0, 1, 2).contiguous(),
+    )
+    if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+        y = ChunkedSelectiveScan.apply(*args, chunk_size, tile_elements)
+    else:
+        y = _scan_forward(*args, chunk_size, tile_elements, keep_states=False)[0]
+    y = y.reshape(length, batch, dim).permute(1, 2, 0).contiguous()  # (b, D, L)
     return _finish(y, u, D, z)
 
 

@@ -1,0 +1,198 @@
+"""The S6 selective scan (mixers/ops/selective_scan.py): the tree-reduced linear recurrence against a step-by-step
+loop, the chunked scan against the sequential reference in float64 (values and gradients, any length against the
+chunk size, grouped B/C, every optional input), gradcheck, float32 stability where exponents of cumulative sums
+would overflow, the memory contract (only chunk-entry states saved, nothing kept without gradients), autocast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mixers.ops.selective_scan as ss
+from mixers.ops.selective_scan import selective_scan, selective_scan_ref, selective_scan_torch
+
+# which optional inputs are given; without softplus Δ is made positive (a decaying scan)
+OPTIONS = {
+    "plain": dict(),
+    "D": dict(D=True),
+    "z": dict(z=True),
+    "bias_softplus": dict(delta_bias=True, delta_softplus=True),
+    "all": dict(D=True, z=True, delta_bias=True, delta_softplus=True),
+}
+
+
+def _scan_inputs(batch: int, dim: int, d_state: int, length: int, groups: int | None = None, dtype=torch.float64):
+    """u, Δ, A, B, C, D, z, Δ_bias with gradients (B, C grouped when ``groups`` is given)."""
+    bc_shape = (batch, d_state, length) if groups is None else (batch, groups, d_state, length)
+    tensors = [
+        torch.randn(batch, dim, length, dtype=dtype),
+        torch.randn(batch, dim, length, dtype=dtype),
+        -torch.rand(dim, d_state, dtype=dtype) - 0.1,
+        torch.randn(*bc_shape, dtype=dtype),
+        torch.randn(*bc_shape, dtype=dtype),
+        torch.randn(dim, dtype=dtype),
+        torch.randn(batch, dim, length, dtype=dtype),
+        torch.randn(dim, dtype=dtype),
+    ]
+    return [t.requires_grad_() for t in tensors]
+
+
+def _select(inputs: list[torch.Tensor], options: dict) -> tuple[list, dict]:
+    """The tensors a call with ``options`` differentiates (u, Δ, A, B, C and the optional ones given) and its kwargs."""
+    u, delta, A, B, C, D, z, bias = inputs
+    if not options.get("delta_softplus"):
+        delta = delta.detach().abs().requires_grad_()
+    kwargs = dict(
+        D=D if options.get("D") else None,
+        z=z if options.get("z") else None,
+        delta_bias=bias if options.get("delta_bias") else None,
+        delta_softplus=options.get("delta_softplus", False),
+    )
+    return [u, delta, A, B, C] + [t for t in kwargs.values() if isinstance(t, torch.Tensor)], kwargs
+
+
+def _step_by_step(a: torch.Tensor, x: torch.Tensor, reverse: bool) -> torch.Tensor:
+    out, h = torch.empty_like(x), torch.zeros_like(x[0])
+    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    for t in steps:
+        h = a[t] * h + x[t]
+        out[t] = h
+    return out
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 7, 8, 13, 32, 33])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_tree_linear_scan_equals_the_step_by_step_recurrence(length: int, reverse: bool) -> None:
+    a = torch.rand(length, 2, 3, dtype=torch.float64)
+    x = torch.randn(length, 2, 3, dtype=torch.float64)
+    out = torch.full_like(x, float("nan"))  # every entry must be written
+    ss._linear_scan(a, x, out, torch.empty(2 * x.numel(), dtype=x.dtype), reverse)
+    # reverse: out[t] = a[t] out[t+1] + x[t], so the loop's decay at step t (multiplying out[t+1]) is a[t]
+    torch.testing.assert_close(out, _step_by_step(a, x, reverse), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("length", [1, 5, 8, 31, 64])  # L < Q, multiples and non-multiples of Q = 8
+@pytest.mark.parametrize("groups", [None, 3])
+@pytest.mark.parametrize("options", list(OPTIONS))
+def test_chunked_scan_equals_sequential_reference(length: int, groups: int | None, options: str) -> None:
+    differentiated, kwargs = _select(_scan_inputs(2, 6, 4, length, groups), OPTIONS[options])
+    u, delta, A, B, C = differentiated[:5]
+    y_fast = selective_scan_torch(u, delta, A, B, C, chunk_size=8, **kwargs)
+    y_ref = selective_scan_ref(u, delta, A, B, C, **kwargs)
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(y_ref)
+    grads_fast = torch.autograd.grad(y_fast, differentiated, grad)
+    grads_ref = torch.autograd.grad(y_ref, differentiated, grad)
+    for g_fast, g_ref in zip(grads_fast, grads_ref, strict=True):
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("tile_elements", [1, 40, 150])  # one block per (entry, group) / per entry / 2 entries
+def test_blocks_over_batch_and_groups_give_the_same_scan(tile_elements: int) -> None:
+    inputs = _scan_inputs(3, 6, 4, 11, groups=3)
+    differentiated, kwargs = _select(inputs, OPTIONS["all"])
+    y_one = selective_scan_torch(*differentiated[:5], chunk_size=4, tile_elements=10**9, **kwargs)
+    y_blocks = selective_scan_torch(*differentiated[:5], chunk_size=4, tile_elements=tile_elements, **kwargs)
+    torch.testing.assert_close(y_blocks, y_one, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(y_one)
+    for g_blocks, g_one in zip(
+        torch.autograd.grad(y_blocks, differentiated, grad), torch.autograd.grad(y_one, differentiated, grad)
+    ):
+        torch.testing.assert_close(g_blocks, g_one, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+@pytest.mark.parametrize("options", ["plain", "all"])
+def test_chunked_scan_passes_gradcheck(groups: int | None, options: str) -> None:
+    differentiated, kwargs = _select(_scan_inputs(2, 4, 3, 7, groups), OPTIONS[options])
+    D, z, bias = kwargs.pop("D"), kwargs.pop("z"), kwargs.pop("delta_bias")
+
+    def fn(u, delta, A, B, C, *extra):
+        optional = dict(zip(["D", "z", "delta_bias"], extra)) if extra else {}
+        return selective_scan_torch(u, delta, A, B, C, chunk_size=3, **optional, **kwargs)
+
+    extra = () if D is None else (D, z, bias)
+    assert torch.autograd.gradcheck(fn, (*differentiated[:5], *extra))
+
+
+def test_float32_scan_is_stable_where_cumulative_decays_overflow() -> None:
+    """Δ·|A| up to ~100 per token: exp of a cumulative Σ Δ|A| over a chunk (≫ 88) overflows float32; the scan must
+    still match the float64 reference."""
+    inputs = _scan_inputs(1, 4, 8, 200, groups=2, dtype=torch.float64)
+    u, delta, A, B, C = (t.detach() for t in inputs[:5])
+    delta, A = delta.abs() * 5, A * 20
+    inputs32 = [t.float() for t in (u, delta, A, B, C)]
+    y32 = selective_scan_torch(*inputs32)
+    y64 = selective_scan_ref(*(t.double() for t in inputs32))
+    assert torch.isfinite(y32).all()
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-4, atol=1e-5)
+
+
+def test_training_saves_only_the_states_entering_each_chunk() -> None:
+    """The backward keeps the inputs and n_chunks = L / Q states per channel, not a state per token (which the
+    per-token formulation keeps twice: decays and states)."""
+    batch, dim, d_state, length, chunk = 2, 16, 32, 128, 32
+    u, delta, A, B, C = _scan_inputs(batch, dim, d_state, length, groups=2)[:5]
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        selective_scan_torch(u, delta, A, B, C, delta_softplus=True, chunk_size=chunk).sum().backward()
+    assert (length // chunk) * batch * dim * d_state in saved
+    assert sum(saved) < length * batch * dim * d_state / 2
+
+
+def test_no_grad_path_gives_identical_output_and_keeps_no_states(monkeypatch) -> None:
+    inputs = _scan_inputs(2, 6, 4, 37, groups=3)
+    differentiated, kwargs = _select(inputs, OPTIONS["all"])
+    y_grad = selective_scan_torch(*differentiated[:5], chunk_size=8, **kwargs)
+    calls = []
+    forward = ss._scan_forward
+
+    def spy(*args, keep_states: bool):
+        y, starts = forward(*args, keep_states=keep_states)
+        calls.append(starts)
+        return y, starts
+
+    monkeypatch.setattr(ss, "_scan_forward", spy)
+    with torch.no_grad():
+        y_no_grad = selective_scan_torch(*differentiated[:5], chunk_size=8, **kwargs)
+    with torch.inference_mode():
+        y_inference = selective_scan_torch(*differentiated[:5], chunk_size=8, **kwargs)
+    assert calls == [None, None]
+    torch.testing.assert_close(y_no_grad, y_grad, rtol=0, atol=0)
+    torch.testing.assert_close(y_inference, y_grad, rtol=0, atol=0)
+
+
+def test_scan_runs_in_float32_under_bf16_autocast(monkeypatch) -> None:
+    u, delta, A, B, C, D, _, bias = (t.detach() for t in _scan_inputs(1, 8, 4, 20, dtype=torch.float32))
+    dtypes = []
+    forward = ss._scan_forward
+
+    def spy(*args, keep_states: bool):
+        dtypes.append({t.dtype for t in args if isinstance(t, torch.Tensor)})
+        return forward(*args, keep_states=keep_states)
+
+    monkeypatch.setattr(ss, "_scan_forward", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = selective_scan(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D, None, bias, True)
+    assert y.dtype == torch.bfloat16
+    assert dtypes == [{torch.float32}]
+    bf = [t.bfloat16().float() for t in (u, delta, B, C)]
+    y32 = selective_scan(bf[0], bf[1], A, bf[2], bf[3], D, None, bias, True)
+    torch.testing.assert_close(y.float(), y32, rtol=1e-2, atol=1e-2)
+
+
+def test_scan_argument_errors() -> None:
+    inputs = _scan_inputs(1, 2, 2, 3, dtype=torch.float32)
+    with pytest.raises(ValueError, match="backend"):
+        selective_scan(*inputs[:5], backend="cuda")
+    with pytest.raises(RuntimeError, match="fused"):
+        selective_scan(*inputs[:5], backend="fused")  # CPU tensors
+    with pytest.raises(ValueError, match="chunk_size"):
+        selective_scan_torch(*inputs[:5], chunk_size=0)
+    with pytest.raises(ValueError, match="groups"):
+        selective_scan_torch(*inputs[:3], inputs[3][:, None].expand(1, 3, 2, 3), inputs[4][:, None].expand(1, 3, 2, 3))
