@@ -81,6 +81,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 import models  # noqa: F401  (registers the zoo in timm)
@@ -121,7 +122,7 @@ class ModelSpec:
 
     kind: str  # "timm" or "config"
     name: str
-    overrides: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()  # config: Hydra overrides of the model group; timm: create_model kwargs
 
     @property
     def label(self) -> str:
@@ -172,7 +173,8 @@ def build_model(spec: ModelSpec, img_size: int | None = None, num_classes: int =
     from hydra.utils import instantiate
 
     kwargs: dict[str, Any] = {"num_classes": num_classes}
-    if spec.kind == "timm":
+    if spec.kind == "timm":  # overrides of a timm spec are keyword arguments of create_model, as key=<yaml value>
+        kwargs.update({k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in spec.overrides)})
         build: Callable[..., nn.Module] = lambda **kw: timm.create_model(spec.name, pretrained=False, **kw)  # noqa: E731
     else:
         cfg = compose_model_config(spec.name, spec.overrides)
@@ -269,6 +271,7 @@ class RunOptions:
     channels_last: bool = False
     compile: bool = False
     compile_mode: str | None = None
+    compile_backend: str = "inductor"
     threads: int | None = None
     warmup: int = 1
     runs: int = 3
@@ -325,7 +328,9 @@ def measure(spec: ModelSpec, img_size: int, build_size: int | None, batch: int, 
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=amp_dtype)
 
-    run_model = torch.compile(model, mode=opts.compile_mode) if opts.compile else model
+    run_model = model
+    if opts.compile:
+        run_model = torch.compile(model, mode=opts.compile_mode, backend=opts.compile_backend)
 
     def images(n: int) -> torch.Tensor:
         x = torch.randn(n, 3, img_size, img_size, device=device, dtype=model_dtype)

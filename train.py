@@ -446,7 +446,7 @@ def run(cfg: DictConfig) -> float:
 
     model: nn.Module = net
     if cfg.runtime.compile:
-        model = torch.compile(net, mode=cfg.runtime.compile_mode)
+        model = torch.compile(net, mode=cfg.runtime.compile_mode, backend=cfg.runtime.compile_backend)
     eval_model = model
     if world_size > 1:
         model = DistributedDataParallel(

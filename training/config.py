@@ -118,6 +118,7 @@ class RuntimeConfig:
     channels_last: bool = False
     compile: bool = False
     compile_mode: str | None = None  # torch.compile mode, e.g. max-autotune
+    compile_backend: str = "inductor"  # torch.compile backend ("eager": trace only, for quick checks)
     grad_checkpointing: bool = False
     deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.deterministic
     num_threads: int | None = None  # torch.set_num_threads (None: torch's default)
