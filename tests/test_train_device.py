@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
 from hydra import compose, initialize_config_dir
@@ -20,9 +21,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import train
+from mixers import create_mixer, list_mixers
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 META = torch.device("meta")
+ZOO_MODULES = ["affnet_family", "hydra_family", "metaformer_baselines", "stripmlp_family", "vim2_family"]
 
 
 class MetaDeviceAudit(TorchDispatchMode):
@@ -151,3 +154,27 @@ def test_one_host_sync_per_update_and_none_between_forward_and_backward(
     marks = [e[1] for e in events if e[0] == "mark"]
     assert marks.count("forward") == 4 and marks.count("backward") == 4 and marks.count("evaluate") == 1
     assert reads_per_update(events) == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("name", list_mixers())
+def test_every_mixer_keeps_its_tensors_on_the_input_device(name: str) -> None:
+    """Forward and backward of each mixer on the meta device: any tensor a forward creates on the CPU (a
+    ``torch.arange``/``torch.tensor`` without ``device=``, an unregistered buffer) mixes devices and fails."""
+    mixer = create_mixer(name, 32, grid=(6, 6)).to(META)
+    x = torch.randn(2, 6, 6, 32, device=META, requires_grad=True)
+    audit = MetaDeviceAudit()
+    with audit:
+        mixer(x).sum().backward()
+    assert x.grad is not None and x.grad.device == META
+    assert not [e for e in audit.events if e[0] == "mixed"]
+
+
+@pytest.mark.parametrize("name", sorted({n for m in ZOO_MODULES for n in timm.list_models(module=m)}))
+def test_every_zoo_model_keeps_its_tensors_on_the_input_device(name: str) -> None:
+    with torch.device(META):
+        model = timm.create_model(name, num_classes=10)
+    size = model.pretrained_cfg["input_size"][-1]
+    with MetaDeviceAudit() as audit:
+        out = model(torch.randn(1, 3, size, size, device=META))
+    assert out.shape == (1, 10) and out.device == META
+    assert not [e for e in audit.events if e[0] == "mixed"]
