@@ -25,8 +25,8 @@ MLP without biases, ResScale in stages 3-4, global average pooling, LayerNorm (w
 PoolFormer v1, ConvFormer, CAFormer and the other families are configurations of the same class.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` in this file: FX copies the model's forward annotations into the code
+# it generates, and string annotations there break scripting the graph (timm's test_model_forward_fx_torchscript).
 from collections.abc import Mapping, Sequence
 from typing import Any
 
