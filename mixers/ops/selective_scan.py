@@ -13,9 +13,9 @@ D % G == 0 (channel d uses group d // (D / G)); D_skip, Δ_bias (D,). Output (b,
 
 - ``selective_scan_ref``: the recurrence as written, one step per token, plain autograd (test oracle).
 - ``selective_scan_torch``: exact, in chunks of Q tokens (``chunk_size``, default 64), O(L / Q) Python steps. It
-  works token-major, u, Δ (L, b, G, D/G) and B, C (L, b, G, N), and materialises states (Q, b, G, D/G, N) for one
-  chunk at a time, in buffers reused by every chunk. Per chunk: decays a_t = exp(Δ_t A) and inputs
-  x_t = Δ_t u_t B_t in bulk, the entry state folded in (x_s += a_s h_{s-1}), then all Q states of
+  works token-major, u, Δ as (L, b, G, D/G) views of their memory and B, C copied to (L, b, G, N), and materialises
+  states (Q, b, G, D/G, N) for one chunk at a time, in buffers reused by every chunk. Per chunk: decays
+  a_t = exp(Δ_t A) and inputs x_t = Δ_t u_t B_t in bulk, the entry state folded in (x_s += a_s h_{s-1}), all Q states of
   h_t = a_t h_{t-1} + x_t at once by a pairwise tree reduction (``_linear_scan``: 2 log₂ Q whole-slice levels,
   ~3 Q multiply-adds), and the readout y_t = Σ_n h_t C_t as one einsum. The last state enters the next chunk.
   Training goes through ``ChunkedSelectiveScan`` (custom autograd): it saves the inputs and only the state entering
@@ -306,11 +306,11 @@ def selective_scan_torch(
         raise ValueError(f"selective scan: chunk_size must be positive, got {chunk_size}.")
     delta = _prepare_delta(delta, delta_bias, delta_softplus)
     token_major = (length, batch, groups, dim // groups)
-    args = (
-        u.permute(2, 0, 1).reshape(token_major).contiguous(),  # (L, b, G, Dg)
-        delta.permute(2, 0, 1).reshape(token_major).contiguous(),
+    args = (  # u, Δ as token-major views of their channels-first memory (read broadcast over N: no copy needed)
+        u.permute(2, 0, 1).reshape(token_major),  # (L, b, G, Dg)
+        delta.permute(2, 0, 1).reshape(token_major),
         A.reshape(groups, dim // groups, n),  # (G, Dg, N)
-        B.permute(3, 0, 1, 2).contiguous(),  # (L, b, G, N)
+        B.permute(3, 0, 1, 2).contiguous(),  # (L, b, G, N), N innermost for the per-chunk products
         C.permute(3, 0, 1, 2).contiguous(),
     )
     if torch.is_grad_enabled() and any(t.requires_grad for t in args):
