@@ -34,7 +34,7 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "hydra_vit": ("hydra_vit_s", dict(depths=(4,), dims=(64,))),
     "vim2": ("vim2_t", dict(depths=(2, 2, 2, 2), dims=(16, 32, 64, 128))),
 }
-INPUT = (2, 3, 64, 64)
+SIZE = {"vim2": 32}  # input side, default 64 (the PyTorch selective scan steps through every token)
 
 # TorchScript: as timm's EXCLUDE_JIT_FILTERS, with the reason. The SSM mixers dispatch to mamba_ssm's fused kernels
 # (Triton / CUDA extensions) or to a PyTorch path with a custom autograd.Function, under torch.compiler.disable;
@@ -49,8 +49,9 @@ def _model(family: str, **kwargs: Any) -> nn.Module:
     return timm.create_model(name, **{**options, **kwargs})
 
 
-def _x() -> torch.Tensor:
-    return torch.randn(*INPUT, generator=torch.Generator().manual_seed(1))
+def _x(family: str) -> torch.Tensor:
+    side = SIZE.get(family, 64)
+    return torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1))
 
 
 def _fx_model(model: nn.Module, train: bool = False) -> nn.Module:
@@ -79,14 +80,19 @@ def _nchw(maps: list[torch.Tensor], output_fmt: str) -> list[torch.Tensor]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_forward_intermediates_taps_every_level_and_ends_in_forward_features(family: str) -> None:
     model = _model(family).eval()
-    x = _x()
+    x = _x(family)
     levels = len(model.feature_info)
     with torch.no_grad():
         final, maps = model.forward_intermediates(x)
         torch.testing.assert_close(final, model.forward_features(x))
         assert len(maps) == levels
         for info, m in zip(model.feature_info, maps):
-            assert m.shape == (INPUT[0], info["num_chs"], INPUT[2] // info["reduction"], INPUT[3] // info["reduction"])
+            assert m.shape == (
+                x.shape[0],
+                info["num_chs"],
+                x.shape[2] // info["reduction"],
+                x.shape[3] // info["reduction"],
+            )
         last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
         torch.testing.assert_close(last_two, maps[-2:])
         early = model.forward_intermediates(x, indices=[0, 1], stop_early=True, intermediates_only=True)
@@ -102,7 +108,7 @@ def test_pruned_models_keep_their_taps_and_train(family: str) -> None:
     """timm's ``test_prune_intermediate_layers_contract``: pruned taps equal the full model's; a pruned model's
     features end at its last tap and every parameter it keeps gets a gradient."""
     model = _model(family).eval()
-    x = _x()
+    x = _x(family)
     with torch.no_grad():
         maps = model.forward_intermediates(x, intermediates_only=True)
     for i in (0, len(maps) - 2):
@@ -125,14 +131,14 @@ def test_pruned_models_keep_their_taps_and_train(family: str) -> None:
 def test_features_only_gives_the_intermediates_with_every_feature_cls(family: str, feature_cls: str | None) -> None:
     reference = _model(family).eval()
     with torch.no_grad():
-        expected = reference.forward_intermediates(_x(), intermediates_only=True)
+        expected = reference.forward_intermediates(_x(family), intermediates_only=True)
     kwargs = {} if feature_cls is None else {"feature_cls": feature_cls}
     features = _model(family, features_only=True, **kwargs).eval()
     indices = features.feature_info.out_indices
     output_fmt = getattr(features.output_fmt, "value", features.output_fmt)
     assert len(indices) >= 3  # as timm's test_model_forward_features asks of every model
     with torch.no_grad():
-        maps = _nchw(features(_x()), output_fmt)
+        maps = _nchw(features(_x(family)), output_fmt)
     assert features.feature_info.channels() == [m.shape[1] for m in maps]
     torch.testing.assert_close(maps, [expected[i] for i in indices])
 
@@ -162,14 +168,14 @@ def test_stripmlp_takes_feature_cls_by_keyword() -> None:
 def test_fx_graph_equals_the_model_and_trains(family: str) -> None:
     """timm's ``test_model_forward_fx`` and ``test_model_backward_fx``."""
     model = _model(family).eval()
-    x = _x()
+    x = _x(family)
     with torch.inference_mode():
         expected = model(x)
         traced = _only(_fx_model(model)(x))
     torch.testing.assert_close(traced, expected, rtol=1e-4, atol=1e-5)
     graph = _fx_model(_model(family, num_classes=7).train(), train=True)
     out = _only(graph(x))
-    assert out.shape == (INPUT[0], 7)
+    assert out.shape == (x.shape[0], 7)
     out.mean().backward()
     assert [n for n, p in graph.named_parameters() if p.grad is None] == []
 
@@ -181,7 +187,7 @@ def test_torchscript_equals_the_model(family: str) -> None:
     if family in NOT_SCRIPTABLE:
         pytest.skip(f"not scriptable, as timm excludes models from TorchScript: {NOT_SCRIPTABLE[family]}")
     model = _model(family).eval()
-    x = _x()
+    x = _x(family)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.script is deprecated in favour of torch.compile/export
         scripted = torch.jit.script(model)
@@ -195,7 +201,7 @@ def test_torchscript_equals_the_model(family: str) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_grad_checkpointing_gives_the_same_outputs_and_gradients(family: str) -> None:
     """Also in weighted-averaging stages (ViM2), where each block is recomputed from the stage's earlier outputs."""
-    x = _x()
+    x = _x(family)
     results = []
     for checkpointing in (False, True):
         model = _model(family).train()
@@ -216,7 +222,7 @@ def test_grad_checkpointing_recomputes_weighted_averaging_blocks() -> None:
     model.set_grad_checkpointing(True)
     calls = []
     model.stages[1].blocks[0].token_mixer.register_forward_pre_hook(lambda *_: calls.append(1))
-    model(_x()).mean().backward()
+    model(_x("vim2")).mean().backward()
     assert len(calls) == 2  # the token mixer started in the forward and again in the recomputation
 
 
