@@ -29,7 +29,9 @@ D % G == 0 (channel d uses group d // (D / G)); D_skip, Δ_bias (D,). Output (b,
   and no difference of cumulative sums ever appears: products of decays can only underflow towards 0, exactly
   where the true decay is negligible. (Segment-sum decays exp(A (S_t - S_τ)) would be stable too, but with a
   different A per (d, n) they need Q² / 2 exps per (d, n) and chunk instead of Q: the SSD trick pays only for
-  Mamba-2's scalar A per head.) Control flow depends on shapes only, so ``torch.compile`` unrolls the chunk loop.
+  Mamba-2's scalar A per head.) Control flow depends on shapes only, but the chunk loop is a declared compile
+  boundary (``torch.compiler.disable``, one graph break per scan): unrolled, inductor took over 25 minutes on a
+  one-block model; the code around the scan still compiles.
 - ``selective_scan``: dispatch. ``backend="auto"`` runs the fused kernel when ``mamba_ssm`` imports and the tensors
   are on CUDA with d_state ≤ 256, else the torch path; ``"torch"``/``"fused"`` force one. The scan computes in
   float32 (float64 stays float64) with autocast off and returns u's dtype; the fused kernel gets D and Δ_bias in
@@ -279,6 +281,15 @@ class ChunkedSelectiveScan(torch.autograd.Function):
         return du, ddt, dA, dB, dC, None, None
 
 
+@torch.compiler.disable
+def _chunked_scan(u, dt, A, B, C, chunk_size: int, tile_elements: int | None) -> torch.Tensor:
+    """The chunk loop, kept out of ``torch.compile`` graphs: unrolled, it is O(L / Q · log Q) slicing ops, and
+    inductor spends minutes (tens of minutes at 224²) simplifying their index expressions."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C)):
+        return ChunkedSelectiveScan.apply(u, dt, A, B, C, chunk_size, tile_elements)
+    return _scan_forward(u, dt, A, B, C, chunk_size, tile_elements, keep_states=False)[0]
+
+
 def selective_scan_torch(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -313,10 +324,7 @@ def selective_scan_torch(
         B.permute(3, 0, 1, 2).contiguous(),  # (L, b, G, N), N innermost for the per-chunk products
         C.permute(3, 0, 1, 2).contiguous(),
     )
-    if torch.is_grad_enabled() and any(t.requires_grad for t in args):
-        y = ChunkedSelectiveScan.apply(*args, chunk_size, tile_elements)
-    else:
-        y = _scan_forward(*args, chunk_size, tile_elements, keep_states=False)[0]
+    y = _chunked_scan(*args, chunk_size, tile_elements)
     y = y.reshape(length, batch, dim).permute(1, 2, 0).contiguous()  # (b, D, L)
     return _finish(y, u, D, z)
 
