@@ -29,7 +29,7 @@ from tests.test_models import ZOO_TIMM_NAMES
 FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "identityformer": ("identityformer_s12", dict(depths=(1, 1, 1, 1))),
     "randformer": ("randformer_s12", dict(depths=(1, 1, 2, 1), img_size=64)),
-    "stripmlp": ("stripmlp_t_light", dict(depths=(1, 1, 2, 1), img_size=64)),
+    "stripmlp": ("stripmlp_t_light", dict(depths=(1, 1, 2, 1), dims=(40, 80, 160, 320), img_size=64)),
     "affnet": ("affnet_et", dict(img_size=64)),
     "hydra_vit": ("hydra_vit_s", dict(depths=(4,), dims=(64,))),
     "vim2": ("vim2_t", dict(depths=(2, 2, 2, 2), dims=(16, 32, 64, 128))),
