@@ -42,7 +42,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, dispatch_clip_grad
+from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad
 from timm.utils.distributed import init_distributed_device_so
 from torch.nn.parallel import DistributedDataParallel
 
@@ -285,12 +285,11 @@ def evaluation_totals(cfg: DictConfig, model: nn.Module, loader: Any, device: to
         with autocast(cfg, device):
             output = model(x)
         output = output.float()
-        maxk = min(5, output.shape[1])
-        hits = output.topk(maxk, dim=1).indices.eq(y[:, None])  # (n, maxk)
-        totals[0] += nn.functional.cross_entropy(output, y, reduction="sum").double()
-        totals[1] += hits[:, 0].sum()
-        totals[2] += hits.sum()
-        totals[3] += y.shape[0]
+        top1, top5 = accuracy(output, y, topk=(1, min(5, output.shape[1])))  # % of the batch, on the device
+        n = y.shape[0]
+        loss = nn.functional.cross_entropy(output, y, reduction="sum")
+        totals[:3] += torch.stack([loss.double(), top1.double() * n / 100, top5.double() * n / 100])
+        totals[3] += n
     return totals
 
 
@@ -514,7 +513,7 @@ def run(cfg: DictConfig) -> float:
             metrics = {"epoch": epoch + 1, **train_metrics, "lr": optimizer.param_groups[-1]["lr"]}
             metrics.update(evaluate(cfg, eval_model, state))
             score = metrics["top1"]
-            if ema is not None and ema_evaluated:
+            if ema_evaluated:
                 ema_metrics = evaluate(cfg, ema.module, state)
                 metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
                 score = ema_metrics["top1"]

@@ -277,50 +277,36 @@ class SeededSamples(Dataset):
         return self.dataset[index]
 
 
-def _loader(dataset: Dataset, num_workers: int, pin_memory: bool, **kwargs: Any) -> DataLoader:
-    return DataLoader(
+def _on_device(dataset: Dataset, data_cfg: Any, device: torch.device, erasing: dict[str, Any], **kwargs: Any) -> Any:
+    """A loader of uint8 batches (persistent workers, timm's ``fast_collate``) wrapped in timm's ``PrefetchLoader``:
+    each batch goes to ``device`` (side stream on CUDA) and is converted to float, normalised and (``erasing``:
+    ``re_prob``/``re_mode``/``re_count``, off at ``re_prob`` 0) randomly erased there."""
+    workers = data_cfg.num_workers
+    loader = DataLoader(
         dataset,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-        prefetch_factor=4 if num_workers > 0 else None,
+        num_workers=workers,
+        pin_memory=data_cfg.pin_memory and device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
         collate_fn=fast_collate,
         **kwargs,
     )
-
-
-def _on_device(loader: DataLoader, data_cfg: Any, device: torch.device, re: dict[str, Any] | None = None) -> Any:
-    """timm's ``PrefetchLoader``: uint8 batches to ``device`` (side stream on CUDA), then float, normalised and
-    (``re``) randomly erased there."""
-    re = re or {}
-    return PrefetchLoader(
-        loader, tuple(data_cfg.mean), tuple(data_cfg.std), channels=data_cfg.in_chans, device=device, **re
-    )
+    mean, std = tuple(data_cfg.mean), tuple(data_cfg.std)
+    return PrefetchLoader(loader, mean, std, channels=data_cfg.in_chans, device=device, **erasing)
 
 
 def train_loader(
     dataset: Dataset, batch_sampler: EpochBatchSampler, data_cfg: Any, aug_cfg: Any, device: torch.device
 ) -> Any:
     """The run's training loader (built once): ``batch_sampler`` picks the epoch and the first batch."""
-    loader = _loader(
-        SeededSamples(dataset, batch_sampler.seed),
-        data_cfg.num_workers,
-        data_cfg.pin_memory and device.type == "cuda",
-        batch_sampler=batch_sampler,
-    )
     erasing = dict(re_prob=aug_cfg.re_prob, re_mode=aug_cfg.re_mode, re_count=aug_cfg.re_count)
-    return _on_device(loader, data_cfg, device, erasing if aug_cfg.re_prob > 0 else None)
+    seeded = SeededSamples(dataset, batch_sampler.seed)
+    return _on_device(seeded, data_cfg, device, erasing, batch_sampler=batch_sampler)
 
 
 def eval_loader(
     dataset: Dataset, batch_size: int, data_cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1
 ) -> Any:
     """Every ``world_size``-th sample from ``rank``: the ranks cover the set exactly once (no padding)."""
-    loader = _loader(
-        dataset,
-        data_cfg.num_workers,
-        data_cfg.pin_memory and device.type == "cuda",
-        batch_size=batch_size,
-        sampler=range(rank, len(dataset), world_size),
-    )
-    return _on_device(loader, data_cfg, device)
+    sampler = range(rank, len(dataset), world_size)
+    return _on_device(dataset, data_cfg, device, {}, batch_size=batch_size, sampler=sampler)
