@@ -84,8 +84,8 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-import models  # noqa: F401  (registers the zoo in timm)
-from mixers import list_mixers
+import mixerzoo  # noqa: F401  (registers the zoo in timm)
+from mixerzoo.mixers import list_mixers
 
 ROOT = Path(__file__).resolve().parent
 CONFIG_DIR = ROOT / "configs"

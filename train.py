@@ -46,9 +46,9 @@ from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad
 from timm.utils.distributed import init_distributed_device_so
 from torch.nn.parallel import DistributedDataParallel
 
-import models  # registers the zoo's models in timm (also used: models.load_checkpoint)
-from training.config import register_configs
-from training.data import EpochBatchSampler, create_datasets, eval_loader, train_batches, train_loader
+import mixerzoo  # registers the zoo's models in timm (also used: mixerzoo.load_checkpoint)
+from mixerzoo.training.config import register_configs
+from mixerzoo.training.data import EpochBatchSampler, create_datasets, eval_loader, train_batches, train_loader
 
 _logger = logging.getLogger("train")
 register_configs()
@@ -327,7 +327,7 @@ def run(cfg: DictConfig) -> float:
         f"{torch.get_num_threads()} thread(s) each"
     )
     if cfg.checkpoint:
-        layout = models.load_checkpoint(net, cfg.checkpoint)
+        layout = mixerzoo.load_checkpoint(net, cfg.checkpoint)
         _logger.info(f"loaded weights from {cfg.checkpoint} ({layout} layout)")
     eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
     state: dict[str, Any] = dict(
@@ -576,7 +576,7 @@ def run_eval_only(cfg: DictConfig, state: dict[str, Any], num_params: int) -> fl
         if resume_path is None:
             raise ValueError("eval_only=true needs checkpoint=<path> (or resume=<path> / resume=auto with a last.pth).")
         ckpt = torch.load(resume_path, map_location="cpu", weights_only=True)
-        models.load_checkpoint(net, ckpt)
+        mixerzoo.load_checkpoint(net, ckpt)
         ema_weights = ckpt.get("ema")
         results["checkpoint"] = resume_path
     else:

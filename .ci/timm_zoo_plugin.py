@@ -15,7 +15,7 @@ import pytest
 import timm
 
 _BUILTIN = set(timm.list_models())
-import models  # noqa: E402, F401  (registers the zoo in timm)
+import mixerzoo  # noqa: E402, F401  (registers the zoo in timm)
 
 ZOO = sorted(set(timm.list_models()) - _BUILTIN)
 

@@ -1,5 +1,10 @@
 """Token mixers: one module each, all ``(B, H, W, C) -> (B, H, W, C)``, built by name through the registry."""
 
+if not __name__.startswith("mixerzoo."):  # the repository folder imported as a top-level package
+    raise ImportError(
+        f"`import {__name__}` is the old path: the zoo installs as one package, use `import mixerzoo.{__name__}`."
+    )
+
 from timm.layers import register_notrace_module
 
 from . import (  # noqa: F401  (registers the mixers)

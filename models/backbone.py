@@ -36,8 +36,7 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
 from timm.models._features import FeatureGetterNet, feature_take_indices
 
-from mixers import create_act, create_mixer
-
+from ..mixers import create_act, create_mixer
 from .blocks import (
     ConvNormAct,
     CrossStageShortcuts,

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, make_divisible
 
-from mixers import create_act
+from ..mixers import create_act
 
 __all__ = [
     "ConvNormAct",

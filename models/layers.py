@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mixers import create_act
+from ..mixers import create_act
 
 __all__ = [
     "GRN",

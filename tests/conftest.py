@@ -11,7 +11,7 @@ import torch.nn as nn
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import models  # noqa: F401  (registers the zoo in timm)
+import mixerzoo  # noqa: F401  (registers the zoo in timm)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MODEL_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))

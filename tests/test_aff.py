@@ -16,12 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import models
-from mixers import create_mixer
-from mixers.aff import AFF
-from models import MetaFormer
-from models.affnet_family import LAYOUT
-from models.layers import GroupNorm1
+import mixerzoo
+from mixerzoo.mixers import create_mixer
+from mixerzoo.mixers.aff import AFF
+from mixerzoo.models import MetaFormer
+from mixerzoo.models.affnet_family import LAYOUT
+from mixerzoo.models.layers import GroupNorm1
 from tests.conftest import build_model, num_params
 
 # Official README (top-1 at 256; params and FLOPs published rounded: 1.4/2.6/5.5 M, 0.4/0.8/1.5 G) and the exact
@@ -299,7 +299,7 @@ def test_official_affnet_checkpoint_loads(name: str) -> None:
     assert not any(k.startswith(("stem.", "stages.", "head.")) for k in official)
     torch.manual_seed(2)
     target = timm.create_model(name)
-    assert models.load_checkpoint(target, official) == "official AFFNet (microsoft/TokenMixers)"
+    assert mixerzoo.load_checkpoint(target, official) == "official AFFNet (microsoft/TokenMixers)"
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
 

@@ -14,9 +14,8 @@ import torch.nn as nn
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-import benchmark
-import collect_results
-from mixers import list_mixers
+from mixerzoo import benchmark, collect_results
+from mixerzoo.mixers import list_mixers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,7 +153,7 @@ def _fake_job(root: Path, name: str, mixer: str | None, top1: float, with_config
     summary = {"best_top1": top1, "final_top1": top1 - 1, "epochs_completed": 3, "train_images_per_sec": 500.0}
     (job / "summary.json").write_text(json.dumps({**summary, "params": 440_000}))
     if with_config:
-        model = {"_target_": "models.MetaFormer", "mixer": mixer, "depths": [1, 1], "dims": [8, 16]}
+        model = {"_target_": "mixerzoo.MetaFormer", "mixer": mixer, "depths": [1, 1], "dims": [8, 16]}
         model["res_scale_init"] = None
         config = {"model": model, "data": {"num_classes": 10, "in_chans": 1, "img_size": 32}}
         (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
@@ -183,7 +182,7 @@ def test_collector_builds_the_table_from_summary_files(tmp_path: Path) -> None:
 
 
 def test_selective_scan_state_updates_are_counted_for_the_mamba_mixers() -> None:
-    from mixers import create_mixer
+    from mixerzoo.mixers import create_mixer
 
     x = torch.empty(2, 4, 5, 32, device="meta")
     with torch.device("meta"):

@@ -10,8 +10,8 @@ import pytest
 import timm
 import torch
 
-import models
-from models.checkpoint import read_state_dict
+import mixerzoo
+from mixerzoo.models.checkpoint import read_state_dict
 from tests.conftest import build_model
 
 
@@ -36,7 +36,7 @@ TIMM_EQUIVALENT = {
 def test_equal_outputs_to_timm_for_equal_weights(name: str) -> None:
     ref = _perturbed_timm(name)
     zoo = build_model(name, **TIMM_EQUIVALENT[name]).eval()
-    assert models.load_checkpoint(zoo, ref.state_dict()) == "zoo/timm"
+    assert mixerzoo.load_checkpoint(zoo, ref.state_dict()) == "zoo/timm"
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert (zoo(x) - ref(x)).abs().max() < 1e-4
@@ -49,7 +49,7 @@ def test_equal_outputs_to_timm_for_equal_weights(name: str) -> None:
 def test_poolformer_v1_backbone_equals_timm_and_head_differs_only_by_norm_placement() -> None:
     ref = _perturbed_timm("poolformer_s12").double()
     zoo = build_model("poolformer_s12").eval()
-    models.load_checkpoint(zoo, ref.state_dict())
+    mixerzoo.load_checkpoint(zoo, ref.state_dict())
     zoo.double()
     x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
     with torch.no_grad():
@@ -59,7 +59,7 @@ def test_poolformer_v1_backbone_equals_timm_and_head_differs_only_by_norm_placem
         timm_head = build_model(
             "poolformer_s12", head_norm="layernorm", head_norm_before_pool=False, head_norm_eps=1e-6
         )
-        models.load_checkpoint(timm_head, ref.state_dict())
+        mixerzoo.load_checkpoint(timm_head, ref.state_dict())
         assert (timm_head.double().eval()(x) - ref(x)).abs().max() < 1e-10
 
 
@@ -113,7 +113,7 @@ def test_official_layout_checkpoints_load(name: str, rename, layout: str) -> Non
     assert not any(k.startswith("stem.") for k in official)
     torch.manual_seed(2)
     target = build_model(name)
-    assert models.load_checkpoint(target, official) == layout
+    assert mixerzoo.load_checkpoint(target, official) == layout
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
 
@@ -138,7 +138,7 @@ def test_training_checkpoint_files_unwrap_and_strip_prefixes(tmp_path: Path) -> 
     path = tmp_path / "last.pth"
     torch.save(wrapped, path)
     fresh = build_model("poolformerv2_s12")
-    models.load_checkpoint(fresh, path)
+    mixerzoo.load_checkpoint(fresh, path)
     assert torch.equal(fresh.stem.conv.weight, model.stem.conv.weight)
 
 
@@ -156,7 +156,7 @@ def test_mismatched_checkpoints_name_missing_unexpected_and_misshaped_keys() -> 
     state["extra.weight"] = torch.zeros(1)
     state["stem.conv.weight"] = torch.zeros(1, 1)
     with pytest.raises(ValueError) as info:
-        models.load_checkpoint(build_model("poolformerv2_s12"), state)
+        mixerzoo.load_checkpoint(build_model("poolformerv2_s12"), state)
     message = str(info.value)
     assert "1 missing keys: head.fc.bias" in message
     assert "1 unexpected keys: extra.weight" in message
@@ -165,11 +165,11 @@ def test_mismatched_checkpoints_name_missing_unexpected_and_misshaped_keys() -> 
 
 def test_wrong_num_classes_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"head.fc.weight: checkpoint \(1000, 512\) vs model \(10, 512\)"):
-        models.load_checkpoint(
+        mixerzoo.load_checkpoint(
             build_model("poolformerv2_s12", num_classes=10), build_model("poolformerv2_s12").state_dict()
         )
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="Checkpoint file not found"):
-        models.load_checkpoint(build_model("poolformerv2_s12"), tmp_path / "nope.pth")
+        mixerzoo.load_checkpoint(build_model("poolformerv2_s12"), tmp_path / "nope.pth")

@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-import train  # noqa: F401  (registers the schema and resolvers)
-from training.config import run_id
+from mixerzoo import train  # noqa: F401  (registers the schema and resolvers)
+from mixerzoo.training.config import run_id
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("data", "aug", "optim", "sched", "runtime", "logger")

@@ -9,9 +9,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import train  # noqa: F401  (registers the training schema and resolvers train.yaml uses)
-from mixers import get_mixer_class, list_mixers
-from models import MetaFormer
+from mixerzoo import train  # noqa: F401  (registers the training schema and resolvers train.yaml uses)
+from mixerzoo.mixers import get_mixer_class, list_mixers
+from mixerzoo.models import MetaFormer
 from tests.conftest import CONFIG_DIR, MODEL_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,10 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-import train
-from mixers import create_mixer, list_mixers
-from mixers.ops import selective_scan as s6
-from mixers.ops import ssd as ssd_ops
+from mixerzoo import train
+from mixerzoo.mixers import create_mixer, list_mixers
+from mixerzoo.mixers.ops import selective_scan as s6
+from mixerzoo.mixers.ops import ssd as ssd_ops
 from tests.conftest import build_model
 
 pytestmark = pytest.mark.cuda

@@ -8,8 +8,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from training.config import register_configs
-from training.data import EpochBatchSampler, create_datasets, train_batches, train_loader
+from mixerzoo.training.config import register_configs
+from mixerzoo.training.data import EpochBatchSampler, create_datasets, train_batches, train_loader
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 register_configs()

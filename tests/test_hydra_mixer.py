@@ -12,10 +12,10 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from mixers import create_mixer
-from mixers.hydra_mixer import Hydra
-from mixers.matrix_mixer import STRUCTURES, MatrixMixer
-from mixers.ops.ssd import default_chunk_size, ssd, ssd_chunked, ssd_matrix, ssd_sequential
+from mixerzoo.mixers import create_mixer
+from mixerzoo.mixers.hydra_mixer import Hydra
+from mixerzoo.mixers.matrix_mixer import STRUCTURES, MatrixMixer
+from mixerzoo.mixers.ops.ssd import default_chunk_size, ssd, ssd_chunked, ssd_matrix, ssd_sequential
 from tests.conftest import build_model
 
 
@@ -196,7 +196,7 @@ def test_hydra_parameter_count_at_768_is_the_official_one() -> None:
 
 
 def test_hydra_bf16_autocast_keeps_shape_dtype_and_scans_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mixers.ops.ssd as ssd_module
+    import mixerzoo.mixers.ops.ssd as ssd_module
 
     seen = []
     original = ssd_module.ssd_chunked

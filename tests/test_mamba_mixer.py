@@ -10,10 +10,10 @@ import pytest
 import timm
 import torch
 
-from mixers import create_mixer
-from mixers.mamba_mixer import MambaChannelMixer, cross_merge, cross_scan
-from mixers.ops.selective_scan import selective_scan_ref
-from models import MetaFormer
+from mixerzoo.mixers import create_mixer
+from mixerzoo.mixers.mamba_mixer import MambaChannelMixer, cross_merge, cross_scan
+from mixerzoo.mixers.ops.selective_scan import selective_scan_ref
+from mixerzoo.models import MetaFormer
 from tests.conftest import build_model, num_params
 
 GRIDS = [(4, 4), (3, 5), (5, 2), (1, 7), (7, 1)]

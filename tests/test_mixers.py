@@ -9,9 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-import mixers
-from mixers import create_mixer, list_mixers, register_mixer
-from mixers.registry import _MIXERS
+import mixerzoo.mixers as mixers
+from mixerzoo.mixers import create_mixer, list_mixers, register_mixer
+from mixerzoo.mixers.registry import _MIXERS
 
 GRIDS = [(7, 7), (5, 9), (6, 3), (1, 1)]  # square, non-square with odd sides, tiny
 WITH_STATE = [n for n in list_mixers() if create_mixer(n, 8, grid=(2, 2)).state_dict()]  # weights or buffers
@@ -177,7 +177,7 @@ def test_a_new_mixer_plugs_in_by_registration(monkeypatch: pytest.MonkeyPatch) -
             return torch.roll(x, self.shift, dims=1)
 
     monkeypatch.setitem(_MIXERS, "test_shift", Shift)
-    from models import MetaFormer
+    from mixerzoo.models import MetaFormer
 
     model = MetaFormer(
         depths=(1, 1), dims=(8, 16), mixer=[{"name": "test_shift", "shift": 2}, "pooling"], res_scale_init=None

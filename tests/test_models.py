@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import timm
@@ -13,12 +14,12 @@ import torch.nn as nn
 from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import MetaFormer
-from models.affnet_family import SIZES as AFFNET_SIZES
-from models.hydra_family import SIZES as HYDRA_SIZES
-from models.metaformer_baselines import SIZES
-from models.stripmlp_family import SIZES as STRIPMLP_SIZES
-from models.vim2_family import SIZES as VIM2_SIZES
+from mixerzoo.models import MetaFormer
+from mixerzoo.models.affnet_family import SIZES as AFFNET_SIZES
+from mixerzoo.models.hydra_family import SIZES as HYDRA_SIZES
+from mixerzoo.models.metaformer_baselines import SIZES
+from mixerzoo.models.stripmlp_family import SIZES as STRIPMLP_SIZES
+from mixerzoo.models.vim2_family import SIZES as VIM2_SIZES
 from tests.conftest import build_model, num_params
 from tests.published import PUBLISHED, TIMM_OWNED
 
@@ -74,7 +75,7 @@ def test_importing_the_zoo_shadows_no_timm_model() -> None:
         "before = set(timm.list_models())\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
-        "    import models\n"
+        "    import mixerzoo\n"
         "zoo = set(timm.list_models()) - before\n"
         "overwrites = [str(w.message) for w in caught if 'Overwriting' in str(w.message)]\n"
         "assert not overwrites, overwrites\n"
@@ -83,6 +84,17 @@ def test_importing_the_zoo_shadows_no_timm_model() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     registered = set(eval(out))
     assert registered == set(ZOO_TIMM_NAMES)
+
+
+@pytest.mark.parametrize("old", ["models", "mixers", "training"])
+def test_the_folders_import_only_as_mixerzoo_subpackages(old: str, tmp_path) -> None:
+    """The install puts one top-level package on the path; from the repository root, where the folders are visible,
+    the old top-level import fails with a message naming the new path."""
+    outside = subprocess.run([sys.executable, "-c", f"import {old}"], cwd=tmp_path, capture_output=True, text=True)
+    assert outside.returncode != 0 and f"No module named '{old}'" in outside.stderr
+    root = Path(__file__).resolve().parents[1]
+    inside = subprocess.run([sys.executable, "-c", f"import {old}"], cwd=root, capture_output=True, text=True)
+    assert inside.returncode != 0 and f"use `import mixerzoo.{old}`" in inside.stderr
 
 
 @pytest.mark.parametrize("name", ZOO_TIMM_NAMES)
@@ -280,7 +292,7 @@ def test_torch_compile_matches_eager() -> None:
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_groupnorm1_equals_torch_groupnorm_with_one_group(bias: bool) -> None:
-    from models.layers import GroupNorm1
+    from mixerzoo.models.layers import GroupNorm1
 
     norm = GroupNorm1(6, eps=1e-5, bias=bias)
     with torch.no_grad():

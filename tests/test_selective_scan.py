@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mixers.ops.selective_scan as ss
-from mixers.ops.selective_scan import selective_scan, selective_scan_ref, selective_scan_torch
+import mixerzoo.mixers.ops.selective_scan as ss
+from mixerzoo.mixers.ops.selective_scan import selective_scan, selective_scan_ref, selective_scan_torch
 
 # which optional inputs are given; without softplus Δ is made positive (a decaying scan)
 OPTIONS = {

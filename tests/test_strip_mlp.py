@@ -15,11 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import models
-from mixers import create_mixer
-from mixers.strip_mlp import CGSMM, LSMM, StripMLP, StripMLPLayer, num_strip_patches
-from models import MetaFormer
-from models.stripmlp_family import LAYOUT
+import mixerzoo
+from mixerzoo.mixers import create_mixer
+from mixerzoo.mixers.strip_mlp import CGSMM, LSMM, StripMLP, StripMLPLayer, num_strip_patches
+from mixerzoo.models import MetaFormer
+from mixerzoo.models.stripmlp_family import LAYOUT
 from tests.conftest import build_model, num_params
 
 # Official README (top-1) and the exact counts of shared/specs/aff_stripmlp.md B5 (params; fvcore GMACs at 224).
@@ -360,7 +360,7 @@ def test_official_stripmlp_checkpoint_loads() -> None:
     assert official["blocks1.0.token_mixing.smlp_block.fuse_h.weight"].shape == (40, 80, 1, 1)
     torch.manual_seed(2)
     target = timm.create_model("stripmlp_t_light")
-    assert models.load_checkpoint(target, {"model": official}) == "official Strip-MLP (Med-Process/Strip_MLP)"
+    assert mixerzoo.load_checkpoint(target, {"model": official}) == "official Strip-MLP (Med-Process/Strip_MLP)"
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
 

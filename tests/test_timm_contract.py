@@ -22,7 +22,7 @@ from timm.models import get_notrace_functions, get_notrace_modules
 from timm.models._manipulate import group_parameters
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from models import MetaFormer
+from mixerzoo.models import MetaFormer
 from tests.test_models import ZOO_TIMM_NAMES
 
 # one member per family, made small through the family's own builder options (the layouts are the family's)

@@ -23,9 +23,9 @@ from hydra import compose, initialize_config_dir
 from PIL import Image, ImageOps
 from timm.data import auto_augment, create_transform
 
-import models
-import train
-from training.data import DigitsDataset
+import mixerzoo
+from mixerzoo import train
+from mixerzoo.training.data import DigitsDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -67,7 +67,7 @@ def test_one_epoch_writes_every_output(tmp_path: Path) -> None:
     assert {"model", "optimizer", "scheduler", "scaler", "ema", "epoch", "global_step", "rng", "config"} <= set(ckpt)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 6 and ckpt["config"]["data"]["name"] == "digits"
     fresh = train.build_model(compose_train(tmp_path))
-    models.load_checkpoint(fresh, tmp_path / "best.pth")  # the zoo's loader unwraps {"model": ...}
+    mixerzoo.load_checkpoint(fresh, tmp_path / "best.pth")  # the zoo's loader unwraps {"model": ...}
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -20,8 +20,8 @@ from hydra import compose, initialize_config_dir
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-import train
-from mixers import create_mixer, list_mixers
+from mixerzoo import train
+from mixerzoo.mixers import create_mixer, list_mixers
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 META = torch.device("meta")

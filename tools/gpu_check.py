@@ -136,7 +136,7 @@ def check_train(s: Settings, name: str, compiled: bool) -> dict[str, Any]:
     import torch
     from hydra import compose, initialize_config_dir
 
-    import train
+    from mixerzoo import train
 
     def run(output_dir: Path, *extra: str) -> float:
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -187,7 +187,7 @@ def check_graph_breaks(s: Settings, name: str) -> dict[str, Any]:
 
 
 def check_throughput(s: Settings, arch: str, compiled: bool) -> dict[str, Any]:
-    import benchmark
+    from mixerzoo import benchmark
 
     opts = benchmark.RunOptions(
         device=s.device,
@@ -248,8 +248,8 @@ def check_loader(s: Settings) -> dict[str, Any]:
     from omegaconf import OmegaConf
     from timm.data import create_dataset, create_loader
 
-    from training.config import AugConfig, DataConfig
-    from training.data import EpochBatchSampler, create_datasets, train_loader
+    from mixerzoo.training.config import AugConfig, DataConfig
+    from mixerzoo.training.data import EpochBatchSampler, create_datasets, train_loader
 
     device = torch.device(s.device)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,26 @@
+"""mixerzoo: MetaFormer-style token mixers in one shared backbone, registered in timm, trained with Hydra.
+
+The repository's folders install as one import package (``pyproject.toml`` maps ``mixerzoo`` to the repository
+root): ``mixerzoo.mixers`` (the token-mixer registry), ``mixerzoo.models`` (the builder and the named families,
+registered in timm on import), ``mixerzoo.training`` (config schema, data) and the scripts ``mixerzoo.train``,
+``mixerzoo.benchmark``. ``import mixerzoo`` registers every zoo model in timm.
+
+    import mixerzoo
+    model = mixerzoo.create_model("caformer_s18", num_classes=100)   # any configs/model/<name>.yaml or timm name
+"""
+
+# Only as ``mixerzoo``: pytest imports the repository root's ``__init__.py`` under the folder's name (its package
+# node for the root); that import must not load the zoo a second time under another name.
+if __name__ == "mixerzoo":
+    from .mixers import create_mixer, list_mixers, register_mixer
+    from .models import MetaFormer, create_model, list_model_configs, load_checkpoint
+
+__all__ = [
+    "MetaFormer",
+    "create_mixer",
+    "create_model",
+    "list_mixers",
+    "list_model_configs",
+    "load_checkpoint",
+    "register_mixer",
+]
