@@ -29,6 +29,7 @@ import random
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import hydra
@@ -42,9 +43,11 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad
 from timm.utils.distributed import init_distributed_device_so
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
 
 import mixerzoo  # registers the zoo's models in timm (also used: mixerzoo.load_checkpoint)
 from mixerzoo.training.config import register_configs
@@ -109,6 +112,48 @@ def _on_stop_signal(signum: int, _frame: Any) -> None:
     _logger.warning(f"{_stop_signal} received: finishing this step, writing a checkpoint, then exiting.")
 
 
+# --- state ---------------------------------------------------------------------------------------------------
+@dataclass
+class EvalState:
+    """The model and what evaluating it needs: all that ``eval_only`` builds."""
+
+    net: nn.Module  # the bare model: the weights checkpoints hold, the EMA's source
+    eval_loader: Any
+    device: torch.device
+    rank: int
+    world_size: int
+    output_dir: str
+    num_params: int
+
+    @property
+    def primary(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainState(EvalState):
+    """Everything the loop reads and updates. ``epoch`` is the epoch in progress and ``batch_in_epoch`` the
+    batches of it already trained on (both 0-based counts, restored from a checkpoint)."""
+
+    model: nn.Module  # what trains: ``net``, compiled and/or wrapped in DDP
+    eval_model: nn.Module  # ``net``, compiled, not DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler | None
+    scaler: torch.amp.GradScaler
+    ema: ModelEmaV3 | None
+    ema_evaluated: bool  # False for an EMA kept on the CPU (ema.force_cpu) beside a GPU model: saved, not evaluated
+    mixup: Mixup | None
+    criterion: nn.Module
+    train_loader: Any
+    num_batches: int  # per epoch and rank: a whole number of updates
+    num_epochs: int  # cfg.epochs plus the schedule's cooldown
+    global_batch: int
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    global_step: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"top1": -1.0, "epoch": -1})
+
+
 # --- checkpoints ---------------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """Every RNG this process uses, as tensors and plain Python values (loadable with ``weights_only=True``)."""
@@ -157,6 +202,71 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     return resume
 
 
+def save(cfg: DictConfig, state: TrainState, is_best: bool = False) -> None:
+    """All ranks gather RNG states; rank 0 writes ``last.pth`` (and ``best.pth``), each atomically. The checkpoint
+    holds where to restart: the next epoch once all batches of ``state.epoch`` are trained on."""
+    rng = all_rng_states(state.world_size)
+    if not state.primary:
+        return
+    epoch, batch_in_epoch = state.epoch, state.batch_in_epoch
+    if batch_in_epoch >= state.num_batches:
+        epoch, batch_in_epoch = epoch + 1, 0
+    ckpt = {
+        "model": state.net.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+        "scaler": state.scaler.state_dict(),
+        "ema": state.ema.module.state_dict() if state.ema is not None else None,
+        "epoch": epoch,  # the epoch to (re)start at
+        "batch_in_epoch": batch_in_epoch,  # batches of that epoch already trained on (mid-epoch stop)
+        "global_step": state.global_step,
+        "best": state.best,
+        "rng": rng,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "version": CHECKPOINT_VERSION,
+    }
+    save_atomic(ckpt, os.path.join(state.output_dir, "last.pth"))
+    if is_best:
+        save_atomic(ckpt, os.path.join(state.output_dir, "best.pth"))
+
+
+def restore(cfg: DictConfig, state: TrainState) -> None:
+    """Continue from ``cfg.resume`` exactly where it stopped: weights, optimizer, schedule, scaler, EMA, position,
+    best score and every rank's RNGs. Nothing to do without a checkpoint."""
+    path = resolve_resume(cfg.resume, state.output_dir)
+    if path is None:
+        if cfg.resume == "auto":
+            _logger.info(f"resume=auto: no checkpoint in {state.output_dir}, starting from scratch")
+        return
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state.net.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler = state.scheduler
+    same_schedule = ckpt["config"]["epochs"] == cfg.epochs and ckpt["config"]["sched"] == dict(cfg.sched)
+    if scheduler is not None and ckpt["scheduler"] is not None and same_schedule:
+        scheduler.load_state_dict(ckpt["scheduler"])  # (what a plateau schedule has learnt cannot be replayed)
+    state.scaler.load_state_dict(ckpt["scaler"])
+    if state.ema is not None and ckpt["ema"] is not None:
+        state.ema.module.load_state_dict(ckpt["ema"])
+    state.epoch, state.batch_in_epoch, state.global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
+    state.best = ckpt["best"]
+    if len(ckpt["rng"]) == state.world_size:
+        set_rng_state(ckpt["rng"][state.rank])
+    else:
+        _logger.warning(f"checkpoint has RNG states for {len(ckpt['rng'])} ranks, not {state.world_size}: reseeded.")
+    if not same_schedule:
+        _logger.warning(
+            f"epochs ({ckpt['config']['epochs']} -> {cfg.epochs}) or sched changed since the checkpoint: "
+            "the lr schedule is rebuilt from this config, at the checkpoint's step."
+        )
+    if scheduler is not None:  # set the lr for where the run stands
+        scheduler.step(state.epoch)
+        scheduler.step_update(state.global_step)
+    _logger.info(
+        f"resumed from {path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.global_step}"
+    )
+
+
 # --- one epoch -----------------------------------------------------------------------------------------------
 class Progress:
     """A tqdm bar on a terminal, otherwise a log line every ``log_interval`` steps (rank 0 only)."""
@@ -191,10 +301,9 @@ class Progress:
             self.bar.close()
 
 
-def train_one_epoch(
-    cfg: DictConfig, state: dict[str, Any], epoch: int, start_batch: int, on_stop: Any
-) -> dict[str, float]:
-    """Train over this epoch's batches from ``start_batch`` on; returns the epoch's mean loss and global images/s.
+def train_one_epoch(cfg: DictConfig, state: TrainState) -> dict[str, float] | None:
+    """Train ``state.epoch`` from batch ``state.batch_in_epoch`` on, advancing that and ``state.global_step`` at
+    every update; returns the epoch's mean loss and global images/s, or None when a stop signal ended it early.
 
     One host sync per optimizer update and none between forward and backward: the update's summed loss and the
     stop flag travel together (summed over ranks in the same all-reduce, which never runs inside ``no_sync``
@@ -202,18 +311,16 @@ def train_one_epoch(
     ``FloatingPointError`` on every rank before anything of the update reaches the weights, and a stop signal on
     any rank stops all of them after the same optimizer step.
     """
-    model, net, optimizer, scaler = state["model"], state["net"], state["optimizer"], state["scaler"]
-    device, world_size, accum = state["device"], state["world_size"], cfg.optim.grad_accum_steps
-    loader = state["train_loader"]
-    mixup_fn: Mixup | None = state["mixup"]
+    model, optimizer, scaler, mixup_fn = state.model, state.optimizer, state.scaler, state.mixup
+    device, world_size, accum = state.device, state.world_size, cfg.optim.grad_accum_steps
+    epoch, start_batch, loader = state.epoch, state.batch_in_epoch, state.train_loader
     if mixup_fn is not None and cfg.aug.mixup_off_epoch and epoch >= cfg.aug.mixup_off_epoch:
         mixup_fn.mixup_enabled = False
     loader.batch_sampler.set_epoch(epoch, start_batch)
-    num_batches = start_batch + len(loader)
-    progress = Progress(cfg, num_batches, start_batch, epoch, state["num_epochs"], state["primary"])
+    progress = Progress(cfg, state.num_batches, start_batch, epoch, state.num_epochs, state.primary)
     model.train()
     update_loss = torch.zeros((), device=device)  # summed over the micro-steps of the current update
-    loss_sum, updates, images, start_time = 0.0, 0, 0, time.time()
+    loss_sum, updates, images, start_time, stop = 0.0, 0, 0, time.time(), False
     for i, (x, y) in enumerate(loader, start=start_batch):  # x: normalised float32 on the device
         if cfg.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -223,7 +330,7 @@ def train_one_epoch(
         sync_ctx = model.no_sync() if world_size > 1 and not is_update else contextlib.nullcontext()
         with sync_ctx:
             with autocast(cfg, device):
-                loss = state["train_loss"](model(x), y)
+                loss = state.criterion(model(x), y)
             scaler.scale(loss / accum).backward()
         update_loss += loss.detach().float()
         images += x.shape[0]
@@ -239,29 +346,29 @@ def train_one_epoch(
             where = f"batch {i + 1}" if accum == 1 else f"batches {i + 2 - accum}-{i + 1}"
             raise FloatingPointError(
                 f"Loss is {step_loss} at epoch {epoch + 1}, {where}: stopping. Nothing of this step was applied; "
-                f"the last good checkpoint is {os.path.join(cfg.output_dir, 'last.pth')} (if one was written). "
+                f"the last good checkpoint is {os.path.join(state.output_dir, 'last.pth')} (if one was written). "
                 "Try a lower optim.lr, optim.clip_grad=1.0, or runtime.precision=bf16/fp32."
             )
         loss_sum, updates = loss_sum + step_loss, updates + 1
         if cfg.optim.clip_grad:
             scaler.unscale_(optimizer)
-            dispatch_clip_grad(net.parameters(), cfg.optim.clip_grad, mode=cfg.optim.clip_mode)
+            dispatch_clip_grad(state.net.parameters(), cfg.optim.clip_grad, mode=cfg.optim.clip_mode)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        state["global_step"] += 1
-        if state["ema"] is not None:
-            state["ema"].update(net, step=state["global_step"])
-        if state["scheduler"] is not None:
-            state["scheduler"].step_update(num_updates=state["global_step"])
+        state.global_step += 1
+        state.batch_in_epoch = i + 1
+        if state.ema is not None:
+            state.ema.update(state.net, step=state.global_step)
+        if state.scheduler is not None:
+            state.scheduler.step_update(num_updates=state.global_step)
         elapsed = time.time() - start_time
-        lr = optimizer.param_groups[-1]["lr"]
-        progress.update(i + 1, step_loss, lr, images * world_size / max(elapsed, 1e-9))
+        progress.update(i + 1, step_loss, optimizer.param_groups[-1]["lr"], images * world_size / max(elapsed, 1e-9))
         if stop:
-            progress.close()
-            on_stop(epoch, i + 1)
-            return {}
+            break
     progress.close()
+    if stop:
+        return None
     elapsed = time.time() - start_time
     return {
         "train_loss": loss_sum / max(updates, 1),
@@ -293,10 +400,10 @@ def evaluation_totals(cfg: DictConfig, model: nn.Module, loader: Any, device: to
     return totals
 
 
-def evaluate(cfg: DictConfig, model: nn.Module, state: dict[str, Any]) -> dict[str, float]:
+def evaluate(cfg: DictConfig, model: nn.Module, state: EvalState) -> dict[str, float]:
     """Top-1/top-5 and loss over the whole validation set; each rank takes a disjoint share, then sums."""
-    totals = evaluation_totals(cfg, model, state["eval_loader"], state["device"])
-    if state["world_size"] > 1:
+    totals = evaluation_totals(cfg, model, state.eval_loader, state.device)
+    if state.world_size > 1:
         dist.all_reduce(totals)
     loss_sum, top1, top5, count = totals.tolist()
     count = max(count, 1)
@@ -304,15 +411,15 @@ def evaluate(cfg: DictConfig, model: nn.Module, state: dict[str, Any]) -> dict[s
 
 
 # --- the job -------------------------------------------------------------------------------------------------
-def run(cfg: DictConfig) -> float:
-    """Train (or, with ``eval_only``, evaluate) as configured; returns the best validation top-1 (%)."""
+def setup(cfg: DictConfig) -> tuple[EvalState, Dataset]:
+    """Runtime, datasets, the model (with ``cfg.checkpoint``'s weights) and the validation loader; returns them
+    with the training set."""
     info = setup_runtime(cfg)
-    device, rank, world_size, primary = info["device"], info["global_rank"], info["world_size"], info["primary"]
-    if not primary:
+    device, rank, world_size = info["device"], info["global_rank"], info["world_size"]
+    if info["primary"]:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+    else:
         logging.getLogger().setLevel(logging.WARNING)
-    output_dir = cfg.output_dir
-    if primary:
-        os.makedirs(output_dir, exist_ok=True)
     train_ds, val_ds = create_datasets(cfg.data, cfg.aug, seed=cfg.seed)
     net = build_model(cfg).to(device)
     if cfg.runtime.channels_last:
@@ -330,19 +437,16 @@ def run(cfg: DictConfig) -> float:
         layout = mixerzoo.load_checkpoint(net, cfg.checkpoint)
         _logger.info(f"loaded weights from {cfg.checkpoint} ({layout} layout)")
     eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
-    state: dict[str, Any] = dict(
-        net=net,
-        device=device,
-        rank=rank,
-        world_size=world_size,
-        primary=primary,
-        eval_loader=eval_loader(val_ds, eval_batch_size, cfg.data, device, rank=rank, world_size=world_size),
-    )
-    if cfg.eval_only:
-        return run_eval_only(cfg, state, num_params)
+    loader = eval_loader(val_ds, eval_batch_size, cfg.data, device, rank=rank, world_size=world_size)
+    return EvalState(net, loader, device, rank, world_size, cfg.output_dir, num_params), train_ds
 
-    # optimizer and schedule (lr_base_size: the config's lr is for that global batch; scale linearly)
-    global_batch = cfg.batch_size * world_size * cfg.optim.grad_accum_steps
+
+def build(cfg: DictConfig, evaluation: EvalState, train_ds: Dataset) -> TrainState:
+    """Everything training adds to ``evaluation``: optimizer (its lr scaled to the global batch), batches, schedule,
+    scaler, EMA, Mixup/CutMix and loss, and the model that trains (compiled and/or wrapped in DDP)."""
+    net, device, rank, world_size = evaluation.net, evaluation.device, evaluation.rank, evaluation.world_size
+    accum = cfg.optim.grad_accum_steps
+    global_batch = cfg.batch_size * world_size * accum
     lr = cfg.optim.lr * global_batch / cfg.optim.lr_base_size if cfg.optim.lr_base_size else cfg.optim.lr
     opt_kwargs = {k: cfg.optim[k] for k in ("betas", "eps") if cfg.optim[k] is not None}
     optimizer = create_optimizer_v2(
@@ -357,15 +461,14 @@ def run(cfg: DictConfig) -> float:
     num_batches = len(train_batches(len(train_ds), cfg.batch_size, 0, cfg.seed, rank, world_size))
     if cfg.limit_train_batches is not None:
         num_batches = min(num_batches, cfg.limit_train_batches)
-    num_batches -= num_batches % cfg.optim.grad_accum_steps
+    num_batches -= num_batches % accum
     if num_batches == 0:
         raise ValueError(
             f"No full training step per epoch: {len(train_ds)} images over {world_size} process(es) with "
-            f"batch_size={cfg.batch_size} x grad_accum_steps={cfg.optim.grad_accum_steps}. Lower them."
+            f"batch_size={cfg.batch_size} x grad_accum_steps={accum}. Lower them."
         )
-    updates_per_epoch = num_batches // cfg.optim.grad_accum_steps
     batch_sampler = EpochBatchSampler(len(train_ds), cfg.batch_size, num_batches, cfg.seed, rank, world_size)
-    state["train_loader"] = train_loader(train_ds, batch_sampler, cfg.data, cfg.aug, device)
+    loader = train_loader(train_ds, batch_sampler, cfg.data, cfg.aug, device)
     scheduler, num_epochs = None, cfg.epochs
     if cfg.sched.sched != "none":
         scheduler, num_epochs = create_scheduler_v2(
@@ -380,7 +483,7 @@ def run(cfg: DictConfig) -> float:
             warmup_epochs=cfg.sched.warmup_epochs,
             warmup_prefix=cfg.sched.warmup_prefix,
             step_on_epochs=not cfg.sched.on_updates,
-            updates_per_epoch=updates_per_epoch,
+            updates_per_epoch=num_batches // accum,
         )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.runtime.precision == "fp16")
     ema = None
@@ -392,9 +495,8 @@ def run(cfg: DictConfig) -> float:
     ema_evaluated = ema is not None and next(ema.module.parameters()).device == next(net.parameters()).device
     if ema is not None and not ema_evaluated:
         _logger.info("ema.force_cpu=true on a %s run: the EMA weights are saved, not evaluated.", device.type)
-    mixup_active = cfg.aug.mixup > 0 or cfg.aug.cutmix > 0 or cfg.aug.cutmix_minmax is not None
     mixup = None
-    if mixup_active:
+    if cfg.aug.mixup > 0 or cfg.aug.cutmix > 0 or cfg.aug.cutmix_minmax is not None:
         mixup = Mixup(
             mixup_alpha=cfg.aug.mixup,
             cutmix_alpha=cfg.aug.cutmix,
@@ -405,44 +507,11 @@ def run(cfg: DictConfig) -> float:
             label_smoothing=cfg.aug.smoothing,
             num_classes=cfg.data.num_classes,
         )
-        train_loss = SoftTargetCrossEntropy()
+        criterion = SoftTargetCrossEntropy()
     elif cfg.aug.smoothing > 0:
-        train_loss = LabelSmoothingCrossEntropy(smoothing=cfg.aug.smoothing)
+        criterion = LabelSmoothingCrossEntropy(smoothing=cfg.aug.smoothing)
     else:
-        train_loss = nn.CrossEntropyLoss()
-
-    # resume: everything that makes the run continue as if it had never stopped
-    start_epoch, start_batch, global_step = 0, 0, 0
-    best = {"top1": -1.0, "epoch": -1}
-    resume_path = resolve_resume(cfg.resume, output_dir)
-    if resume_path is not None:
-        ckpt = torch.load(resume_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        same_schedule = ckpt["config"]["epochs"] == cfg.epochs and ckpt["config"]["sched"] == dict(cfg.sched)
-        if scheduler is not None and ckpt["scheduler"] is not None and same_schedule:
-            scheduler.load_state_dict(ckpt["scheduler"])  # (what a plateau schedule has learnt cannot be replayed)
-        scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt["ema"] is not None:
-            ema.module.load_state_dict(ckpt["ema"])
-        start_epoch, start_batch, global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
-        best = ckpt["best"]
-        if len(ckpt["rng"]) == world_size:
-            set_rng_state(ckpt["rng"][rank])
-        else:
-            _logger.warning(f"checkpoint has RNG states for {len(ckpt['rng'])} ranks, not {world_size}: reseeded.")
-        if not same_schedule:
-            _logger.warning(
-                f"epochs ({ckpt['config']['epochs']} -> {cfg.epochs}) or sched changed since the checkpoint: "
-                "the lr schedule is rebuilt from this config, at the checkpoint's step."
-            )
-        if scheduler is not None:  # set the lr for where the run stands
-            scheduler.step(start_epoch)
-            scheduler.step_update(global_step)
-        _logger.info(f"resumed from {resume_path}: epoch {start_epoch + 1}, batch {start_batch}, step {global_step}")
-    elif cfg.resume == "auto":
-        _logger.info(f"resume=auto: no checkpoint in {output_dir}, starting from scratch")
-
+        criterion = nn.CrossEntropyLoss()
     model: nn.Module = net
     if cfg.runtime.compile:
         model = torch.compile(net, mode=cfg.runtime.compile_mode, backend=cfg.runtime.compile_backend)
@@ -453,124 +522,124 @@ def run(cfg: DictConfig) -> float:
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.runtime.distributed.find_unused_parameters,
         )
-    state.update(
+    _logger.info(
+        f"training {num_epochs} epochs x {num_batches // accum} steps, global batch {global_batch}, lr {lr:.3e}, "
+        f"output {evaluation.output_dir}"
+    )
+    return TrainState(
+        **vars(evaluation),
         model=model,
+        eval_model=eval_model,
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=scaler,
         ema=ema,
+        ema_evaluated=ema_evaluated,
         mixup=mixup,
-        train_loss=train_loss,
-        global_step=global_step,
+        criterion=criterion,
+        train_loader=loader,
+        num_batches=num_batches,
         num_epochs=num_epochs,
+        global_batch=global_batch,
     )
 
-    def save_checkpoint(epoch: int, batch_in_epoch: int, is_best: bool = False) -> None:
-        """All ranks gather RNG states; rank 0 writes ``last.pth`` (and ``best.pth``)."""
-        rng = all_rng_states(world_size)
-        if not primary:
-            return
-        ckpt = {
-            "model": net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict(),
-            "ema": ema.module.state_dict() if ema is not None else None,
-            "epoch": epoch,  # the epoch to (re)start at
-            "batch_in_epoch": batch_in_epoch,  # batches of that epoch already trained on (mid-epoch stop)
-            "global_step": state["global_step"],
-            "best": best,
-            "rng": rng,
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "version": CHECKPOINT_VERSION,
-        }
-        save_atomic(ckpt, os.path.join(output_dir, "last.pth"))
-        if is_best:
-            save_atomic(ckpt, os.path.join(output_dir, "best.pth"))
 
-    def on_stop(epoch: int, batch_in_epoch: int) -> None:
-        if batch_in_epoch >= num_batches:
-            save_checkpoint(epoch + 1, 0)
-        else:
-            save_checkpoint(epoch, batch_in_epoch)
-        _logger.warning(f"stopped by {_stop_signal} at epoch {epoch + 1}, batch {batch_in_epoch}: checkpoint written.")
-
+def fit(cfg: DictConfig, state: TrainState) -> tuple[dict[str, float], float | None]:
+    """Train from where ``state`` stands to ``state.num_epochs``, evaluating (model and EMA), checkpointing and
+    logging after every epoch; a SIGTERM/SIGUSR1 checkpoints and stops. Returns the last epoch's metrics and the
+    training throughput (global images/s) of this run."""
     previous_handlers = {s: signal.signal(s, _on_stop_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    writer = open_tensorboard(cfg, output_dir) if primary else None
-    train_images, train_time, last_metrics, epochs_done = 0, 0.0, {}, start_epoch
-    _logger.info(
-        f"training {num_epochs} epochs x {updates_per_epoch} steps, global batch {global_batch}, lr {lr:.3e}, "
-        f"output {output_dir}"
-    )
+    writer = open_tensorboard(cfg, state.output_dir) if state.primary else None
+    last_metrics, train_images, train_time = {}, 0, 0.0
     try:
-        for epoch in range(start_epoch, num_epochs):
-            train_metrics = train_one_epoch(cfg, state, epoch, start_batch, on_stop)
-            start_batch = 0
-            if not train_metrics:  # stopped by a signal, checkpoint written
+        while state.epoch < state.num_epochs:
+            train_metrics = train_one_epoch(cfg, state)
+            if train_metrics is None:
+                save(cfg, state)
+                _logger.warning(
+                    f"stopped by {_stop_signal} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}: "
+                    "checkpoint written."
+                )
                 break
-            if scheduler is not None:
-                scheduler.step(epoch + 1)
-            metrics = {"epoch": epoch + 1, **train_metrics, "lr": optimizer.param_groups[-1]["lr"]}
-            metrics.update(evaluate(cfg, eval_model, state))
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            if state.scheduler is not None:
+                state.scheduler.step(state.epoch)
+            metrics = {"epoch": state.epoch, **train_metrics, "lr": state.optimizer.param_groups[-1]["lr"]}
+            metrics.update(evaluate(cfg, state.eval_model, state))
             score = metrics["top1"]
-            if ema_evaluated:
-                ema_metrics = evaluate(cfg, ema.module, state)
+            if state.ema_evaluated:
+                ema_metrics = evaluate(cfg, state.ema.module, state)
                 metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
                 score = ema_metrics["top1"]
-            is_best = score > best["top1"]
+            is_best = score > state.best["top1"]
             if is_best:
-                best = {"top1": score, "epoch": epoch + 1}
-            save_checkpoint(epoch + 1, 0, is_best)
+                state.best = {"top1": score, "epoch": state.epoch}
+            save(cfg, state, is_best)
             train_images, train_time = train_images + metrics.pop("train_images"), train_time + metrics["train_time"]
-            last_metrics, epochs_done = metrics, epoch + 1
-            if primary:
-                log_epoch(cfg, metrics, writer, best)
+            last_metrics = metrics
+            if state.primary:
+                log_epoch(cfg, metrics, writer, state.best)
             if _stop_signal is not None:
-                _logger.warning(f"stopped by {_stop_signal} after epoch {epoch + 1}: checkpoint written.")
+                _logger.warning(f"stopped by {_stop_signal} after epoch {state.epoch}: checkpoint written.")
                 break
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         if writer is not None:
             writer.close()
+    return last_metrics, train_images / train_time if train_time else None
 
+
+def summarise(
+    cfg: DictConfig, state: TrainState, last_metrics: dict[str, float], images_per_sec: float | None
+) -> float:
+    """Write ``summary.json`` (with, under DDP, whether the ranks' weights ended equal); returns the best top-1."""
     ranks_in_sync = None
-    if world_size > 1:  # DDP keeps replicas equal; prove it with a per-parameter fingerprint from every rank
-        fingerprint = torch.stack([p.detach().double().sum() for p in net.parameters()])
-        gathered = [torch.zeros_like(fingerprint) for _ in range(world_size)]
+    if state.world_size > 1:  # DDP keeps replicas equal; prove it with a per-parameter fingerprint from every rank
+        fingerprint = torch.stack([p.detach().double().sum() for p in state.net.parameters()])
+        gathered = [torch.zeros_like(fingerprint) for _ in range(state.world_size)]
         dist.all_gather(gathered, fingerprint)
         ranks_in_sync = all(torch.equal(g, gathered[0]) for g in gathered)
         if not ranks_in_sync:
             _logger.warning("model weights differ between ranks at the end of training")
     summary = {
-        "best_top1": best["top1"],
-        "best_epoch": best["epoch"],
+        "best_top1": state.best["top1"],
+        "best_epoch": state.best["epoch"],
         "final_top1": last_metrics.get("ema_top1", last_metrics.get("top1")),
         "final_top5": last_metrics.get("ema_top5", last_metrics.get("top5")),
         "final_top1_model": last_metrics.get("top1"),
-        "epochs_completed": epochs_done,
-        "epochs_total": num_epochs,
+        "epochs_completed": state.epoch,
+        "epochs_total": state.num_epochs,
         "stopped_by": _stop_signal,
-        "train_images_per_sec": train_images / train_time if train_time else None,
-        "params": num_params,
-        "global_batch": global_batch,
-        "world_size": world_size,
+        "train_images_per_sec": images_per_sec,
+        "params": state.num_params,
+        "global_batch": state.global_batch,
+        "world_size": state.world_size,
         "ranks_in_sync": ranks_in_sync,
-        "device": device.type,
+        "device": state.device.type,
         "precision": cfg.runtime.precision,
     }
-    if primary:
-        with open(os.path.join(output_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        _logger.info(f"summary: {json.dumps(summary)}")
-    return best["top1"]
+    if state.primary:
+        write_json(os.path.join(state.output_dir, "summary.json"), summary, "summary")
+    return state.best["top1"]
 
 
-def run_eval_only(cfg: DictConfig, state: dict[str, Any], num_params: int) -> float:
+def run(cfg: DictConfig) -> float:
+    """Train (or, with ``eval_only``, evaluate) as configured; returns the best validation top-1 (%)."""
+    evaluation, train_ds = setup(cfg)
+    if cfg.eval_only:
+        return run_eval_only(cfg, evaluation)
+    state = build(cfg, evaluation, train_ds)
+    restore(cfg, state)
+    last_metrics, images_per_sec = fit(cfg, state)
+    return summarise(cfg, state, last_metrics, images_per_sec)
+
+
+def run_eval_only(cfg: DictConfig, evaluation: EvalState) -> float:
     """Evaluate ``checkpoint`` (already loaded), or the checkpoint ``resume`` points at (model and EMA weights)."""
-    net = state["net"]
-    results: dict[str, Any] = {"params": num_params}
-    resume_path = resolve_resume(cfg.resume, cfg.output_dir)
+    net = evaluation.net
+    results: dict[str, Any] = {"params": evaluation.num_params}
+    resume_path = resolve_resume(cfg.resume, evaluation.output_dir)
     ema_weights = None
     if not cfg.checkpoint:
         if resume_path is None:
@@ -581,14 +650,12 @@ def run_eval_only(cfg: DictConfig, state: dict[str, Any], num_params: int) -> fl
         results["checkpoint"] = resume_path
     else:
         results["checkpoint"] = cfg.checkpoint
-    results.update(evaluate(cfg, net, state))
+    results.update(evaluate(cfg, net, evaluation))
     if ema_weights is not None:
         net.load_state_dict(ema_weights)
-        results.update({f"ema_{k}": v for k, v in evaluate(cfg, net, state).items()})
-    if state["primary"]:
-        with open(os.path.join(cfg.output_dir, "eval.json"), "w") as f:
-            json.dump(results, f, indent=2)
-        _logger.info(f"eval: {json.dumps(results)}")
+        results.update({f"ema_{k}": v for k, v in evaluate(cfg, net, evaluation).items()})
+    if evaluation.primary:
+        write_json(os.path.join(evaluation.output_dir, "eval.json"), results, "eval")
     return results["top1"]
 
 
@@ -627,6 +694,13 @@ def log_epoch(cfg: DictConfig, metrics: dict[str, float], writer: Any, best: dic
         for key, value in metrics.items():
             if key != "epoch":
                 writer.add_scalar(key, value, metrics["epoch"])
+
+
+def write_json(path: str, result: dict[str, Any], label: str) -> None:
+    """``result`` to ``path`` (indented) and as one log line."""
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    _logger.info(f"{label}: {json.dumps(result)}")
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
