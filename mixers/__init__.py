@@ -26,9 +26,16 @@ from .registry import create_mixer, get_mixer_class, list_mixers, mixer_spec_nam
 # leaf call instead of tracing into them: they run their FFT / scan under ``autocast_off(x.device.type)`` and pick
 # a kernel by the tensors' device (fused CUDA kernels or the PyTorch path), decisions that must be taken when the
 # graph runs, on real tensors, not once at trace time on proxies.
-FX_LEAF_MIXERS = ("aff", "hydra", "mamba_mixer", "mamba_channel_mixer", "matrix_mixer")
-for _name in FX_LEAF_MIXERS:
-    register_notrace_module(get_mixer_class(_name))
+# ``matrix_mixer`` is a factory: its structures share the class ``MatrixMixer``, which FX tracers match by isinstance.
+FX_LEAF_MIXERS = (
+    aff.AFF,
+    hydra_mixer.Hydra,
+    mamba_mixer.MambaMixer,
+    mamba_mixer.MambaChannelMixer,
+    matrix_mixer.MatrixMixer,
+)
+for _cls in FX_LEAF_MIXERS:
+    register_notrace_module(_cls)
 
 __all__ = [
     "FX_LEAF_MIXERS",

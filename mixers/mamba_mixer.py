@@ -46,8 +46,9 @@ import torch.nn.functional as F
 
 from .ops.selective_scan import selective_scan
 from .registry import register_mixer
+from .ssm_layers import init_dt_bias, s4d_real_A_log
 
-__all__ = ["MambaChannelMixer", "MambaMixer", "cross_merge", "cross_scan", "init_dt_bias_s6", "s4d_real_A_log"]
+__all__ = ["MambaChannelMixer", "MambaMixer", "cross_merge", "cross_scan"]
 
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
@@ -62,18 +63,6 @@ def cross_merge(y: torch.Tensor, H: int, W: int) -> torch.Tensor:
     rows = y[:, 0] + y[:, 2].flip(-1)  # (B, E, L) row-major
     cols = y[:, 1] + y[:, 3].flip(-1)  # (B, E, L) column-major
     return rows.unflatten(-1, (H, W)) + cols.unflatten(-1, (W, H)).transpose(2, 3)
-
-
-def init_dt_bias_s6(shape: tuple[int, ...], dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
-    """Mamba-1's Δ bias: inverse softplus of Δ ~ exp(U[log dt_min, log dt_max]), floored at dt_init_floor."""
-    dt = torch.exp(torch.rand(shape) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    dt = dt.clamp(min=dt_init_floor)
-    return dt + torch.log(-torch.expm1(-dt))
-
-
-def s4d_real_A_log(shape: tuple[int, ...], d_state: int) -> torch.Tensor:
-    """S4D-real init: A[..., n] = -(n + 1), stored as log(n + 1)."""
-    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).expand(*shape, d_state).clone()
 
 
 class _S6Params(nn.Module):
@@ -98,7 +87,7 @@ class _S6Params(nn.Module):
         self.x_proj = nn.Parameter(torch.empty(num, dt_rank + 2 * d_state, d_inner).uniform_(-bound, bound))
         dt_std = dt_rank**-0.5 * dt_scale
         self.dt_proj = nn.Parameter(torch.empty(num, d_inner, dt_rank).uniform_(-dt_std, dt_std))
-        self.dt_bias = nn.Parameter(init_dt_bias_s6((num, d_inner), dt_min, dt_max, dt_init_floor))
+        self.dt_bias = nn.Parameter(init_dt_bias((num, d_inner), dt_min, dt_max, dt_init_floor))
         self.A_log = nn.Parameter(s4d_real_A_log((num, d_inner), d_state))
         self.D = nn.Parameter(torch.ones(num, d_inner))
 

@@ -2,7 +2,7 @@
 
     out = PW2( act2( DW_kxk( act1( PW1(x) ) ) ) )
 
-PW1: C -> r*C (r = expansion_ratio = 2), no bias; act1 = StarReLU; DW: depthwise k x k (k = 7, padding k//2),
+PW1: C -> r*C (r = expand = 2), no bias; act1 = StarReLU; DW: depthwise k x k (k = 7, padding k//2),
 no bias; act2 = identity; PW2: r*C -> C, no bias. No norm inside. The pointwise layers are Linear layers
 on the channels-last tensor, as in sail-sg/metaformer ``SepConv``; only the depthwise conv sees an NCHW view
 (channels_last memory, no copy).
@@ -24,7 +24,7 @@ class SepConv(nn.Module):
     def __init__(
         self,
         dim: int,
-        expansion_ratio: float = 2.0,
+        expand: float = 2.0,
         kernel_size: int = 7,
         act1: str = "starrelu",
         act2: str = "identity",
@@ -33,7 +33,7 @@ class SepConv(nn.Module):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"sepconv: kernel_size must be odd so the grid keeps its size; got {kernel_size}.")
-        hidden = int(expansion_ratio * dim)
+        hidden = int(expand * dim)
         self.pwconv1 = nn.Linear(dim, hidden, bias=bias)
         self.act1 = create_act(act1)
         self.dwconv = nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=bias)

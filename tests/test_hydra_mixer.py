@@ -16,6 +16,7 @@ from mixerzoo.mixers import create_mixer
 from mixerzoo.mixers.hydra_mixer import Hydra
 from mixerzoo.mixers.matrix_mixer import STRUCTURES, MatrixMixer
 from mixerzoo.mixers.ops.ssd import default_chunk_size, ssd, ssd_chunked, ssd_matrix, ssd_sequential
+from mixerzoo.mixers.ssm_layers import GatedRMSNorm, init_dt_bias
 from tests.conftest import build_model
 
 
@@ -86,11 +87,31 @@ def test_ssd_dispatch_runs_in_float32_under_autocast_and_names_bad_backends() ->
             ssd(x, dt, A, B, C, backend="fused")
 
 
+# --- layers shared by the SSM mixers ---------------------------------------------------------------------------
+@pytest.mark.parametrize("norm_before_gate", [True, False])
+def test_gated_rms_norm_is_the_reference_formula(norm_before_gate: bool) -> None:
+    norm = GatedRMSNorm(6, eps=1e-5, norm_before_gate=norm_before_gate).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+    y, z = torch.randn(2, 3, 6, dtype=torch.float64), torch.randn(2, 3, 6, dtype=torch.float64)
+    gated = y if norm_before_gate else y * F.silu(z)
+    expected = gated / gated.square().mean(-1, keepdim=True).add(1e-5).sqrt() * norm.weight
+    expected = expected * F.silu(z) if norm_before_gate else expected
+    torch.testing.assert_close(norm(y, z), expected)
+    assert norm(y.bfloat16(), z.bfloat16()).dtype == torch.bfloat16
+
+
+def test_dt_bias_init_starts_softplus_in_the_dt_range() -> None:
+    dt = F.softplus(init_dt_bias((64, 8), dt_min=1e-3, dt_max=1e-1, dt_init_floor=1e-4))
+    assert dt.shape == (64, 8) and dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 1e-1 * (1 + 1e-5)
+    assert init_dt_bias(5).shape == (5,)
+
+
 # --- the hydra mixer ------------------------------------------------------------------------------------------
 def _hydra_branches(mixer: Hydra, u: torch.Tensor) -> dict[str, torch.Tensor]:
     """The layer's per-token quantities, recomputed from its parameters: z, x (post conv+SiLU), per-direction
     B, C (b, l, n; ngroups 1) and dt (b, l, h), all in original token order."""
-    h, n, d = mixer.nheads, mixer.d_state, mixer.d_inner
+    h, n, d = mixer.num_heads, mixer.d_state, mixer.d_inner
     proj = u @ mixer.in_proj.weight.T
     z, xbc, dt = proj[..., :d], proj[..., d : 2 * d + 4 * n], proj[..., 2 * d + 4 * n :]
     xbc = F.silu(
@@ -114,7 +135,7 @@ def _hydra_matrix(mixer: Hydra, q: dict[str, torch.Tensor]) -> torch.Tensor:
     A = -torch.exp(mixer.A_log)
     a_f, a_b = q["dt_f"] * A, q["dt_b"] * A  # (b, L, h)
     diag = q["x"] @ mixer.fc_D.weight.T + mixer.D  # (b, L, h)
-    M = torch.zeros(b, mixer.nheads, L, L, dtype=q["x"].dtype)
+    M = torch.zeros(b, mixer.num_heads, L, L, dtype=q["x"].dtype)
     for i in range(L):
         for j in range(L):
             if i > j:
@@ -141,12 +162,12 @@ def _perturbed_hydra(dim: int, **options) -> Hydra:
 
 @pytest.mark.parametrize("grid", [(4, 4), (3, 5), (5, 2), (1, 7)], ids=lambda g: f"{g[0]}x{g[1]}")
 def test_hydra_equals_materialised_quasiseparable_matrix(grid: tuple[int, int]) -> None:
-    mixer = _perturbed_hydra(16, d_state=6, headdim=8, chunk_size=4)
+    mixer = _perturbed_hydra(16, d_state=6, head_dim=8, chunk_size=4)
     u = torch.randn(2, *grid, 16, dtype=torch.float64)
     q = _hydra_branches(mixer, u.reshape(2, -1, 16))
     M = _hydra_matrix(mixer, q)
     b, L, _ = q["x"].shape
-    y = torch.einsum("bhij,bjhp->bihp", M, q["x"].reshape(b, L, mixer.nheads, -1)).reshape(b, L, -1)
+    y = torch.einsum("bhij,bjhp->bihp", M, q["x"].reshape(b, L, mixer.num_heads, -1)).reshape(b, L, -1)
     y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + 1e-5) * mixer.norm.weight * F.silu(q["z"])
     expected = (y @ mixer.out_proj.weight.T).reshape(u.shape)
     torch.testing.assert_close(mixer(u), expected, rtol=1e-10, atol=1e-10)
@@ -155,7 +176,7 @@ def test_hydra_equals_materialised_quasiseparable_matrix(grid: tuple[int, int]) 
 def test_hydra_shift_keeps_both_scans_off_the_diagonal() -> None:
     """With D = 0 and W_D = 0 a token's output does not depend on its own x (the diagonal comes only from δ),
     and the first token sees only the backward scan, the last only the forward one."""
-    mixer = _perturbed_hydra(8, d_state=4, headdim=8, d_conv=1)
+    mixer = _perturbed_hydra(8, d_state=4, head_dim=8, d_conv=1)
     with torch.no_grad():
         mixer.D.zero_()
         mixer.fc_D.weight.zero_()
@@ -165,9 +186,9 @@ def test_hydra_shift_keeps_both_scans_off_the_diagonal() -> None:
     assert torch.all(M[..., 0, 0] == 0) and (M[..., 0, 1:] != 0).all() and (M[..., -1, :-1] != 0).all()
     # flipping the tokens and swapping the directions' projections flips the output
     u = torch.randn(1, 1, 6, 8, dtype=torch.float64)
-    swapped = _perturbed_hydra(8, d_state=4, headdim=8, d_conv=1)
+    swapped = _perturbed_hydra(8, d_state=4, head_dim=8, d_conv=1)
     swapped.load_state_dict(mixer.state_dict())
-    d, n, h = mixer.d_inner, mixer.d_state, mixer.nheads
+    d, n, h = mixer.d_inner, mixer.d_state, mixer.num_heads
     with torch.no_grad():
         w = swapped.in_proj.weight
         w[2 * d : 2 * d + 2 * n], w[2 * d + 2 * n : 2 * d + 4 * n] = (
@@ -182,7 +203,7 @@ def test_hydra_shift_keeps_both_scans_off_the_diagonal() -> None:
 
 @pytest.mark.parametrize("grid", [(7, 7), (5, 9), (6, 3), (1, 1), (2, 31)], ids=lambda g: f"{g[0]}x{g[1]}")
 def test_hydra_takes_any_grid(grid: tuple[int, int]) -> None:
-    mixer = create_mixer({"name": "hydra", "d_state": 16, "headdim": 16}, 32)
+    mixer = create_mixer({"name": "hydra", "d_state": 16, "head_dim": 16}, 32)
     x = torch.randn(2, *grid, 32)
     assert mixer(x).shape == x.shape
 
@@ -190,7 +211,7 @@ def test_hydra_takes_any_grid(grid: tuple[int, int]) -> None:
 def test_hydra_parameter_count_at_768_is_the_official_one() -> None:
     mixer = create_mixer("hydra", 768)
     assert sum(p.numel() for p in mixer.parameters()) == 3_825_224
-    assert mixer.nheads == 24 and mixer.in_proj.out_features == 3376
+    assert mixer.num_heads == 24 and mixer.in_proj.out_features == 3376
     assert mixer.no_weight_decay() == {"A_log", "D", "dt_bias"}
     torch.testing.assert_close(-torch.exp(mixer.A_log), -torch.ones(24))
 
@@ -206,7 +227,7 @@ def test_hydra_bf16_autocast_keeps_shape_dtype_and_scans_in_float32(monkeypatch:
         return original(x, *args, **kwargs)
 
     monkeypatch.setattr(ssd_module, "ssd_chunked", spy)
-    mixer = create_mixer({"name": "hydra", "d_state": 16, "headdim": 16}, 32)
+    mixer = create_mixer({"name": "hydra", "d_state": 16, "head_dim": 16}, 32)
     x = torch.randn(2, 5, 6, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = mixer(x)
@@ -218,7 +239,7 @@ def test_hydra_bf16_autocast_keeps_shape_dtype_and_scans_in_float32(monkeypatch:
 
 
 def test_hydra_gradients_reach_every_parameter_including_init_states() -> None:
-    mixer = create_mixer({"name": "hydra", "d_state": 8, "headdim": 16, "learnable_init_states": True}, 32)
+    mixer = create_mixer({"name": "hydra", "d_state": 8, "head_dim": 16, "learnable_init_states": True}, 32)
     mixer(torch.randn(2, 3, 5, 32)).square().sum().backward()
     for name, p in mixer.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -226,8 +247,8 @@ def test_hydra_gradients_reach_every_parameter_including_init_states() -> None:
 
 
 def test_hydra_rejects_bad_shapes_with_clear_errors() -> None:
-    with pytest.raises(ValueError, match="must be divisible by headdim"):
-        create_mixer({"name": "hydra", "headdim": 48}, 32)
+    with pytest.raises(ValueError, match="must be divisible by head_dim"):
+        create_mixer({"name": "hydra", "head_dim": 48}, 32)
     with pytest.raises(ValueError, match="d_conv must be odd"):
         create_mixer({"name": "hydra", "d_conv": 4}, 32)
 
@@ -238,13 +259,14 @@ MM_CASES = [(s, dd) for s in STRUCTURES for dd in (True, False) if not (dd and s
 
 def _matrix_mixer(structure: str, data_dependent: bool, grid=(3, 5), dim: int = 16) -> MatrixMixer:
     spec = {"name": "matrix_mixer", "structure": structure, "data_dependent": data_dependent}
-    return create_mixer({**spec, "headdim": 8, "qk_dim": 4, "d_conv": 3}, dim, grid=grid).double()
+    qk = {} if structure in ("dense", "dft", "toeplitz") else {"qk_dim": 4}
+    return create_mixer({**spec, **qk, "head_dim": 8, "d_conv": 3}, dim, grid=grid).double()
 
 
 def _reference_matrix(mixer: MatrixMixer, x: torch.Tensor) -> torch.Tensor:
     """Entry-by-entry definitions (spec section 2, identity included) for the structures built from q/k or taps."""
     b, H, W, _ = x.shape
-    L, h, d = H * W, mixer.nheads, mixer.qk_dim
+    L, h, d = H * W, mixer.num_heads, getattr(mixer, "qk_dim", 0)
     extra = mixer._branches(x.reshape(b, L, -1))[2]
     if mixer.data_dependent and mixer.structure != "toeplitz":
         q, k = extra[..., : h * d].unflatten(-1, (h, d)), extra[..., h * d :].unflatten(-1, (h, d))
@@ -290,8 +312,8 @@ def test_matrix_mixer_fast_form_equals_its_materialised_matrix(structure: str, d
 
 def test_quasiseparable_matrix_mixer_is_hydra_with_shared_bc() -> None:
     mixer = _matrix_mixer("quasiseparable", True)
-    hydra = create_mixer({"name": "hydra", "d_state": mixer.d_state, "headdim": 8, "d_conv": 3}, 16).double()
-    d, n, h = mixer.d_inner, mixer.d_state, mixer.nheads
+    hydra = create_mixer({"name": "hydra", "d_state": mixer.d_state, "head_dim": 8, "d_conv": 3}, 16).double()
+    d, n, h = mixer.d_inner, mixer.d_state, mixer.num_heads
     state = {k: v for k, v in mixer.state_dict().items() if k != "in_proj.weight" and not k.startswith("conv1d")}
     w, cw, cb = mixer.in_proj.weight, mixer.conv1d.weight, mixer.conv1d.bias
     # hydra's layout [z, x, B_f, C_f, B_b, C_b, dt_f, dt_b]; the matrix mixer's [z, v, B, C, dt_f, dt_b]
@@ -302,7 +324,19 @@ def test_quasiseparable_matrix_mixer_is_hydra_with_shared_bc() -> None:
     hydra.load_state_dict(state)
     x = torch.randn(2, 3, 5, 16, dtype=torch.float64)
     torch.testing.assert_close(hydra(x), mixer(x))
-    assert h == hydra.nheads
+    assert h == hydra.num_heads
+
+
+def test_matrix_mixer_builds_one_class_per_structure_with_its_own_options() -> None:
+    for structure, cls in STRUCTURES.items():
+        spec = {"name": "matrix_mixer", "structure": structure, "data_dependent": not cls.data_independent_only}
+        mixer = create_mixer(spec, 16, grid=(2, 3))
+        assert type(mixer) is cls and mixer.structure == structure
+    assert isinstance(create_mixer("matrix_mixer", 16), STRUCTURES["quasiseparable"])
+    with pytest.raises(TypeError, match=r"matrix_mixer \(toeplitz\) got unknown option\(s\) \['qk_dim'\]"):
+        create_mixer({"name": "matrix_mixer", "structure": "toeplitz", "qk_dim": 4}, 16)
+    with pytest.raises(ValueError, match="unknown structure 'circulant'"):
+        create_mixer({"name": "matrix_mixer", "structure": "circulant"}, 16)
 
 
 @pytest.mark.parametrize(("structure", "data_dependent"), MM_CASES, ids=lambda v: str(v))
@@ -335,7 +369,7 @@ def test_data_independent_forms_reject_another_grid_and_name_it(structure: str) 
 
 def test_data_dependent_matrix_mixers_take_any_grid_and_bf16_autocast() -> None:
     for structure in ("toeplitz", "cauchy", "low_rank", "quasiseparable"):
-        mixer = create_mixer({"name": "matrix_mixer", "structure": structure, "headdim": 16}, 32)
+        mixer = create_mixer({"name": "matrix_mixer", "structure": structure, "head_dim": 16}, 32)
         for grid in [(7, 7), (2, 9), (1, 1)]:
             assert mixer(torch.randn(2, *grid, 32)).shape == (2, *grid, 32)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -379,7 +413,7 @@ def test_small_hydra_vit_runs_any_resolution_and_gets_gradients_everywhere() -> 
 def test_hydra_in_the_comparison_backbone_builds_and_runs() -> None:
     model = build_model("hydra_metaformer_s12", num_classes=3)
     assert all(isinstance(b.token_mixer, Hydra) for s in model.stages for b in s.blocks)
-    assert model.stages[0].blocks[0].token_mixer.nheads == 4
+    assert model.stages[0].blocks[0].token_mixer.num_heads == 4
     assert model(torch.randn(1, 3, 64, 96)).shape == (1, 3)
 
 

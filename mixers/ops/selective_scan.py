@@ -46,7 +46,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import autocast_off
+from . import autocast_off, compute_dtype, use_fused
 
 __all__ = [
     "ChunkedSelectiveScan",
@@ -56,7 +56,6 @@ __all__ = [
     "selective_scan_torch",
 ]
 
-BACKENDS = ("auto", "torch", "fused")
 MAX_FUSED_D_STATE = 256
 # State elements per chunk and block: on CPU a block stays in cache; on CUDA it bounds the workspace.
 TILE_ELEMENTS = {"cpu": 2**20, "default": 2**26}
@@ -371,20 +370,16 @@ def selective_scan(
     backend: str = "auto",
 ) -> torch.Tensor:
     """The S6 scan in float32 (float64 kept) with autocast off; returns u's dtype. See the module docstring."""
-    if backend not in BACKENDS:
-        raise ValueError(f"Unknown selective-scan backend {backend!r}; use one of {', '.join(BACKENDS)}.")
     fusable = u.is_cuda and A.shape[-1] <= MAX_FUSED_D_STATE and _fused_kernel() is not None
-    if backend == "fused" and not fusable:
-        raise RuntimeError(
-            "backend='fused' needs CUDA tensors, d_state <= 256 and mamba_ssm (selective_scan_fn); got "
-            f"{u.device.type} tensors, d_state {A.shape[-1]}, mamba_ssm "
-            f"{'importable' if _fused_kernel() else 'not importable'}."
-        )
-    use_fused = backend == "fused" or (backend == "auto" and fusable)
+    mamba_ssm = "importable" if _fused_kernel() else "not importable"
+    needs = (
+        "CUDA tensors, d_state <= 256 and mamba_ssm (selective_scan_fn); got "
+        f"{u.device.type} tensors, d_state {A.shape[-1]}, mamba_ssm {mamba_ssm}"
+    )
+    scan = _selective_scan_fused if use_fused(backend, "selective-scan", fusable, needs) else selective_scan_torch
     dtype = u.dtype
-    compute = torch.promote_types(dtype, torch.float32)
+    compute = compute_dtype(dtype)
     with autocast_off(u.device.type):
         args = [None if t is None else t.to(compute) for t in (u, delta, A, B, C, D, z, delta_bias)]
-        scan = _selective_scan_fused if use_fused else selective_scan_torch
         out = scan(*args, delta_softplus)
     return out.to(dtype)

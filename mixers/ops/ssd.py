@@ -26,6 +26,9 @@ B, C (b, l, g, n) with h % g == 0, initial_state (b, h, p, n). Output y (b, l, h
   CUDA, else the chunked one; ``"torch"``/``"fused"`` force one. The fused call is kept out of ``torch.compile``
   graphs (``torch.compiler.disable``; mamba_ssm's autograd.Function does not trace, state-spaces/mamba #369).
   ``ssd`` computes in float32 (float64 stays float64) with autocast off, and returns x's dtype.
+- ``quasiseparable`` / ``quasiseparable_matrix``: Hydra's bidirectional matrix (Prop. 3.7 of arXiv 2407.09941) as
+  two ``ssd`` passes (forward, and backward on the flipped sequence, batched), each shifted by one token, plus a
+  diagonal; and the same matrix materialised. Used by ``hydra`` and ``matrix_mixer(structure="quasiseparable")``.
 """
 
 from __future__ import annotations
@@ -35,11 +38,18 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from . import autocast_off
+from . import autocast_off, compute_dtype, use_fused
 
-__all__ = ["default_chunk_size", "fused_ssd_available", "ssd", "ssd_chunked", "ssd_matrix", "ssd_sequential"]
-
-BACKENDS = ("auto", "torch", "fused")
+__all__ = [
+    "default_chunk_size",
+    "fused_ssd_available",
+    "quasiseparable",
+    "quasiseparable_matrix",
+    "ssd",
+    "ssd_chunked",
+    "ssd_matrix",
+    "ssd_sequential",
+]
 
 
 def ssd_sequential(
@@ -191,23 +201,68 @@ def ssd(
     backend: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The SSD scan in float32 (float64 kept) with autocast off; returns x's dtype. See the module docstring."""
-    if backend not in BACKENDS:
-        raise ValueError(f"Unknown SSD backend {backend!r}; use one of {', '.join(BACKENDS)}.")
-    use_fused = backend == "fused" or (backend == "auto" and x.is_cuda and _fused_kernel() is not None)
-    if use_fused and (not x.is_cuda or _fused_kernel() is None):
-        raise RuntimeError(
-            "backend='fused' needs CUDA tensors and mamba_ssm (mamba_chunk_scan_combined); "
-            f"got {x.device.type} tensors, mamba_ssm {'importable' if _fused_kernel() else 'not importable'}."
-        )
+    fusable = x.is_cuda and _fused_kernel() is not None
+    mamba_ssm = "importable" if _fused_kernel() else "not importable"
+    needs = (
+        f"CUDA tensors and mamba_ssm (mamba_chunk_scan_combined); got {x.device.type} tensors, mamba_ssm {mamba_ssm}"
+    )
+    fused = use_fused(backend, "SSD", fusable, needs)
     dtype = x.dtype
-    compute = torch.promote_types(dtype, torch.float32)
+    compute = compute_dtype(dtype)
     with autocast_off(x.device.type):
         args = [t.to(compute) for t in (x, dt, A, B, C)]
         state = None if initial_state is None else initial_state.to(compute)
-        if use_fused:
+        if fused:
             out = _ssd_fused(*args, chunk_size, state, return_final_state)
         else:
             out = ssd_chunked(*args, chunk_size=chunk_size, initial_state=state, return_final_state=return_final_state)
     if return_final_state:
         return out[0].to(dtype), out[1]
     return out.to(dtype)
+
+
+def _directions(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+    """Both directions of a bidirectional scan stacked along the batch, the backward one in scan (flipped) order."""
+    return torch.cat([forward, backward.flip(1)])
+
+
+def quasiseparable(
+    x: torch.Tensor,
+    dt: tuple[torch.Tensor, torch.Tensor],
+    A: torch.Tensor,
+    B: tuple[torch.Tensor, torch.Tensor],
+    C: tuple[torch.Tensor, torch.Tensor],
+    diag: torch.Tensor,
+    chunk_size: int | None = None,
+    initial_state: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Hydra's quasiseparable matrix times x by two SSD passes (Prop. 3.7: QS(X) = shift(SS(X)) +
+    flip(shift(SS(flip X))) + D X), with the entries given in ``quasiseparable_matrix``.
+
+    x (b, l, h, p); dt = (forward, backward) each (b, l, h), positive; B, C = (forward, backward) each (b, l, g, n);
+    all in token order. A (h,); diag (b, l, h), the diagonal δ; initial_state (2b, h, p, n) or None, the forward
+    then the backward pass's. Both passes run as one SSD over 2b sequences. Returns (b, l, h, p).
+    """
+    batch = x.shape[0]
+    dt2, B2, C2 = _directions(*dt), _directions(*B), _directions(*C)
+    y = ssd(_directions(x, x), dt2, A, B2, C2, chunk_size, initial_state, backend=backend)  # (2b, l, h, p)
+    y = F.pad(y[:, :-1], (0, 0, 0, 0, 1, 0))  # shift by one token, zero first row: roll(y, 1); y[:, 0] = 0
+    return y[:batch] + y[batch:].flip(1) + x * diag[..., None]
+
+
+def quasiseparable_matrix(
+    dt: tuple[torch.Tensor, torch.Tensor],
+    A: torch.Tensor,
+    B: tuple[torch.Tensor, torch.Tensor],
+    C: tuple[torch.Tensor, torch.Tensor],
+    diag: torch.Tensor,
+) -> torch.Tensor:
+    """The matrix ``quasiseparable`` applies, materialised (b, h, L, L) (inputs as there), with a_t = dt_t A_h:
+
+    i > j: (C^f_{i-1} · B^f_j) exp(a^f_{j+1} + ... + a^f_{i-1}) dt^f_j;  i < j: the same from the backward stream,
+    (C^b_{i+1} · B^b_j) exp(a^b_{i+1} + ... + a^b_{j-1}) dt^b_j;  i = j: diag_i."""
+    batch = diag.shape[0]
+    M = ssd_matrix(_directions(*dt), A, _directions(*B), _directions(*C))  # (2b, h, L, L), both in scan order
+    M = F.pad(M[..., :-1, :], (0, 0, 1, 0))  # shift by one: row i <- row i-1
+    return M[:batch] + M[batch:].flip(-1, -2) + torch.diag_embed(diag.transpose(1, 2))

@@ -1,0 +1,79 @@
+"""Layers and initialisations shared by the state-space mixers (``hydra``, ``matrix_mixer``, ``mamba_mixer``,
+``mamba_channel_mixer``); the scans themselves are in ``mixers/ops``.
+
+- ``GatedRMSNorm``: ``RMSNorm(y) w ⊙ SiLU(z)`` (norm before gate, Hydra) or ``RMSNorm(y ⊙ SiLU(z)) w`` (Mamba-2's
+  default), over the last dim, in float32 (mamba_ssm ``rms_norm_ref`` semantics without groups).
+- ``init_dt_bias``: the Δ bias of Mamba-1/2, ``softplus⁻¹(Δ)`` with ``Δ ~ exp(U[log dt_min, log dt_max])`` floored
+  at ``dt_init_floor``, so that ``softplus(0 + dt_bias)`` starts in [dt_min, dt_max].
+- ``s4d_real_A_log``: Mamba-1's S4D-real init, ``A[..., n] = -(n + 1)`` stored as ``log(n + 1)``.
+- ``inner_heads``: ``d_inner = expand · dim`` cut into heads of ``head_dim`` (one narrower head if d_inner is less).
+- ``same_conv1d``: the non-causal depthwise Conv1d of Hydra's layers ("same" length: odd kernels only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ops import compute_dtype
+
+__all__ = ["GatedRMSNorm", "init_dt_bias", "inner_heads", "s4d_real_A_log", "same_conv1d"]
+
+
+class GatedRMSNorm(nn.Module):
+    """``RMSNorm(y) * weight * SiLU(z)`` (norm before gate) or ``RMSNorm(y * SiLU(z)) * weight``, over the last
+    dim, computed in float32 (mamba_ssm ``rms_norm_ref`` semantics without groups)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, norm_before_gate: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.norm_before_gate = norm_before_gate
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        dtype = y.dtype
+        compute = compute_dtype(dtype)
+        y, z = y.to(compute), z.to(compute)
+        if not self.norm_before_gate:
+            y = y * F.silu(z)
+        y = y * torch.rsqrt(y.square().mean(dim=-1, keepdim=True) + self.eps) * self.weight.to(compute)
+        if self.norm_before_gate:
+            y = y * F.silu(z)
+        return y.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, norm_before_gate={self.norm_before_gate}"
+
+
+def init_dt_bias(
+    shape: int | tuple[int, ...], dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4
+) -> torch.Tensor:
+    """Inverse softplus of Δ ~ exp(U[log dt_min, log dt_max]), floored at dt_init_floor (Mamba-1 and Mamba-2)."""
+    dt = torch.exp(torch.rand(shape) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def s4d_real_A_log(shape: tuple[int, ...], d_state: int) -> torch.Tensor:
+    """S4D-real init: A[..., n] = -(n + 1), stored as log(n + 1), shape (*shape, d_state)."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).expand(*shape, d_state).clone()
+
+
+def inner_heads(name: str, dim: int, expand: float, head_dim: int) -> tuple[int, int, int]:
+    """(d_inner, head_dim, num_heads) for ``d_inner = expand * dim``; a layer narrower than one head has one head of
+    width d_inner. Raises naming the mixer if the heads do not divide d_inner."""
+    d_inner = int(expand * dim)
+    head_dim = min(head_dim, d_inner)
+    if d_inner % head_dim != 0:
+        raise ValueError(f"{name}: expand * dim ({d_inner}) must be divisible by head_dim ({head_dim}).")
+    return d_inner, head_dim, d_inner // head_dim
+
+
+def same_conv1d(name: str, channels: int, kernel_size: int, bias: bool = True) -> nn.Conv1d:
+    """Depthwise, non-causal Conv1d keeping the sequence length (odd ``kernel_size``, padding k // 2)."""
+    if kernel_size % 2 != 1:
+        raise ValueError(f"{name}: d_conv must be odd for a same-length non-causal conv, got {kernel_size}.")
+    return nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias)
