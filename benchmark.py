@@ -32,11 +32,11 @@ real<->complex pair, the real size) and ``batch`` the number of independent tran
 
 Models (positional arguments; globs allowed):
 
-- a timm name (``poolformerv2_s12``, ``resnet50``), zoo names included (``import models`` registers them:
+- a timm name (``poolformerv2_s12``, ``resnet50``), zoo names included (``import mixerzoo`` registers them:
   ``randformer_s12``, ``affnet_t``, ...); ``timm:<name>`` forces timm;
 - ``config:<name>`` for a zoo model config ``configs/model/<name>.yaml`` (``config:caformer_s18``), with Hydra
   overrides of the model group after ``@``: ``config:metaformer_s12@mixer=attention``,
-  ``config:metaformer_s12@mixer={name:aff,inner_skip:true}@mlp_ratio=3``; ``config:*former_s12`` globs config names.
+  ``config:metaformer_s12@mixer={name:aff,inner_skip:true}@block.mlp.ratio=3``; ``config:*former_s12`` globs config names.
 
 Grid-bound models (e.g. the ``random`` mixer, whose frozen mixing matrix fits one token grid) are built once at
 ``--build-size`` (default 224) and fed every resolution: where they cannot run, the row says ``n/a`` and why.

@@ -92,7 +92,7 @@ def build_model(cfg: DictConfig) -> nn.Module:
     if name is not None and not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:10]
         raise ValueError(
-            f"Unknown model {name!r}: not registered in timm (the zoo's models are registered by `import models`)."
+            f"Unknown model {name!r}: not registered in timm (the zoo's models are registered by `import mixerzoo`)."
             + (f" Similar names: {', '.join(close)}." if close else "")
             + " Zoo configs: configs/model/*.yaml (model=<file name>); any timm model: model=timm model.model_name=..."
         )

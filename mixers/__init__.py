@@ -20,7 +20,16 @@ from . import (  # noqa: F401  (registers the mixers)
     strip_mlp,
 )
 from .activations import SquaredReLU, StarReLU, create_act
-from .registry import create_mixer, get_mixer_class, list_mixers, mixer_spec_name, register_mixer
+from .registry import (
+    create_channel_mixer,
+    create_mixer,
+    get_mixer_class,
+    list_channel_mixers,
+    list_mixers,
+    mixer_spec_name,
+    register_channel_mixer,
+    register_mixer,
+)
 
 # Mixers that FX graphs (timm's ``feature_cls="fx"``, torchvision's feature extractors, timm's FX tests) keep as one
 # leaf call instead of tracing into them: they run their FFT / scan under ``autocast_off(x.device.type)`` and pick
@@ -42,9 +51,12 @@ __all__ = [
     "SquaredReLU",
     "StarReLU",
     "create_act",
+    "create_channel_mixer",
     "create_mixer",
     "get_mixer_class",
+    "list_channel_mixers",
     "list_mixers",
     "mixer_spec_name",
+    "register_channel_mixer",
     "register_mixer",
 ]

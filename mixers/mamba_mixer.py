@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ops.selective_scan import selective_scan
-from .registry import register_mixer
+from .registry import register_channel_mixer, register_mixer
 from .ssm_layers import init_dt_bias, s4d_real_A_log
 
 __all__ = ["MambaChannelMixer", "MambaMixer", "cross_merge", "cross_scan"]
@@ -167,6 +167,7 @@ class MambaMixer(nn.Module):
 
 
 @register_mixer("mamba_channel_mixer")
+@register_channel_mixer("mamba_channel_mixer")
 class MambaChannelMixer(nn.Module):
     """MambaMixer's selective channel mixer, per token (module docstring): ``(B, H, W, C) -> (B, H, W, C)``.
 

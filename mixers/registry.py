@@ -1,14 +1,17 @@
-"""The token-mixer registry.
+"""Registries of named building blocks, built from *specs*.
 
-Every token mixer maps a channels-last grid ``(B, H, W, C)`` to the same shape. Mixers register under a
-name with :func:`register_mixer` and are built with :func:`create_mixer` from a *spec*: either the name
-(``"pooling"``) or a mapping holding the name plus options (``{"name": "attention", "head_dim": 32}``),
-which is what a Hydra config gives.
+A spec is a name (``"pooling"``) or a mapping holding the name plus options (``{"name": "attention",
+"head_dim": 32}``, what a Hydra config gives). :class:`Registry` maps names to classes or factory functions;
+``create(spec, *args, **context)`` calls the registered entry with the spec's options as keyword arguments, so a
+misspelt option raises an error listing the accepted ones, and an unknown name an error listing the registered
+names. *Context* entries (what the builder knows: ``grid``, ``img_size``, ``drop_path``, ...) are passed only if
+the entry's signature names them, and never over a spec option of the same name: an entry that can take any
+grid simply does not ask for it.
 
-Options from the spec are passed to the constructor as they are, so a misspelt option raises.
-The backbone builder also offers *context* (e.g. ``grid``, the stage's ``(H, W)`` at the model's
-``img_size``); a mixer receives only the context entries its constructor names, so a mixer that can take
-any grid simply does not ask for it.
+Token mixers (``MIXERS``) map a channels-last grid ``(B, H, W, C)`` to the same shape and mix across tokens;
+channel mixers (``CHANNEL_MIXERS``, the MLP slot of a block) have the same interface but mix each token's channels
+only. The backbone builder keeps its other slots (stem, downsampling, block, extras, head) in registries of the
+same class (``mixerzoo.models.registry``).
 """
 
 from __future__ import annotations
@@ -17,75 +20,130 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch.nn as nn
-
-__all__ = ["create_mixer", "get_mixer_class", "list_mixers", "mixer_spec_name", "register_mixer"]
-
-_MIXERS: dict[str, type[nn.Module]] = {}
-
-
-def register_mixer(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: register a token mixer under ``name``."""
-
-    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _MIXERS and _MIXERS[name] is not cls:
-            raise ValueError(f"Mixer name {name!r} is already registered by {_MIXERS[name].__qualname__}.")
-        _MIXERS[name] = cls
-        return cls
-
-    return decorator
+__all__ = [
+    "CHANNEL_MIXERS",
+    "MIXERS",
+    "Registry",
+    "create_channel_mixer",
+    "create_mixer",
+    "get_mixer_class",
+    "list_channel_mixers",
+    "list_mixers",
+    "mixer_spec_name",
+    "plain",
+    "register_channel_mixer",
+    "register_mixer",
+    "split_spec",
+]
 
 
-def list_mixers() -> list[str]:
-    """Names of all registered mixers, sorted."""
-    return sorted(_MIXERS)
+def plain(value: Any) -> Any:
+    """OmegaConf containers (from Hydra) to plain Python lists/dicts, leaving other values alone."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [plain(v) for v in value]
+    return value
 
 
-def get_mixer_class(name: str) -> type[nn.Module]:
-    if name not in _MIXERS:
-        raise ValueError(f"Unknown token mixer {name!r}. Registered mixers: {', '.join(list_mixers())}.")
-    return _MIXERS[name]
-
-
-def _split_spec(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def split_spec(spec: str | Mapping[str, Any], kind: str = "spec") -> tuple[str, dict[str, Any]]:
+    """``(name, options)`` of a spec."""
     if isinstance(spec, str):
         return spec, {}
     if isinstance(spec, Mapping):
-        options = {str(k): _plain(v) for k, v in spec.items()}
+        options = plain(spec)
         if "name" not in options:
-            raise ValueError(f"A mixer spec mapping needs a 'name' key; got keys {sorted(options)}.")
+            raise ValueError(f"A {kind} spec mapping needs a 'name' key; got keys {sorted(options)}.")
         return options.pop("name"), options
     raise TypeError(
-        f"A mixer spec is a name or a mapping with 'name' plus options; got {type(spec).__name__}: {spec!r}."
+        f"A {kind} spec is a name or a mapping with 'name' plus options; got {type(spec).__name__}: {spec!r}."
     )
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (from Hydra) to plain Python lists/dicts, leaving other values alone."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
-        return [_plain(v) for v in value]
-    return value
+class Registry:
+    """Named classes or factories of one kind (``kind`` names it in error messages)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register a class or factory under ``name``."""
+
+        def decorator(entry: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries and self._entries[name] is not entry:
+                raise ValueError(
+                    f"{self.kind} name {name!r} is already registered by {self._entries[name].__qualname__}."
+                )
+            self._entries[name] = entry
+            return entry
+
+        return decorator
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Callable[..., Any]:
+        if name not in self._entries:
+            raise ValueError(f"Unknown {self.kind} {name!r}. Registered: {', '.join(self.names())}.")
+        return self._entries[name]
+
+    def create(self, spec: str | Mapping[str, Any], *args: Any, **context: Any) -> Any:
+        """Build ``spec``: ``entry(*args, **options, **wanted_context)``."""
+        name, options = split_spec(spec, self.kind)
+        entry = self.get(name)
+        parameters = inspect.signature(entry).parameters
+        positional = list(parameters)[: len(args)]
+        accepted = [p for p in parameters if p not in ("self", *positional)]
+        unknown = sorted(set(options) - set(accepted))
+        if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            raise TypeError(f"{self.kind} {name!r} got unknown option(s) {unknown}; it accepts {accepted}.")
+        wanted_context = {k: v for k, v in context.items() if k in accepted and k not in options}
+        return entry(*args, **options, **wanted_context)
+
+
+MIXERS = Registry("token mixer")
+CHANNEL_MIXERS = Registry("channel mixer")
+
+
+def register_mixer(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Class decorator: register a token mixer ``Mixer(dim, **options)`` under ``name``."""
+    return MIXERS.register(name)
+
+
+def register_channel_mixer(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Class decorator: register a channel mixer (a block's MLP slot) ``Mixer(dim, **options)`` under ``name``."""
+    return CHANNEL_MIXERS.register(name)
+
+
+def list_mixers() -> list[str]:
+    """Names of all registered token mixers, sorted."""
+    return MIXERS.names()
+
+
+def list_channel_mixers() -> list[str]:
+    """Names of all registered channel mixers, sorted."""
+    return CHANNEL_MIXERS.names()
+
+
+def get_mixer_class(name: str) -> Callable[..., Any]:
+    """The class registered under a token-mixer name (or, failing that, a channel-mixer name)."""
+    return CHANNEL_MIXERS.get(name) if name in CHANNEL_MIXERS and name not in MIXERS else MIXERS.get(name)
 
 
 def mixer_spec_name(spec: str | Mapping[str, Any]) -> str:
     """The registered name a spec refers to."""
-    return _split_spec(spec)[0]
+    return split_spec(spec, "mixer")[0]
 
 
-def create_mixer(spec: str | Mapping[str, Any], dim: int, **context: Any) -> nn.Module:
-    """Build the mixer a spec names, for ``dim`` channels.
+def create_mixer(spec: str | Mapping[str, Any], dim: int, **context: Any) -> Any:
+    """Build the token mixer a spec names, for ``dim`` channels (context: see the module docstring)."""
+    return MIXERS.create(spec, dim, **context)
 
-    ``context`` entries are passed only if the mixer's constructor has a parameter of that name; spec options
-    are always passed, so unknown options raise ``TypeError`` naming the mixer and its accepted options.
-    """
-    name, options = _split_spec(spec)
-    cls = get_mixer_class(name)
-    parameters = inspect.signature(cls).parameters
-    accepted = [p for p in parameters if p not in ("self", "dim")]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        raise TypeError(f"Mixer {name!r} got unknown option(s) {unknown}; it accepts {accepted}.")
-    wanted_context = {k: v for k, v in context.items() if k in parameters and k not in options}
-    return cls(dim, **options, **wanted_context)
+
+def create_channel_mixer(spec: str | Mapping[str, Any], dim: int, **context: Any) -> Any:
+    """Build the channel mixer a spec names, for ``dim`` channels."""
+    return CHANNEL_MIXERS.create(spec, dim, **context)

@@ -11,6 +11,6 @@ if not __name__.startswith("mixerzoo."):  # the repository folder imported as a 
 from . import affnet_family, hydra_family, metaformer_baselines, stripmlp_family, vim2_family  # noqa: F401  (register affnet*, hydra_vit_*, identityformer_*, randformer_*, stripmlp_*, vim2_*)
 from .backbone import MetaFormer
 from .checkpoint import load_checkpoint
-from .factory import create_model, list_model_configs, model_config
+from .factory import CONFIG_DIR, create_model, list_model_configs, model_config
 
-__all__ = ["MetaFormer", "create_model", "list_model_configs", "load_checkpoint", "model_config"]
+__all__ = ["CONFIG_DIR", "MetaFormer", "create_model", "list_model_configs", "load_checkpoint", "model_config"]

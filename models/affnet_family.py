@@ -11,7 +11,7 @@ Built by the shared builder (``models.backbone.MetaFormer``), five stages at str
     stage 2-4 [s2 inverted residual -> C_i] + n_i AFF blocks + fusion   = layer_3..5 (n = 2, 4, 3)
     head    1x1 conv-BN-SiLU to min(4 C_4, 960), global average pool, dropout, linear
 
-AFF block (``mlp_first`` + ``single_residual``): ``x = x + mixer(norm1(mlp(norm2(x))))`` where ``mlp`` is an
+AFF block (``aff``, ``models/blocks.py``): ``x = x + mixer(norm1(mlp(norm2(x))))`` where ``mlp`` is an
 inverted residual with its own skip (expansion 2) and the mixer is the ``aff`` filter with its inner skip;
 norms are GroupNorm(1) with bias, eps 1e-5 (cvnets ``layer_norm_2d``, the released configs' choice). Fusion: norm
 -> 1x1 conv-BN -> concat with the stage input (after downsampling) -> 1x1 conv-BN-SiLU. All inverted residuals
@@ -36,40 +36,60 @@ from .backbone import MetaFormer, create_metaformer
 
 __all__: list[str] = []
 
-# dims = (c1, c2, C_2, C_3, C_4); ir_expansion = the official ``mv2_exp_mult``
+# dims = (c1, c2, C_2, C_3, C_4); expansion = the official ``mv2_exp_mult`` of every inverted residual
 SIZES = {
-    "affnet_et": dict(dims=(32, 48, 64, 104, 144), ir_expansion=2),
-    "affnet_t": dict(dims=(32, 48, 96, 160, 192), ir_expansion=4),
-    "affnet": dict(dims=(32, 64, 128, 256, 320), ir_expansion=4),
+    "affnet_et": dict(dims=(32, 48, 64, 104, 144), expansion=2),
+    "affnet_t": dict(dims=(32, 48, 96, 160, 192), expansion=4),
+    "affnet": dict(dims=(32, 64, 128, 256, 320), expansion=4),
 }
 
-LAYOUT = dict(
-    depths=(1, 3, 2, 4, 3),
-    block_type=("inverted_residual", "inverted_residual", "metaformer", "metaformer", "metaformer"),
-    stem_dim=16,
-    stem_kernel_size=3,
-    stem_stride=2,
-    stem_padding=1,
-    stem_norm="batchnorm",
-    stem_bias=False,
-    stem_act="silu",
-    conv_act="silu",
-    downsample_type="inverted_residual",
-    mixer={"name": "aff", "num_groups": 8, "sparsity_threshold": 0.01, "act": "silu", "inner_skip": True},
-    norm="groupnorm1",
-    norm_eps=1e-5,
-    norm_bias=True,
-    mlp_type="inverted_residual",
-    mlp_ratio=2.0,
-    mlp_act="silu",
-    mlp_first=True,
-    single_residual=True,
-    layer_scale_init=None,
-    res_scale_init=None,
-    stage_fusion=(False, False, True, True, True),
-    head_norm=None,
-    img_size=256,
-)
+
+DEPTHS = (1, 3, 2, 4, 3)
+
+
+def layout(dims: tuple[int, ...], expansion: float) -> dict[str, Any]:
+    conv_block = {"name": "inverted_residual", "expansion": expansion, "act": "silu"}
+    aff_block = {
+        "name": "aff",
+        "norm": "groupnorm1",
+        "norm_eps": 1e-5,
+        "norm_bias": True,
+        "mlp": {"name": "inverted_residual", "ratio": 2.0, "act": "silu"},
+    }
+    ir_downsample = {"name": "inverted_residual", "stride": 2, "expansion": expansion, "act": "silu"}
+    """The builder's arguments for AFFNet with widths ``dims`` and inverted residuals of ``expansion``."""
+    return dict(
+        depths=DEPTHS,
+        dims=dims,
+        stem={
+            "name": "conv",
+            "dim": 16,
+            "kernel_size": 3,
+            "stride": 2,
+            "padding": 1,
+            "norm": "batchnorm",
+            "norm_eps": 1e-5,
+            "norm_bias": True,
+            "bias": False,
+            "act": "silu",
+        },
+        block=[{**conv_block, "stride": 1}, {**conv_block, "stride": 2}, aff_block, aff_block, aff_block],
+        downsample=[None, None, ir_downsample, ir_downsample, ir_downsample],
+        mixer={"name": "aff", "num_groups": 8, "sparsity_threshold": 0.01, "act": "silu", "inner_skip": True},
+        head={"name": "linear", "norm": None},
+        extras=[
+            {
+                "name": "fusion",
+                "stages": [2, 3, 4],
+                "norm": "groupnorm1",
+                "norm_eps": 1e-5,
+                "norm_bias": True,
+                "act": "silu",
+            },
+            {"name": "final_conv", "out_dim": min(4 * dims[-1], 960), "act": "silu"},
+        ],
+        img_size=256,
+    )
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
@@ -97,8 +117,7 @@ default_cfgs = generate_default_cfgs({f"{name}.ms_in1k": _cfg() for name in SIZE
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
-    size = SIZES[variant]
-    options = {**LAYOUT, **size, "final_conv_dim": min(4 * size["dims"][-1], 960), **kwargs}
+    options = {**layout(**SIZES[variant]), **kwargs}
     return create_metaformer(variant, pretrained, (0, 1, 2, 3, 4), **options)
 
 

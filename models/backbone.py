@@ -1,28 +1,19 @@
 """The shared MetaFormer backbone builder.
 
-    stem -> [stage_i = downsample_i -> depth_i x Block(mixer_i) -> optional fusion]_i -> optional final conv -> head
+    stem -> [stage_i = downsample_i -> depth_i x block_i(mixer_i) -> stage extras]_i -> model extras -> head
 
-Block (pre-norm, Yu et al. "MetaFormer Is Actually What You Need for Vision" and "MetaFormer Baselines"):
+Every slot is a *spec* (a registered name, or a mapping with ``name`` plus options) resolved through a registry:
+token mixers (``mixerzoo.mixers``), and the stem, downsampling, block, extra and head registries of
+``models/registry.py``. The builder never asks what a spec is: a new family is one family file holding specs and
+``@register_model`` functions (plus a block class only if its block is new, registered with ``@BLOCKS.register``).
+Inside a stage the tensors are channels-last ``(B, H, W, C)``; between stages, and in every output of the model,
+they are NCHW views of that memory (so ``features_only`` maps and ``forward_features`` are NCHW, in
+channels_last memory format).
 
-    x = res_scale1 * x + layer_scale1 * drop_path(mixer(norm1(x)))
-    x = res_scale2 * x + layer_scale2 * drop_path(mlp(norm2(x)))
-
-(any scale whose init value is None is the identity). Each stage takes its own mixer spec (see
-``mixers.create_mixer``); the builder never looks at what a mixer is. Options for other layouts (all off by
-default): the channel MLP first (``mlp_first``), one residual around both sub-layers (``single_residual``), an
-inverted-residual channel mixer (``mlp_type``), convolutional stages of inverted residuals (``block_type``),
-inverted-residual downsampling (``downsample_type``), a stage-level fusion with the stage's input
-(``stage_fusion``), a conv-BN-act stem and a 1x1 conv before the head; AFFNet is built from these (see
-``models/blocks.py`` and ``models/affnet_family.py``). ConvNeXt(-V2)-style channel mixers (``mlp_type``),
-cross-stage shortcuts (``cross_stage_shortcuts``) and a constant drop path build Strip-MLP
-(``models/stripmlp_family.py``). Inside a stage the tensors are
-channels-last ``(B, H, W, C)``; between stages, and in every output of the model, they are NCHW views of that
-memory (so ``features_only`` maps and ``forward_features`` are NCHW, in channels_last memory format).
-
-The defaults are the layout of PoolFormerV2-S12 (MetaFormer baselines "v2"): channel-LN post-norm in the stem
-and pre-norm in the downsampling layers (no bias, eps 1e-6), GroupNorm(1) block norms without bias, a StarReLU
-MLP without biases, ResScale in stages 3-4, global average pooling, LayerNorm (with bias) and a linear head.
-PoolFormer v1, ConvFormer, CAFormer and the other families are configurations of the same class.
+The defaults are PoolFormerV2-S12 (MetaFormer baselines "v2"): channel-LN post-norm in the stem and pre-norm in
+the downsampling layers (no bias, eps 1e-6), GroupNorm(1) block norms without bias, a StarReLU MLP without
+biases, global average pooling, LayerNorm (with bias) and a linear head (ResScale in stages 3-4 is the model
+configs' ``block.res_scale_init``). Every other model is a configuration of the same class.
 """
 
 # No ``from __future__ import annotations`` in this file: FX copies the model's forward annotations into the code
@@ -32,38 +23,20 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
 from timm.models._features import FeatureGetterNet, feature_take_indices
 
-from ..mixers import create_act, create_mixer
-from .blocks import (
-    ConvNormAct,
-    CrossStageShortcuts,
-    Downsample,
-    InvertedResidual,
-    InvertedResidualDownsample,
-    StageFusion,
-    Stem,
-    WeightedAverage,
-    weighted_average,
-)
+from ..mixers.registry import plain, split_spec
+from . import blocks as _blocks  # noqa: F401  (registers the stems, downsampling layers and blocks)
+from . import extras as _extras  # noqa: F401  (registers the extras)
 from .checkpoint import checkpoint_filter_fn
-from .layers import ConvNeXtMlp, Mlp, MlpHead, Scale, create_norm
+from .layers import init_weights
+from .registry import BLOCKS, DOWNSAMPLES, EXTRAS, HEADS, STEMS
 
-__all__ = ["ClassifierHead", "MetaFormer", "MetaFormerBlock", "MetaFormerStage", "create_metaformer"]
+__all__ = ["MetaFormer", "MetaFormerStage", "create_metaformer"]
 
-POOL_TYPES = ("avg", "max", "")
-BLOCK_TYPES = ("metaformer", "inverted_residual")
-DOWNSAMPLE_TYPES = ("conv", "inverted_residual")
-MLP_TYPES = ("mlp", "inverted_residual", "convnext", "convnext_grn", "none")
+Spec = str | Mapping[str, Any]
 DROP_PATH_SCHEDULES = ("linear", "constant")
-
-
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"Unknown {name} {value!r}; use one of {', '.join(choices)}.")
-    return value
 
 
 def _to_pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -75,136 +48,34 @@ def _to_pair(value: int | Sequence[int]) -> tuple[int, int]:
     return value  # type: ignore[return-value]
 
 
-def _per_stage(name: str, value: Any, num_stages: int) -> list[Any]:
-    """A scalar (or a single mixer spec) broadcast to every stage, or a list with one entry per stage."""
-    if isinstance(value, (str, Mapping)) or value is None or not isinstance(value, Sequence):
+def per_stage(name: str, value: Any, num_stages: int) -> list[Any]:
+    """One value (a name, a mapping spec, a number or None) for every stage, or a list with one per stage."""
+    value = plain(value)
+    if not isinstance(value, list):
         return [value] * num_stages
-    value = list(value)
     if len(value) != num_stages:
         raise ValueError(f"{name}: expected one value or {num_stages} (one per stage), got {len(value)}: {value!r}.")
     return value
 
 
-def init_weights(module: nn.Module) -> None:
-    """The MetaFormer init: trunc-normal(std 0.02) weights and zero biases for every conv and linear layer."""
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+def block_specs(block: Any, num_stages: int) -> list[Spec]:
+    """Per-stage block specs from ``block``: one spec or one per stage; inside a mapping spec an option given as a
+    list holds one value per stage (block options are never lists), e.g. ``res_scale_init: [null, null, 1, 1]``."""
+    specs = []
+    for i, spec in enumerate(per_stage("block", block, num_stages)):
+        name, options = split_spec(spec, "block")
+        for key, value in options.items():
+            if isinstance(value, list):
+                options[key] = per_stage(f"block.{key}", value, num_stages)[i]
+        specs.append({"name": name, **options})
+    return specs
 
 
-def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def _channel_mlp(
-    mlp_type: str, dim: int, ratio: float, act: str, bias: bool, conv_bias: bool, norm_eps: float, drop: float
-) -> nn.Module:
-    """The channel MLP of a block: ``mlp`` (fc-act-fc), ``inverted_residual`` (MBConv with its own skip), or
-    ``convnext`` / ``convnext_grn`` (dw 7x7 -> LayerNorm -> MLP [-> GRN], ConvNeXt(-V2))."""
-    hidden = int(ratio * dim)
-    if mlp_type == "inverted_residual":
-        return InvertedResidual(dim, dim, 1, ratio, act)
-    if mlp_type in ("convnext", "convnext_grn"):
-        grn = mlp_type == "convnext_grn"
-        return ConvNeXtMlp(dim, hidden, act=act, bias=bias, conv_bias=conv_bias, grn=grn, norm_eps=norm_eps, drop=drop)
-    return Mlp(dim, hidden, act=act, bias=bias, drop=drop)
-
-
-class MetaFormerBlock(nn.Module):
-    """Pre-norm token mixer + channel MLP, each with drop path, optional LayerScale and ResScale.
-
-    ``mlp=None`` (with ``norm2=None``) makes a mixer-only block, ``x = x + drop_path(mixer(norm1(x)))``.
-    ``sublayers()`` lists the residual sub-layers in the order they run (for stage-level weighted averaging).
-
-    ``norm1`` always belongs to the token mixer and ``norm2`` to the MLP. ``mlp_first`` runs the MLP sub-layer
-    first. ``single_residual`` puts one residual (with ``drop_path1``/``layer_scale1``/``res_scale1``) around
-    both sub-layers instead of one each; with ``mlp_first`` this is AFFNet's block:
-    ``x = x + drop_path(mixer(norm1(mlp(norm2(x)))))``.
-    """
-
-    __constants__ = ("mlp_first", "single_residual")  # TorchScript compiles only the layout a block has
-
-    def __init__(
-        self,
-        dim: int,
-        token_mixer: nn.Module,
-        norm1: nn.Module,
-        norm2: nn.Module | None,
-        mlp: nn.Module | None,
-        drop_path: float = 0.0,
-        layer_scale_init: float | None = None,
-        res_scale_init: float | None = None,
-        mlp_first: bool = False,
-        single_residual: bool = False,
-    ) -> None:
-        super().__init__()
-        self.mlp_first = mlp_first
-        self.single_residual = single_residual
-        self.norm1 = norm1
-        self.token_mixer = token_mixer
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.layer_scale1 = Scale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
-        self.res_scale1 = Scale(dim, res_scale_init) if res_scale_init is not None else nn.Identity()
-        self.norm2 = norm2
-        self.mlp = mlp
-        if not single_residual and mlp is not None:
-            self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-            self.layer_scale2 = Scale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
-            self.res_scale2 = Scale(dim, res_scale_init) if res_scale_init is not None else nn.Identity()
-
-    def _mix(self, x: torch.Tensor) -> torch.Tensor:
-        return self.token_mixer(self.norm1(x))
-
-    def _channel_mlp(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mlp is None:
-            return x
-        return self.mlp(self.norm2(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
-        if self.single_residual:
-            y = self._mix(self._channel_mlp(x)) if self.mlp_first else self._channel_mlp(self._mix(x))
-            return self.res_scale1(x) + self.layer_scale1(self.drop_path1(y))
-        if self.mlp is None:
-            return self.token_sublayer(x)
-        if self.mlp_first:
-            return self.token_sublayer(self.channel_sublayer(x))
-        return self.channel_sublayer(self.token_sublayer(x))
-
-    def forward_averaged(self, outputs: list[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
-        """The block inside a weighted-averaging stage: each of its residual sub-layers reads the weighted average
-        (``WeightedAverage.weights``, see ``weighted_average``) of all earlier sub-layer outputs of the stage
-        (``outputs``, the stage input first). Returns the block's new outputs (one per sub-layer)."""
-        new: list[torch.Tensor] = []
-        if self.mlp is None:
-            new.append(self.token_sublayer(weighted_average(weights, outputs)))
-        elif self.mlp_first:
-            new.append(self.channel_sublayer(weighted_average(weights, outputs)))
-            new.append(self.token_sublayer(weighted_average(weights, outputs + new)))
-        else:
-            new.append(self.token_sublayer(weighted_average(weights, outputs)))
-            new.append(self.channel_sublayer(weighted_average(weights, outputs + new)))
-        return new
-
-    def token_sublayer(self, x: torch.Tensor) -> torch.Tensor:
-        return self.res_scale1(x) + self.layer_scale1(self.drop_path1(self._mix(x)))
-
-    def channel_sublayer(self, x: torch.Tensor) -> torch.Tensor:
-        return self.res_scale2(x) + self.layer_scale2(self.drop_path2(self._channel_mlp(x)))
-
-    def num_sublayers(self) -> int:
-        """The number of residual sub-layers (not defined for ``single_residual`` blocks)."""
-        if self.single_residual:
-            raise ValueError("A single_residual block has no separate residual sub-layers.")
-        return 1 if self.mlp is None else 2
-
-    def sublayers(self) -> list[Any]:
-        """The residual sub-layers in the order they run (not defined for ``single_residual`` blocks)."""
-        if self.num_sublayers() == 1:
-            return [self.token_sublayer]
-        if self.mlp_first:
-            return [self.channel_sublayer, self.token_sublayer]
-        return [self.token_sublayer, self.channel_sublayer]
+def _resampled(module: nn.Module, grid: tuple[int, int], reduction: int) -> tuple[tuple[int, int], int]:
+    """Grid and total stride after ``module`` (modules that change the grid have ``out_grid`` and ``stride``)."""
+    if hasattr(module, "out_grid"):
+        return module.out_grid(grid), reduction * module.stride
+    return grid, reduction
 
 
 class MetaFormerStage(nn.Module):
@@ -287,121 +158,36 @@ class MetaFormerStage(nn.Module):
         return [y.permute(0, 3, 1, 2) for y in outputs], final.permute(0, 3, 1, 2)
 
 
-def _averaged_block(block: MetaFormerBlock, weights: torch.Tensor, *outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _averaged_block(block: nn.Module, weights: torch.Tensor, *outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """A block of a weighted-averaging stage as a function of the earlier outputs (for ``checkpoint``)."""
     return tuple(block.forward_averaged(list(outputs), weights))
 
 
-class ClassifierHead(nn.Module):
-    """Global pool and final norm (in either order), dropout, then a linear or MLP classifier.
-
-    ``norm_before_pool=False`` (MetaFormer v2, timm): pool -> norm. ``True`` (official PoolFormer v1): the norm
-    (GroupNorm(1) there) normalises the whole map, then pool. With ``pool_type=''`` the map is kept (NCHW out).
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_classes: int,
-        pool_type: str = "avg",
-        norm: str | None = "layernorm",
-        norm_eps: float = 1e-6,
-        norm_before_pool: bool = False,
-        head: str = "linear",
-        hidden_ratio: float = 4.0,
-        mlp_norm_eps: float = 1e-5,
-        head_dropout: float = 0.0,
-        drop_rate: float = 0.0,
-    ) -> None:
-        super().__init__()
-        if head not in ("linear", "mlp"):
-            raise ValueError(f"Unknown head {head!r}; use 'linear' or 'mlp'.")
-        self.dim = dim
-        self.head_type = head
-        self.hidden_ratio = hidden_ratio
-        self.mlp_norm_eps = mlp_norm_eps
-        self.head_dropout = head_dropout
-        self.norm_before_pool = norm_before_pool
-        self.pool_type = self._check_pool(pool_type)
-        self.norm = create_norm(norm, dim, eps=norm_eps, bias=True)
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = self._make_fc(num_classes)
-
-    @staticmethod
-    def _check_pool(pool_type: str) -> str:
-        if pool_type not in POOL_TYPES:
-            raise ValueError(f"Unknown global_pool {pool_type!r}; use one of {POOL_TYPES} ('' keeps the map).")
-        return pool_type
-
-    def _make_fc(self, num_classes: int) -> nn.Module:
-        if num_classes <= 0:
-            return nn.Identity()
-        if self.head_type == "linear":
-            return nn.Linear(self.dim, num_classes)
-        return MlpHead(self.dim, num_classes, self.hidden_ratio, norm_eps=self.mlp_norm_eps, drop=self.head_dropout)
-
-    def reset(self, num_classes: int, pool_type: str | None = None) -> None:
-        if pool_type is not None:
-            self.pool_type = self._check_pool(pool_type)
-        device = next((p.device for p in self.parameters()), None)
-        self.fc = self._make_fc(num_classes).to(device)
-        self.fc.apply(init_weights)
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        if self.norm_before_pool:
-            x = self.norm(x)
-        if self.pool_type == "avg":
-            x = x.mean(dim=(1, 2))  # (B, C)
-        elif self.pool_type == "max":
-            x = x.amax(dim=(1, 2))
-        if not self.norm_before_pool:
-            x = self.norm(x)
-        x = self.drop(x)
-        if not pre_logits:
-            x = self.fc(x)
-        return x if self.pool_type else x.permute(0, 3, 1, 2)
-
-
 class MetaFormer(nn.Module):
-    """Hierarchical MetaFormer backbone; every per-stage option takes one value or a list with one per stage.
+    """Hierarchical (or isotropic) MetaFormer backbone built from specs.
 
-    Per-stage: ``mixer`` (a mixer spec, see ``mixers.create_mixer``), ``norm``, ``mlp_ratio``,
-    ``layer_scale_init``, ``res_scale_init`` (None = no scale), ``block_type``, ``mlp_type``, ``stage_fusion``.
-    ``norm_eps``/``norm_bias`` apply to the stem, downsampling and block norms; the final norm always has a bias
-    and uses ``head_norm_eps`` (default ``norm_eps``). ``img_size`` only matters to mixers whose weights depend on
-    the grid (they get the stage grid it gives). ``drop_rate`` is dropout on the pooled features, ``head_dropout``
-    the official MLP head's dropout before its last layer.
-
-    Other layouts (MobileNetV2/MobileViT/AFFNet-style; convs are conv-BatchNorm-``conv_act``):
-    - ``stem_dim``: stem width if not ``dims[0]`` (stage 0 then starts with a stride-1 projection);
-      ``stem_bias``, ``stem_act``: the stem conv's bias and an activation after its norm.
-    - ``block_type``: ``metaformer`` (default) or ``inverted_residual``: a conv stage of ``depth`` inverted
-      residuals (expansion ``ir_expansion``), the first one doing the stage's stride and width change.
-    - ``downsample_type``: ``conv`` (norm + strided conv, default) or ``inverted_residual`` (stride-2 inverted
-      residual, expansion ``ir_expansion``) in front of MetaFormer stages.
-    - ``mlp_type``: ``mlp`` (default) or ``inverted_residual``: the channel mixer is an inverted residual with its
-      own skip (expansion ``mlp_ratio``, activation ``mlp_act``); ``convnext`` / ``convnext_grn``: the branch of a
-      ConvNeXt (V2, with GRN) block, dw 7x7 conv (bias ``mlp_conv_bias``) -> LayerNorm (eps ``norm_eps``) -> MLP
-      (``mlp_ratio``, ``mlp_act``, ``mlp_bias``), meant for ``norm=None`` blocks (``models.layers.ConvNeXtMlp``).
-      ``none`` (or ``mlp_ratio`` 0): mixer-only blocks, no ``norm2``/``mlp`` (Hydra-ViT).
-    - ``downsample_bias``: the downsampling convs' bias.
-    - ``drop_path_schedule``: ``linear`` (default; 0 -> ``drop_path_rate`` over the blocks) or ``constant``
-      (``drop_path_rate`` in every block, as Strip-MLP).
-    - ``cross_stage_shortcuts``: source stages whose input (after downsampling) is carried to every later stage's
-      input by grouped strided convs and added there (``models.blocks.CrossStageShortcuts``; Strip-MLP: (1, 2)).
-      ``features_only`` models then need timm's ``feature_cls="getter"`` (it calls ``forward_intermediates``).
-    - ``mlp_first``, ``single_residual``: block order and residual layout (see ``MetaFormerBlock``).
-    - ``stage_fusion``: end the stage with ``StageFusion`` (norm, 1x1 projection, concat with the stage input
-      after downsampling, 1x1 fusion conv).
-    - ``final_conv_dim``: a 1x1 conv-BN-act to this width after the last stage (part of ``forward_features``).
-    - ``channel_mixer``: per stage, a registered mixer spec (``mixers.create_mixer``, with the same context as the
-      token mixer) built in the MLP slot instead of the MLP (e.g. ``mamba_channel_mixer``); None keeps ``mlp_type``.
-    - ``mlp_every``: per stage, only every n-th block has the channel sub-layer (block j when ``(j + 1) % n == 0``;
-      the others are mixer-only): ViM2's two token mixers per channel mixer is ``mlp_every=2``.
-    - ``weighted_average``: per stage, each sub-layer's input is a learnable scalar combination of the stage input
-      and all earlier sub-layer outputs of the stage (``models.blocks.WeightedAverage``, MambaMixer's weighted
-      averaging), initialised to the plain residual network.
+    Args:
+        depths, dims: blocks and width per stage.
+        mixer: token-mixer spec (``mixerzoo.mixers.create_mixer``), one or one per stage.
+        block: block spec (registry ``BLOCKS``: ``metaformer``, ``aff``, ``inverted_residual``), one or one per
+            stage; options of a mapping may hold one value per stage (see ``block_specs``). The ``metaformer``
+            block's options: ``norm``, ``norm_eps``, ``norm_bias``, ``mlp`` (a channel-mixer spec or None),
+            ``mlp_every``, ``layer_scale_init``, ``res_scale_init``.
+        downsample: downsampling spec before stages 1.. (``conv``, ``inverted_residual``, None for none: the
+            stage's first block then changes width and stride), one (stages 1..) or one per stage (stage 0's must
+            be None: the stem is its downsampling).
+        stem: stem spec (``conv``: ``dim`` (default ``dims[0]``), ``kernel_size``, ``stride``, ``padding``,
+            ``norm``, ``norm_eps``, ``norm_bias``, ``bias``, ``act``).
+        head: head spec (``linear`` or ``mlp``: ``norm``, ``norm_eps``, ``norm_before_pool``; ``mlp`` also
+            ``hidden_ratio``, ``mlp_norm_eps``, ``dropout``).
+        extras: list of extra specs (``fusion``, ``weighted_average`` with optional ``stages``;
+            ``cross_stage_shortcuts``, ``final_conv``), see ``models/extras.py``.
+        num_classes, in_chans: classifier outputs (0: none) and input channels.
+        img_size: input size the grid-bound mixers are built for (they get their stage's grid).
+        drop_path_rate, drop_path_schedule: stochastic depth, ``linear`` (0 -> rate over the blocks) or
+            ``constant`` (the rate in every block, as Strip-MLP).
+        global_pool: ``avg``, ``max`` or '' (keep the map).
+        drop_rate: dropout on the pooled features.
     """
 
     def __init__(
@@ -409,190 +195,89 @@ class MetaFormer(nn.Module):
         depths: Sequence[int] = (2, 2, 6, 2),
         dims: Sequence[int] = (64, 128, 320, 512),
         mixer: Any = "pooling",
-        in_chans: int = 3,
+        block: Any = "metaformer",
+        downsample: Any = "conv",
+        stem: Spec = "conv",
+        head: Spec = "linear",
+        extras: Sequence[Spec] = (),
         num_classes: int = 1000,
-        global_pool: str = "avg",
+        in_chans: int = 3,
         img_size: int | Sequence[int] = 224,
-        stem_kernel_size: int = 7,
-        stem_stride: int = 4,
-        stem_padding: int = 2,
-        stem_norm: str | None = "layernorm",
-        downsample_kernel_size: int = 3,
-        downsample_stride: int = 2,
-        downsample_padding: int = 1,
-        downsample_norm: str | None = "layernorm",
-        norm: Any = "groupnorm1",
-        norm_eps: float = 1e-6,
-        norm_bias: bool = False,
-        mlp_ratio: Any = 4.0,
-        mlp_act: str = "starrelu",
-        mlp_bias: bool = False,
-        layer_scale_init: Any = None,
-        res_scale_init: Any = (None, None, 1.0, 1.0),
         drop_path_rate: float = 0.0,
-        proj_drop_rate: float = 0.0,
-        drop_rate: float = 0.0,
-        head: str = "linear",
-        head_norm: str | None = "layernorm",
-        head_norm_before_pool: bool = False,
-        head_norm_eps: float | None = None,
-        head_hidden_ratio: float = 4.0,
-        head_mlp_norm_eps: float = 1e-5,
-        head_dropout: float = 0.0,
-        stem_dim: int | None = None,
-        stem_bias: bool = True,
-        stem_act: str | None = None,
-        block_type: Any = "metaformer",
-        downsample_type: str = "conv",
-        ir_expansion: float = 4.0,
-        conv_act: str = "silu",
-        mlp_type: Any = "mlp",
-        mlp_first: bool = False,
-        single_residual: bool = False,
-        stage_fusion: Any = False,
-        final_conv_dim: int | None = None,
-        downsample_bias: bool = True,
-        mlp_conv_bias: bool = True,
         drop_path_schedule: str = "linear",
-        cross_stage_shortcuts: Sequence[int] = (),
-        channel_mixer: Any = None,
-        mlp_every: Any = 1,
-        weighted_average: Any = False,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
         depths, dims = [int(d) for d in depths], [int(d) for d in dims]
         num_stages = len(depths)
         if len(dims) != num_stages:
             raise ValueError(f"depths and dims need one entry per stage; got {len(depths)} and {len(dims)}.")
-        mixers = _per_stage("mixer", mixer, num_stages)
-        norms = _per_stage("norm", norm, num_stages)
-        mlp_ratios = _per_stage("mlp_ratio", mlp_ratio, num_stages)
-        layer_scales = _per_stage("layer_scale_init", layer_scale_init, num_stages)
-        res_scales = _per_stage("res_scale_init", res_scale_init, num_stages)
-        block_types = [
-            _check_choice("block_type", b, BLOCK_TYPES) for b in _per_stage("block_type", block_type, num_stages)
-        ]
-        mlp_types = [_check_choice("mlp_type", m, MLP_TYPES) for m in _per_stage("mlp_type", mlp_type, num_stages)]
-        fusions = _per_stage("stage_fusion", stage_fusion, num_stages)
-        channel_mixers = _per_stage("channel_mixer", channel_mixer, num_stages)
-        mlp_everys = [int(n) for n in _per_stage("mlp_every", mlp_every, num_stages)]
-        averages = _per_stage("weighted_average", weighted_average, num_stages)
-        _check_choice("downsample_type", downsample_type, DOWNSAMPLE_TYPES)
-        _check_choice("drop_path_schedule", drop_path_schedule, DROP_PATH_SCHEDULES)
+        if drop_path_schedule not in DROP_PATH_SCHEDULES:
+            raise ValueError(f"Unknown drop_path_schedule {drop_path_schedule!r}; use one of {DROP_PATH_SCHEDULES}.")
+        mixers = per_stage("mixer", mixer, num_stages)
+        blocks_ = block_specs(block, num_stages)
+        downsamples = plain(downsample)
+        if not isinstance(downsamples, list):
+            downsamples = [None] + [downsamples] * (num_stages - 1)
+        downsamples = per_stage("downsample", downsamples, num_stages)
+        if downsamples[0] is not None:
+            raise ValueError("downsample: stage 0 follows the stem, so its entry must be null (set the stem's stride).")
         self.num_classes = num_classes
-        self.num_features = self.head_hidden_size = final_conv_dim or dims[-1]
         self.img_size = _to_pair(img_size)
-        stem_dim = stem_dim or dims[0]
 
-        self.stem = Stem(
-            in_chans,
-            stem_dim,
-            stem_kernel_size,
-            stem_stride,
-            stem_padding,
-            create_norm(stem_norm, stem_dim, eps=norm_eps, bias=norm_bias),
-            bias=stem_bias,
-            act=create_act(stem_act) if stem_act is not None else None,
-        )
-        grid = tuple(_conv_out(s, stem_kernel_size, stem_stride, stem_padding) for s in self.img_size)
-        reduction = stem_stride
+        stem_name, stem_options = split_spec(plain(stem), "stem")
+        stem_options.setdefault("dim", dims[0])
+        self.stem = STEMS.create({"name": stem_name, **stem_options}, in_chans, img_size=self.img_size)
+        grid, reduction = _resampled(self.stem, self.img_size, 1)
         num_blocks = sum(depths)  # drop path grows linearly with the global block index, 0 -> drop_path_rate
-        drop_path_rates = [drop_path_rate * j / max(num_blocks - 1, 1) for j in range(num_blocks)]
+        rates = [drop_path_rate * j / max(num_blocks - 1, 1) for j in range(num_blocks)]
         if drop_path_schedule == "constant":
-            drop_path_rates = [drop_path_rate] * num_blocks
+            rates = [drop_path_rate] * num_blocks
+        in_dim = stem_options["dim"]
         stages, self.feature_info = [], []
         for i in range(num_stages):
-            in_dim, stride = (stem_dim, 1) if i == 0 else (dims[i - 1], downsample_stride)
-            rates = drop_path_rates[sum(depths[:i]) : sum(depths[: i + 1])]
-            downsample, blocks, fusion = nn.Identity(), [], None
-            if block_types[i] == "inverted_residual":  # a conv stage: the first block strides and changes width
-                if depths[i] < 1:
-                    raise ValueError(f"Stage {i}: an inverted_residual stage needs a depth of at least 1.")
-                for j in range(depths[i]):
-                    block_in, block_stride = (in_dim, stride) if j == 0 else (dims[i], 1)
-                    blocks.append(InvertedResidual(block_in, dims[i], block_stride, ir_expansion, conv_act, rates[j]))
-                grid = tuple(_conv_out(s, 3, stride, 1) for s in grid)
-            else:
-                if stride > 1 or in_dim != dims[i]:  # stage 0 only when the stem width differs: stride 1
-                    if downsample_type == "inverted_residual":
-                        downsample = InvertedResidualDownsample(in_dim, dims[i], stride, ir_expansion, conv_act)
-                        kernel, padding = 3, 1
-                    else:
-                        kernel, padding = downsample_kernel_size, downsample_padding
-                        norm_layer = create_norm(downsample_norm, in_dim, eps=norm_eps, bias=norm_bias)
-                        downsample = Downsample(in_dim, dims[i], kernel, stride, padding, norm_layer, downsample_bias)
-                    grid = tuple(_conv_out(s, kernel, stride, padding) for s in grid)
-                for j in range(depths[i]):
-                    norm2 = create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias)
-                    if mlp_types[i] == "none" or not mlp_ratios[i] or (j + 1) % mlp_everys[i]:  # mixer-only block
-                        mlp = norm2 = None
-                    elif channel_mixers[i] is not None:  # a registered mixer in the MLP slot
-                        mlp = create_mixer(channel_mixers[i], dims[i], grid=grid, img_size=self.img_size)
-                    else:
-                        mlp = _channel_mlp(
-                            mlp_types[i],
-                            dims[i],
-                            mlp_ratios[i],
-                            mlp_act,
-                            mlp_bias,
-                            mlp_conv_bias,
-                            norm_eps,
-                            proj_drop_rate,
-                        )
-                    blocks.append(
-                        MetaFormerBlock(
-                            dims[i],
-                            token_mixer=create_mixer(mixers[i], dims[i], grid=grid, img_size=self.img_size),
-                            norm1=create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias),
-                            norm2=norm2,
-                            mlp=mlp,
-                            drop_path=rates[j],
-                            layer_scale_init=layer_scales[i],
-                            res_scale_init=res_scales[i],
-                            mlp_first=mlp_first,
-                            single_residual=single_residual,
-                        )
-                    )
-            if fusions[i]:
-                fusion = StageFusion(dims[i], create_norm(norms[i], dims[i], eps=norm_eps, bias=norm_bias), conv_act)
-            averaging = None
-            if averages[i] and blocks:
-                averaging = WeightedAverage(sum(block.num_sublayers() for block in blocks))
-            reduction *= stride
-            stages.append(MetaFormerStage(downsample, blocks, fusion, averaging))
+            downsample_ = nn.Identity()
+            if downsamples[i] is not None:
+                downsample_ = DOWNSAMPLES.create(downsamples[i], in_dim, dims[i], img_size=self.img_size)
+                grid, reduction = _resampled(downsample_, grid, reduction)
+                in_dim = dims[i]
+            stage_blocks = []
+            for j in range(depths[i]):
+                context = dict(grid=grid, img_size=self.img_size, mixer=mixers[i], in_dim=in_dim, index=j)
+                stage_blocks.append(BLOCKS.create(blocks_[i], dims[i], drop_path=rates.pop(0), **context))
+                grid, reduction = _resampled(stage_blocks[-1], grid, reduction)
+                in_dim = dims[i]
+            stages.append(MetaFormerStage(downsample_, stage_blocks))
+            taps = [f"stages.{i}"]
             if _taps_blocks(depths):  # isotropic: one feature level per block, as timm's ViT / MLP-Mixer
-                taps = [
-                    dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}.blocks.{j}")
-                    for j in range(depths[i])
-                ]
-                self.feature_info.extend(taps)
-            else:
-                self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}"))
+                taps = [f"stages.{i}.blocks.{j}" for j in range(depths[i])]
+            self.feature_info += [dict(num_chs=dims[i], reduction=reduction, module=m) for m in taps]
         self.stages = nn.Sequential(*stages)
         self.taps_blocks = _taps_blocks(depths)
         self.cross_shortcuts = None
-        if cross_stage_shortcuts:
-            self.cross_shortcuts = CrossStageShortcuts(
-                cross_stage_shortcuts, dims, downsample_kernel_size, downsample_stride, downsample_padding
-            )
-        self.final_conv = ConvNormAct(dims[-1], final_conv_dim, act=conv_act) if final_conv_dim else nn.Identity()
-        self.head = ClassifierHead(
-            self.num_features,
-            num_classes,
-            pool_type=global_pool,
-            norm=head_norm,
-            norm_eps=norm_eps if head_norm_eps is None else head_norm_eps,
-            norm_before_pool=head_norm_before_pool,
-            head=head,
-            hidden_ratio=head_hidden_ratio,
-            mlp_norm_eps=head_mlp_norm_eps,
-            head_dropout=head_dropout,
-            drop_rate=drop_rate,
-        )
+        self.final_conv = nn.Identity()
+        for spec in extras:
+            self._attach(spec, dims)
+        self.num_features = self.head_hidden_size = getattr(self.final_conv, "out_dim", dims[-1])
+        context = dict(pool_type=global_pool, drop_rate=drop_rate)
+        self.head = HEADS.create(plain(head), self.num_features, num_classes, **context)
         self.apply(init_weights)
         for module in self.modules():  # mixers with an init of their own get the last word
             if module is not self and hasattr(module, "init_weights"):
                 module.init_weights()
+
+    def _attach(self, spec: Spec, dims: list[int]) -> None:
+        """Build an extra and put it where its class says (``attach``): on the model, or on its ``stages``."""
+        name, options = split_spec(plain(spec), "extra")
+        attach = EXTRAS.get(name).attach
+        if attach in ("cross_shortcuts", "final_conv"):
+            setattr(self, attach, EXTRAS.create({"name": name, **options}, dims=dims, dim=dims[-1]))
+            return
+        for i in options.pop("stages", range(len(self.stages))):
+            stage = self.stages[i]
+            module = EXTRAS.create({"name": name, **options}, dim=dims[i], blocks=list(stage.blocks))
+            setattr(stage, attach, module)
 
     # --- timm model contract -------------------------------------------------------------------------------
     @torch.jit.ignore
@@ -725,6 +410,10 @@ def _taps_blocks(depths: Sequence[int]) -> bool:
     return len(depths) == 1
 
 
+def _attaches_to_model(spec: Spec, attach: str) -> bool:
+    return EXTRAS.get(split_spec(plain(spec), "extra")[0]).attach == attach
+
+
 def create_metaformer(
     variant: str,
     pretrained: bool,
@@ -746,7 +435,9 @@ def create_metaformer(
     if default_feature_cls is not None:
         feature_cfg["feature_cls"] = default_feature_cls
     feature_cls = kwargs.get("feature_cls", default_feature_cls)
-    if kwargs.get("cross_stage_shortcuts"):  # connections outside the stages: the model's own forward must run
+    if any(
+        _attaches_to_model(spec, "cross_shortcuts") for spec in kwargs.get("extras", ())
+    ):  # connections outside the stages: the model's own forward must run
         if feature_cls in (None, "list", "dict"):
             raise ValueError(
                 f"{variant}: feature_cls={feature_cls!r} re-runs the top-level modules in order, which skips the "

@@ -1,32 +1,54 @@
-"""Convolutional building blocks of the backbone builder: the stem and downsampling layers (NCHW in and out), and
-the pieces of MobileNetV2-style stages and MobileViT/AFFNet-style stage fusion. Their BatchNorms sit in NCHW convs;
-the blocks' public ``forward`` takes and returns channels-last ``(B, H, W, C)`` like the MetaFormer blocks, and
-works on the NCHW *view* of that memory (channels_last format, no copies).
+"""The stems, downsampling layers and blocks the builder's specs name (registered in ``models/registry.py``).
+
+Stems and downsampling layers take and return NCHW tensors; blocks take and return channels-last ``(B, H, W, C)``.
+Their BatchNorms sit in NCHW convs on the NCHW *view* of channels-last memory (channels_last format, no copies).
+
+| registry | name | module |
+|---|---|---|
+| stem | ``conv`` | ``Stem``: conv -> optional norm -> optional activation |
+| downsample | ``conv`` | ``Downsample``: optional pre-norm -> strided conv |
+| downsample | ``inverted_residual`` | ``InvertedResidualDownsample`` |
+| block | ``metaformer`` | ``MetaFormerBlock``: ``x = x + mixer(norm1(x))``; ``x = x + mlp(norm2(x))`` |
+| block | ``aff`` | ``AFFBlock``: ``x = x + mixer(norm1(mlp(norm2(x))))`` |
+| block | ``inverted_residual`` | ``InvertedResidual`` (a conv stage; the stage's first block strides) |
+| channel mixer | ``inverted_residual`` | ``InvertedResidual`` with its own skip, stride 1 |
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, make_divisible
 
-from ..mixers import create_act
+from ..mixers import create_act, create_channel_mixer, create_mixer, register_channel_mixer
+from .layers import Scale, create_norm
+from .registry import BLOCKS, DOWNSAMPLES, STEMS
 
 __all__ = [
+    "AFFBlock",
     "ConvNormAct",
-    "CrossStageShortcuts",
     "Downsample",
     "InvertedResidual",
     "InvertedResidualDownsample",
-    "StageFusion",
+    "MetaFormerBlock",
     "Stem",
-    "WeightedAverage",
+    "conv_out_grid",
     "weighted_average",
 ]
 
+Spec = str | Mapping[str, Any]
 
+
+def conv_out_grid(conv: nn.Conv2d, grid: Sequence[int]) -> tuple[int, int]:
+    """The output grid of ``conv`` for an input grid ``(H, W)``."""
+    k, s, p = conv.kernel_size, conv.stride, conv.padding
+    return tuple((g + 2 * p[i] - k[i]) // s[i] + 1 for i, g in enumerate(grid))  # type: ignore[return-value]
+
+
+@STEMS.register("conv")
 class Stem(nn.Module):
     """Patch embedding: conv (NCHW) then an optional post-norm on channels and an optional activation."""
 
@@ -34,32 +56,52 @@ class Stem(nn.Module):
         self,
         in_chans: int,
         dim: int,
-        kernel_size: int,
-        stride: int,
-        padding: int,
-        norm: nn.Module,
+        kernel_size: int = 7,
+        stride: int = 4,
+        padding: int = 2,
+        norm: str | None = "layernorm",
+        norm_eps: float = 1e-6,
+        norm_bias: bool = False,
         bias: bool = True,
-        act: nn.Module | None = None,
-    ):
+        act: str | None = None,
+    ) -> None:
         super().__init__()
+        self.stride = stride
         self.conv = nn.Conv2d(in_chans, dim, kernel_size, stride=stride, padding=padding, bias=bias)
-        self.norm = norm
-        self.act = act if act is not None else nn.Identity()
+        self.norm = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
+        self.act = create_act(act) if act is not None else nn.Identity()
+
+    def out_grid(self, grid: Sequence[int]) -> tuple[int, int]:
+        return conv_out_grid(self.conv, grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x).permute(0, 2, 3, 1)  # (B, H/s, W/s, C)
         return self.act(self.norm(x)).permute(0, 3, 1, 2)  # NCHW view
 
 
+@DOWNSAMPLES.register("conv")
 class Downsample(nn.Module):
-    """Optional pre-norm on channels, then a strided conv (with a bias unless ``bias=False``); NCHW in and out."""
+    """Optional pre-norm on channels, then a strided conv; NCHW in and out."""
 
     def __init__(
-        self, in_dim: int, dim: int, kernel_size: int, stride: int, padding: int, norm: nn.Module, bias: bool = True
-    ):
+        self,
+        in_dim: int,
+        dim: int,
+        kernel_size: int = 3,
+        stride: int = 2,
+        padding: int = 1,
+        norm: str | None = "layernorm",
+        norm_eps: float = 1e-6,
+        norm_bias: bool = False,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
-        self.norm = norm
+        self.stride = stride
+        self.norm = create_norm(norm, in_dim, eps=norm_eps, bias=norm_bias)
         self.conv = nn.Conv2d(in_dim, dim, kernel_size, stride=stride, padding=padding, bias=bias)
+
+    def out_grid(self, grid: Sequence[int]) -> tuple[int, int]:
+        return conv_out_grid(self.conv, grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -109,12 +151,16 @@ class InvertedResidual(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
+        self.stride = stride
         hidden = in_dim if expansion == 1 else make_divisible(round(in_dim * expansion), 8)
         self.conv_pw = ConvNormAct(in_dim, hidden, 1, act=act) if expansion != 1 else nn.Identity()
         self.conv_dw = ConvNormAct(hidden, hidden, 3, stride=stride, groups=hidden, act=act)
         self.conv_pwl = ConvNormAct(hidden, out_dim, 1, act=None)
         self.has_skip = stride == 1 and in_dim == out_dim
         self.drop_path = DropPath(drop_path) if drop_path > 0 and self.has_skip else nn.Identity()
+
+    def out_grid(self, grid: Sequence[int]) -> tuple[int, int]:
+        return conv_out_grid(self.conv_dw.conv, grid)
 
     def forward_nchw(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv_pwl(self.conv_dw(self.conv_pw(x)))
@@ -124,122 +170,118 @@ class InvertedResidual(nn.Module):
         return self.forward_nchw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+@DOWNSAMPLES.register("inverted_residual")
 class InvertedResidualDownsample(InvertedResidual):
     """An inverted residual in the role of a stage's downsampling layer: NCHW in and out, like ``Downsample``."""
+
+    def __init__(self, in_dim: int, dim: int, stride: int = 2, expansion: float = 4.0, act: str = "silu") -> None:
+        super().__init__(in_dim, dim, stride, expansion, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         return self.forward_nchw(x)
 
 
-class StageFusion(nn.Module):
-    """End of a stage whose blocks refine a shortcut taken after its downsampling (MobileViT's fusion, in AFFNet's
-    1x1 form): norm -> 1x1 conv-BN ("proj") -> concat with the shortcut -> 1x1 conv-BN-act ("fuse", 2C -> C).
-
-        out = fuse([shortcut, proj(norm(x))])
-
-    Channels-last ``(B, H, W, C)`` in (both) and out.
-    """
-
-    def __init__(self, dim: int, norm: nn.Module, act: str = "silu") -> None:
-        super().__init__()
-        self.norm = norm
-        self.proj = ConvNormAct(dim, dim, 1, act=None)
-        self.fuse = ConvNormAct(2 * dim, dim, 1, act=act)
-
-    def forward(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        x = self.proj(self.norm(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = torch.cat([shortcut, x], dim=-1)  # (B, H, W, 2C)
-        return self.fuse(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (B, H, W, C)
+@BLOCKS.register("inverted_residual")
+def inverted_residual_block(
+    dim: int,
+    in_dim: int,
+    index: int,
+    drop_path: float = 0.0,
+    stride: int = 1,
+    expansion: float = 4.0,
+    act: str = "silu",
+) -> InvertedResidual:
+    """A block of a conv stage: the stage's first block (``index`` 0) does its ``stride`` and width change."""
+    return InvertedResidual(in_dim, dim, stride if index == 0 else 1, expansion, act, drop_path)
 
 
-class CrossStageShortcuts(nn.Module):
-    """Shortcuts that carry a stage's input (after its downsampling) to the inputs of all later stages, as in
-    Strip-MLP (Med-Process/Strip_MLP ``conv_s1_28``, ``conv_s1_14``, ``conv_s2_14``).
+@register_channel_mixer("inverted_residual")
+def inverted_residual_mlp(dim: int, ratio: float = 4.0, act: str = "silu") -> InvertedResidual:
+    """An inverted residual (expansion ``ratio``, its own skip) in a block's MLP slot, as in AFFNet."""
+    return InvertedResidual(dim, dim, 1, ratio, act)
 
-    From each source stage s, a chain of grouped strided convs (no bias, ``groups`` = input width, so each input
-    channel feeds ``dims[k+1] / dims[k]`` outputs; kernel/stride/padding of the downsampling layers) maps the
-    stage-s input to the grid and width of stage s+1, that result to stage s+2, and so on; every link's output
-    is added to the input of its stage. ``chains[str(s)][k]`` maps to stage ``s + 1 + k``. NCHW tensors.
+
+def _check_width(block: str, in_dim: int, dim: int) -> None:
+    if in_dim != dim:
+        raise ValueError(
+            f"A {block} block keeps its width, but its stage goes from {in_dim} to {dim} channels: give the stage a "
+            "downsample spec (or start it with a block that changes width, e.g. inverted_residual)."
+        )
+
+
+def _scale(dim: int, init: float | None) -> nn.Module:
+    return Scale(dim, init) if init is not None else nn.Identity()
+
+
+@BLOCKS.register("metaformer")
+class MetaFormerBlock(nn.Module):
+    """Pre-norm token mixer + channel mixer (Yu et al., "MetaFormer Is Actually What You Need for Vision"):
+
+        x = res_scale1 * x + layer_scale1 * drop_path(mixer(norm1(x)))
+        x = res_scale2 * x + layer_scale2 * drop_path(mlp(norm2(x)))
+
+    Each scale whose init is None is the identity. ``mixer`` and ``mlp`` are token- and channel-mixer specs;
+    ``mlp=None`` makes a mixer-only block (no ``norm2``/``mlp``, Hydra-ViT); with ``mlp_every=n`` only every n-th
+    block of a stage (``index`` from 0) has the channel sub-layer (ViM2: 2). ``grid``/``img_size`` reach the mixers
+    that ask for them.
     """
 
     def __init__(
-        self, sources: Sequence[int], dims: Sequence[int], kernel_size: int, stride: int, padding: int
+        self,
+        dim: int,
+        mixer: Spec = "pooling",
+        in_dim: int | None = None,
+        index: int = 0,
+        grid: tuple[int, int] | None = None,
+        img_size: tuple[int, int] | None = None,
+        drop_path: float = 0.0,
+        norm: str | None = "groupnorm1",
+        norm_eps: float = 1e-6,
+        norm_bias: bool = False,
+        mlp: Spec | None = "mlp",
+        mlp_every: int = 1,
+        layer_scale_init: float | None = None,
+        res_scale_init: float | None = None,
     ) -> None:
         super().__init__()
-        self.chains = nn.ModuleDict()
-        for s in sorted(set(int(i) for i in sources)):
-            if not 0 <= s < len(dims) - 1:
-                raise ValueError(
-                    f"cross_stage_shortcuts: source stage {s} has no later stage (stages 0-{len(dims) - 1})."
-                )
-            links = []
-            for k in range(s, len(dims) - 1):
-                if dims[k + 1] % dims[k] != 0:
-                    raise ValueError(
-                        f"cross_stage_shortcuts: a grouped conv from width {dims[k]} to {dims[k + 1]} needs "
-                        "the later width to be a multiple of the earlier one."
-                    )
-                links.append(nn.Conv2d(dims[k], dims[k + 1], kernel_size, stride, padding, groups=dims[k], bias=False))
-            self.chains[str(s)] = nn.ModuleList(links)
+        _check_width("metaformer", dim if in_dim is None else in_dim, dim)
+        context = dict(grid=grid, img_size=img_size)
+        self.norm1 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
+        self.token_mixer = create_mixer(mixer, dim, **context)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale1 = _scale(dim, layer_scale_init)
+        self.res_scale1 = _scale(dim, res_scale_init)
+        self.norm2 = self.mlp = None
+        if mlp is not None and (index + 1) % mlp_every == 0:
+            self.norm2 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
+            self.mlp = create_channel_mixer(mlp, dim, **context)
+            self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+            self.layer_scale2 = _scale(dim, layer_scale_init)
+            self.res_scale2 = _scale(dim, res_scale_init)
 
-    def carry(self, stage: int, x: torch.Tensor, num_stages: int) -> dict[int, torch.Tensor]:
-        """The contributions of stage ``stage``'s input ``x`` to the inputs of the later stages (< ``num_stages``)."""
-        out: dict[int, torch.Tensor] = {}
-        for source, chain in self.chains.items():
-            if int(source) == stage:
-                target = stage
-                for link in chain:
-                    target += 1
-                    if target < num_stages:
-                        x = link(x)
-                        out[target] = x
-        return out
+    @property
+    def num_sublayers(self) -> int:
+        """The number of residual sub-layers (1 for a mixer-only block)."""
+        return 1 if self.mlp is None else 2
 
-    def prune(self, num_stages: int) -> bool:
-        """Keep only the links into the first ``num_stages`` stages; whether any link is left."""
-        for source in list(self.chains):
-            keep = num_stages - 1 - int(source)
-            if keep > 0:
-                self.chains[source] = self.chains[source][:keep]
-            else:
-                del self.chains[source]
-        return len(self.chains) > 0
+    def token_sublayer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res_scale1(x) + self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x))))
 
+    def channel_sublayer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res_scale2(x) + self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x))))
 
-class WeightedAverage(nn.Module):
-    """Dense learnable scalar averaging of all earlier outputs inside a stage (MambaMixer's weighted averaging,
-    Behrouz et al. 2024, arXiv 2403.19888 v1 §3.2; DenseFormer's depth-weighted average, Pagliardini et al. 2024).
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        x = self.token_sublayer(x)
+        return x if self.mlp is None else self.channel_sublayer(x)
 
-    With the stage input ``y_0`` and the outputs ``y_1..y_K`` of its K residual sub-layers in order (token mixer,
-    channel mixer, token mixer, ...; each output includes its residual), sub-layer k reads
-
-        x_k = sum_{i=0}^{k-1} w_{k,i} y_i,        y_k = sublayer_k(x_k),        stage output y_K.
-
-    For alternating token/channel sub-layers this is the paper's α, β (token inputs) and θ, γ (channel inputs; the
-    current token output included), with the two weights on the stage input (y_Token^(0) = y_Channel^(0) = x) folded
-    into one. K(K+1)/2 scalars, initialised to w_{k,k-1} = 1 and 0 elsewhere: at init the stage computes exactly
-    the plain residual network (the paper gives no init; this is DenseFormer's).
-    """
-
-    def __init__(self, num_sublayers: int) -> None:
-        super().__init__()
-        self.num_sublayers = num_sublayers
-        init = torch.zeros(num_sublayers * (num_sublayers + 1) // 2)
-        for k in range(num_sublayers):  # row k (inputs y_0..y_k of sub-layer k + 1) starts at k (k + 1) / 2
-            init[k * (k + 1) // 2 + k] = 1.0
-        self.weights = nn.Parameter(init)
-
-    def no_weight_decay(self) -> set[str]:
-        return {"weights"}
-
-    def forward(self, outputs: list[torch.Tensor]) -> torch.Tensor:
-        """The input of the next sub-layer from the stage input and the sub-layer outputs so far."""
-        if len(outputs) > self.num_sublayers:
-            raise ValueError(f"WeightedAverage holds weights for {self.num_sublayers} sub-layers only.")
-        return weighted_average(self.weights, outputs)
-
-    def extra_repr(self) -> str:
-        return f"num_sublayers={self.num_sublayers}"
+    def forward_averaged(self, outputs: list[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
+        """The block inside a weighted-averaging stage: each residual sub-layer reads the weighted average
+        (``weighted_average``) of all earlier sub-layer outputs of the stage (``outputs``, the stage input first).
+        Returns the block's new outputs (one per sub-layer)."""
+        new = [self.token_sublayer(weighted_average(weights, outputs))]
+        if self.mlp is not None:
+            new.append(self.channel_sublayer(weighted_average(weights, outputs + new)))
+        return new
 
 
 def weighted_average(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -250,3 +292,40 @@ def weighted_average(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torc
     for i in range(1, k + 1):
         x = x + w[i] * outputs[i]
     return x
+
+
+@BLOCKS.register("aff")
+class AFFBlock(nn.Module):
+    """The AFFNet block (microsoft/TokenMixers ``AFFBlock``): the channel mixer first, one residual around both,
+
+        x = x + drop_path(mixer(norm1(mlp(norm2(x)))))
+
+    ``norm1`` belongs to the token mixer and ``norm2`` to the channel mixer, as in ``MetaFormerBlock`` (the
+    official names are swapped; ``checkpoint_filter_fn`` converts). AFFNet's MLP is an inverted residual with its
+    own skip and its mixer the ``aff`` filter with its inner skip.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        mixer: Spec = "aff",
+        in_dim: int | None = None,
+        grid: tuple[int, int] | None = None,
+        img_size: tuple[int, int] | None = None,
+        drop_path: float = 0.0,
+        norm: str | None = "groupnorm1",
+        norm_eps: float = 1e-5,
+        norm_bias: bool = True,
+        mlp: Spec = "inverted_residual",
+    ) -> None:
+        super().__init__()
+        _check_width("aff", dim if in_dim is None else in_dim, dim)
+        context = dict(grid=grid, img_size=img_size)
+        self.norm1 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
+        self.token_mixer = create_mixer(mixer, dim, **context)
+        self.norm2 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
+        self.mlp = create_channel_mixer(mlp, dim, **context)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        return x + self.drop_path(self.token_mixer(self.norm1(self.mlp(self.norm2(x)))))

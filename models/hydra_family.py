@@ -6,7 +6,7 @@ released; the authors point to state-spaces/s4's ViT with Hydra as a drop-in, go
 Built by the shared builder (``models.backbone.MetaFormer``) as one isotropic stage:
 
     stem   16x16 conv, stride 16 (patch embedding, no norm)  -> 14 x 14 = 196 tokens at 224
-    blocks depth x [x = x + drop_path(hydra(LayerNorm(x)))]    mixer-only: no channel MLP (``mlp_type="none"``)
+    blocks depth x [x = x + drop_path(hydra(LayerNorm(x)))]    mixer-only: no channel MLP (``mlp=None``)
     head   global average pool -> LayerNorm -> linear
 
 Feature levels (``feature_info``, ``forward_intermediates``, ``features_only``) are the blocks, as in timm's ViT
@@ -40,18 +40,10 @@ SIZES = {
 }
 
 LAYOUT = dict(
-    stem_kernel_size=16,
-    stem_stride=16,
-    stem_padding=0,
-    stem_norm=None,
-    mixer={"name": "hydra", "d_state": 64, "d_conv": 7, "expand": 2, "headdim": 64},
-    norm="layernorm",
-    norm_eps=1e-6,
-    norm_bias=True,
-    mlp_type="none",
-    layer_scale_init=None,
-    res_scale_init=None,
-    head_norm="layernorm",
+    stem={"name": "conv", "kernel_size": 16, "stride": 16, "padding": 0, "norm": None},
+    mixer={"name": "hydra", "d_state": 64, "d_conv": 7, "expand": 2, "head_dim": 64},
+    block={"name": "metaformer", "norm": "layernorm", "norm_eps": 1e-6, "norm_bias": True, "mlp": None},
+    head={"name": "linear", "norm": "layernorm", "norm_eps": 1e-6},
 )
 
 

@@ -1,4 +1,5 @@
-"""Shared layers of the backbone builder, all on channels-last tensors ``(B, H, W, C)``.
+"""Shared layers of the backbone builder, all on channels-last tensors ``(B, H, W, C)``: norms, the channel mixers
+of the MLP slot (registered: ``mlp``, ``convnext``) and the classifier heads (registered: ``linear``, ``mlp``).
 
 Norms are named so configs can pick them:
 - ``layernorm``: per-token LayerNorm over the channels (ConvFormer/CAFormer block norm, v2 stem/downsample norm);
@@ -10,16 +11,22 @@ Norms are named so configs can pick them:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import trunc_normal_
 
-from ..mixers import create_act
+from ..mixers import create_act, register_channel_mixer
+from .registry import HEADS
 
 __all__ = [
     "GRN",
     "NORMS",
     "BatchNorm",
+    "ClassifierHead",
     "ConvNeXtMlp",
     "GroupNorm1",
     "LayerNorm",
@@ -27,6 +34,9 @@ __all__ = [
     "MlpHead",
     "Scale",
     "create_norm",
+    "init_weights",
+    "linear_head",
+    "mlp_head",
 ]
 
 
@@ -100,11 +110,13 @@ def create_norm(name: str | None, dim: int, eps: float, bias: bool) -> nn.Module
     return NORMS[name](dim, eps=eps, bias=bias)
 
 
+@register_channel_mixer("mlp")
 class Mlp(nn.Module):
     """Channel MLP on the last dim: fc1 (C -> rC) -> act -> drop -> fc2 (rC -> C) -> drop."""
 
-    def __init__(self, dim: int, hidden_dim: int, act: str = "starrelu", bias: bool = False, drop: float = 0.0):
+    def __init__(self, dim: int, ratio: float = 4.0, act: str = "starrelu", bias: bool = False, drop: float = 0.0):
         super().__init__()
+        hidden_dim = int(ratio * dim)
         self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
         self.act = create_act(act)
         self.drop1 = nn.Dropout(drop)
@@ -134,10 +146,11 @@ class GRN(nn.Module):
         return self.gamma * (x * n) + self.beta + x
 
 
+@register_channel_mixer("convnext")
 class ConvNeXtMlp(nn.Module):
     """The residual branch of a ConvNeXt block as a channel mixer (ConvNeXt V2 with ``grn=True``):
 
-        dw conv k x k (NCHW view) -> LayerNorm -> fc1 (C -> hidden) -> act -> [GRN] -> drop -> fc2 -> drop
+        dw conv k x k (NCHW view) -> LayerNorm -> fc1 (C -> rC) -> act -> [GRN] -> drop -> fc2 -> drop
 
     Channels-last ``(B, H, W, C)`` in and out; used with no block norm in front (the LayerNorm is inside).
     """
@@ -145,7 +158,7 @@ class ConvNeXtMlp(nn.Module):
     def __init__(
         self,
         dim: int,
-        hidden_dim: int,
+        ratio: float = 4.0,
         kernel_size: int = 7,
         act: str = "gelu",
         bias: bool = True,
@@ -155,6 +168,7 @@ class ConvNeXtMlp(nn.Module):
         drop: float = 0.0,
     ) -> None:
         super().__init__()
+        hidden_dim = int(ratio * dim)
         self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=conv_bias)
         self.norm = LayerNorm(dim, eps=norm_eps, bias=True)
         self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
@@ -203,3 +217,102 @@ class MlpHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
+
+
+class ClassifierHead(nn.Module):
+    """Global pool and final norm (in either order), dropout, then the classifier ``fc`` (``make_fc(num_classes)``).
+
+    ``norm_before_pool=False`` (MetaFormer v2, timm): pool -> norm. ``True`` (official PoolFormer v1, Strip-MLP):
+    the norm normalises the whole map, then pool. With ``pool_type=''`` the map is kept (NCHW out). NCHW in.
+    """
+
+    POOL_TYPES = ("avg", "max", "")
+
+    def __init__(
+        self,
+        dim: int,
+        make_fc: Callable[[int], nn.Module],
+        num_classes: int,
+        pool_type: str = "avg",
+        norm: str | None = "layernorm",
+        norm_eps: float = 1e-6,
+        norm_before_pool: bool = False,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.make_fc = make_fc
+        self.norm_before_pool = norm_before_pool
+        self.pool_type = self._check_pool(pool_type)
+        self.norm = create_norm(norm, dim, eps=norm_eps, bias=True)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = make_fc(num_classes) if num_classes > 0 else nn.Identity()
+
+    @classmethod
+    def _check_pool(cls, pool_type: str) -> str:
+        if pool_type not in cls.POOL_TYPES:
+            raise ValueError(f"Unknown global_pool {pool_type!r}; use one of {cls.POOL_TYPES} ('' keeps the map).")
+        return pool_type
+
+    def reset(self, num_classes: int, pool_type: str | None = None) -> None:
+        """A new, freshly initialised classifier for ``num_classes`` (0: none), and optionally a new pooling."""
+        if pool_type is not None:
+            self.pool_type = self._check_pool(pool_type)
+        device = next((p.device for p in self.parameters()), None)
+        self.fc = (self.make_fc(num_classes) if num_classes > 0 else nn.Identity()).to(device)
+        self.fc.apply(init_weights)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        if self.norm_before_pool:
+            x = self.norm(x)
+        if self.pool_type == "avg":
+            x = x.mean(dim=(1, 2))  # (B, C)
+        elif self.pool_type == "max":
+            x = x.amax(dim=(1, 2))
+        if not self.norm_before_pool:
+            x = self.norm(x)
+        x = self.drop(x)
+        if not pre_logits:
+            x = self.fc(x)
+        return x if self.pool_type else x.permute(0, 3, 1, 2)
+
+
+def init_weights(module: nn.Module) -> None:
+    """The MetaFormer init: trunc-normal(std 0.02) weights and zero biases for every conv and linear layer."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+@HEADS.register("linear")
+def linear_head(
+    dim: int,
+    num_classes: int,
+    pool_type: str = "avg",
+    drop_rate: float = 0.0,
+    norm: str | None = "layernorm",
+    norm_eps: float = 1e-6,
+    norm_before_pool: bool = False,
+) -> ClassifierHead:
+    """Pool and norm -> dropout -> Linear."""
+    make_fc = partial(nn.Linear, dim)
+    return ClassifierHead(dim, make_fc, num_classes, pool_type, norm, norm_eps, norm_before_pool, drop_rate)
+
+
+@HEADS.register("mlp")
+def mlp_head(
+    dim: int,
+    num_classes: int,
+    pool_type: str = "avg",
+    drop_rate: float = 0.0,
+    norm: str | None = "layernorm",
+    norm_eps: float = 1e-6,
+    norm_before_pool: bool = False,
+    hidden_ratio: float = 4.0,
+    mlp_norm_eps: float = 1e-5,
+    dropout: float = 0.0,
+) -> ClassifierHead:
+    """Pool and norm -> dropout -> the ConvFormer/CAFormer MLP classifier (``MlpHead``; ``dropout`` before fc2)."""
+    make_fc = partial(MlpHead, dim, hidden_ratio=hidden_ratio, norm_eps=mlp_norm_eps, drop=dropout)
+    return ClassifierHead(dim, make_fc, num_classes, pool_type, norm, norm_eps, norm_before_pool, drop_rate)

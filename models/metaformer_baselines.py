@@ -63,8 +63,12 @@ default_cfgs = generate_default_cfgs(
 )
 
 
+# the builder's defaults plus ResScale (init 1) in stages 3-4
+V2_BLOCK = {"name": "metaformer", "res_scale_init": [None, None, 1.0, 1.0]}
+
+
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
-    return create_metaformer(variant, pretrained, (0, 1, 2, 3), **kwargs)
+    return create_metaformer(variant, pretrained, (0, 1, 2, 3), **{"block": V2_BLOCK, **kwargs})
 
 
 def _identityformer(size: str, pretrained: bool, **kwargs: Any) -> MetaFormer:

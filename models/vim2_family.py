@@ -43,10 +43,11 @@ __all__: list[str] = []
 
 
 def _size(dims: tuple[int, ...], depths: tuple[int, ...], channel_widths: tuple[int, ...]) -> dict[str, Any]:
+    block = {"name": "metaformer", "norm": "layernorm", "norm_eps": 1e-5, "norm_bias": True, "mlp_every": 2}
     return dict(
         dims=dims,
         depths=depths,
-        channel_mixer=[{"name": "mamba_channel_mixer", "hidden_dim": w} for w in channel_widths],
+        block=[{**block, "mlp": {"name": "mamba_channel_mixer", "hidden_dim": w}} for w in channel_widths],
     )
 
 
@@ -57,23 +58,27 @@ SIZES = {
 }
 
 LAYOUT = dict(
-    stem_kernel_size=4,
-    stem_stride=4,
-    stem_padding=0,
-    stem_norm="layernorm",
-    downsample_kernel_size=2,
-    downsample_stride=2,
-    downsample_padding=0,
-    downsample_norm="layernorm",
+    stem={
+        "name": "conv",
+        "kernel_size": 4,
+        "stride": 4,
+        "padding": 0,
+        "norm": "layernorm",
+        "norm_eps": 1e-5,
+        "norm_bias": True,
+    },
+    downsample={
+        "name": "conv",
+        "kernel_size": 2,
+        "stride": 2,
+        "padding": 0,
+        "norm": "layernorm",
+        "norm_eps": 1e-5,
+        "norm_bias": True,
+    },
     mixer={"name": "mamba_mixer", "d_state": 16, "expand": 2, "d_conv": 3},
-    mlp_every=2,
-    weighted_average=True,
-    norm="layernorm",
-    norm_eps=1e-5,
-    norm_bias=True,
-    layer_scale_init=None,
-    res_scale_init=None,
-    head_norm="layernorm",
+    extras=[{"name": "weighted_average"}],
+    head={"name": "linear", "norm": "layernorm", "norm_eps": 1e-5},
 )
 
 

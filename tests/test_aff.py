@@ -20,7 +20,7 @@ import mixerzoo
 from mixerzoo.mixers import create_mixer
 from mixerzoo.mixers.aff import AFF
 from mixerzoo.models import MetaFormer
-from mixerzoo.models.affnet_family import LAYOUT
+from mixerzoo.models.affnet_family import DEPTHS, layout
 from mixerzoo.models.layers import GroupNorm1
 from tests.conftest import build_model, num_params
 
@@ -145,13 +145,13 @@ def test_aff_block_equals_the_official_block() -> None:
         torch.testing.assert_close(block(x), x + t, rtol=1e-4, atol=1e-4)
 
 
-def test_mlp_first_with_two_residuals_swaps_the_sub_layers() -> None:
-    model = MetaFormer(depths=(1,), dims=(16,), mixer="sepconv", mlp_first=True, res_scale_init=None).eval()
+def test_aff_block_is_one_residual_around_mlp_then_mixer() -> None:
+    model = MetaFormer(depths=(1,), dims=(16,), mixer="sepconv", block={"name": "aff", "mlp": "mlp"}).eval()
     block = model.stages[0].blocks[0]
     x = torch.randn(2, 5, 6, 16)
     with torch.no_grad():
-        y = x + block.mlp(block.norm2(x))
-        torch.testing.assert_close(block(x), y + block.token_mixer(block.norm1(y)))
+        y = block.mlp(block.norm2(x))
+        torch.testing.assert_close(block(x), x + block.token_mixer(block.norm1(y)))
 
 
 def test_stage_fusion_concatenates_the_stage_input() -> None:
@@ -274,7 +274,7 @@ def _official_affnet_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
         key = re.sub(r"^stages\.([01])\.blocks\.(\d+)\.", lambda m: f"layer_{int(m[1]) + 1}.{m[2]}.", key)
         if m := re.match(r"^stages\.([234])\.", key):
             layer, rest = f"layer_{int(m[1]) + 1}", key[m.end() :]
-            depth = LAYOUT["depths"][int(m[1])]  # the final norm follows the blocks in global_rep
+            depth = DEPTHS[int(m[1])]  # the final norm follows the blocks in global_rep
             rest = re.sub(r"^downsample\.", "0.", rest)
             rest = re.sub(
                 r"^blocks\.(\d+)\.(norm1|norm2|token_mixer|mlp)\.",
@@ -328,8 +328,8 @@ def test_aff_in_the_comparison_backbone() -> None:
 @pytest.mark.slow
 def test_torch_compile_matches_eager() -> None:
     """One AFF stage (inverted-residual downsampling, an AFF block, fusion) of a small AFFNet, at an odd grid."""
-    small = dict(depths=(1, 1, 1, 1, 1), dims=(16, 16, 16, 24, 32), final_conv_dim=64, num_classes=5)
-    model = MetaFormer(**{**LAYOUT, **small}).stages[3].eval()
+    model = MetaFormer(**{**layout((16, 16, 16, 24, 32), 2.0), "depths": (1, 1, 1, 1, 1), "num_classes": 5})
+    model = model.stages[3].eval()
     x = torch.randn(2, 16, 14, 10)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

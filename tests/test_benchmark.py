@@ -154,7 +154,6 @@ def _fake_job(root: Path, name: str, mixer: str | None, top1: float, with_config
     (job / "summary.json").write_text(json.dumps({**summary, "params": 440_000}))
     if with_config:
         model = {"_target_": "mixerzoo.MetaFormer", "mixer": mixer, "depths": [1, 1], "dims": [8, 16]}
-        model["res_scale_init"] = None
         config = {"model": model, "data": {"num_classes": 10, "in_chans": 1, "img_size": 32}}
         (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
         hydra = {"hydra": {"runtime": {"choices": {"model": "metaformer_tiny"}}}}

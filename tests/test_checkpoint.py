@@ -27,8 +27,8 @@ def _perturbed_timm(name: str) -> torch.nn.Module:
 # The official MlpHead LayerNorm has eps 1e-5 and timm's 1e-6: compare with timm's value, test the default apart.
 TIMM_EQUIVALENT = {
     "poolformerv2_s12": {},
-    "convformer_s18": {"head_mlp_norm_eps": 1e-6},
-    "caformer_s18": {"head_mlp_norm_eps": 1e-6},
+    "convformer_s18": {"head": {"mlp_norm_eps": 1e-6}},
+    "caformer_s18": {"head": {"mlp_norm_eps": 1e-6}},
 }
 
 
@@ -57,7 +57,7 @@ def test_poolformer_v1_backbone_equals_timm_and_head_differs_only_by_norm_placem
         # official v1: GroupNorm(1) on the map before pooling; timm: LayerNorm after pooling (not equivalent)
         assert (zoo(x) - ref(x)).abs().max() > 1e-3
         timm_head = build_model(
-            "poolformer_s12", head_norm="layernorm", head_norm_before_pool=False, head_norm_eps=1e-6
+            "poolformer_s12", head={"norm": "layernorm", "norm_before_pool": False, "norm_eps": 1e-6}
         )
         mixerzoo.load_checkpoint(timm_head, ref.state_dict())
         assert (timm_head.double().eval()(x) - ref(x)).abs().max() < 1e-10

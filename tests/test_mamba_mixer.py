@@ -125,18 +125,11 @@ VIM2_PUBLISHED = {"vim2_t": (20.0, 82.7), "vim2_s": (43.0, 83.7), "vim2_b": (74.
 VIM2_PARAMS = {"vim2_t": 22_451_719, "vim2_s": 40_355_284, "vim2_b": 69_667_572}
 
 
-def _tiny(mixer: Any = "mamba_mixer", **kwargs: Any) -> MetaFormer:
-    options = dict(
-        depths=(2, 3),
-        dims=(16, 32),
-        mixer=mixer,
-        channel_mixer={"name": "mamba_channel_mixer", "hidden_dim": 32},
-        mlp_every=(1, 2),
-        norm="layernorm",
-        res_scale_init=None,
-        num_classes=10,
-    )
-    return MetaFormer(**{**options, **kwargs})
+def _tiny(mixer: Any = "mamba_mixer", weighted_average: bool = False) -> MetaFormer:
+    block = {"name": "metaformer", "mlp": {"name": "mamba_channel_mixer", "hidden_dim": 32}, "norm": "layernorm"}
+    extras = [{"name": "weighted_average"}] if weighted_average else []
+    block["mlp_every"] = [1, 2]
+    return MetaFormer(depths=(2, 3), dims=(16, 32), mixer=mixer, block=block, extras=extras, num_classes=10)
 
 
 def test_channel_mixer_spec_fills_the_mlp_slot_and_mlp_every_drops_it() -> None:
@@ -144,7 +137,7 @@ def test_channel_mixer_spec_fills_the_mlp_slot_and_mlp_every_drops_it() -> None:
     stage0, stage1 = model.stages
     assert all(isinstance(block.mlp, MambaChannelMixer) for block in stage0.blocks)
     assert [block.mlp is not None for block in stage1.blocks] == [False, True, False]
-    assert [len(block.sublayers()) for block in stage1.blocks] == [1, 2, 1]
+    assert [block.num_sublayers for block in stage1.blocks] == [1, 2, 1]
     assert not any(name.startswith("stages.1.blocks.0.norm2") for name, _ in model.named_parameters())
 
 
@@ -203,8 +196,9 @@ def test_mamba_mixer_metaformer_config_builds() -> None:
 
 @pytest.mark.slow
 def test_torch_compile_matches_eager_on_a_tiny_model() -> None:
-    model = _tiny(weighted_average=True, depths=(1,), dims=(8,), mlp_every=1, channel_mixer="mamba_channel_mixer")
-    model = model.eval()
+    block = {"name": "metaformer", "mlp": "mamba_channel_mixer", "norm": "layernorm"}
+    extras = [{"name": "weighted_average"}]
+    model = MetaFormer(depths=(1,), dims=(8,), mixer="mamba_mixer", block=block, extras=extras).eval()
     x = torch.randn(2, 3, 24, 20)
     compiled = torch.compile(model)
     with torch.no_grad():

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import mixerzoo.mixers as mixers
 from mixerzoo.mixers import create_mixer, list_mixers, register_mixer
-from mixerzoo.mixers.registry import _MIXERS
+from mixerzoo.mixers.registry import MIXERS
 
 GRIDS = [(7, 7), (5, 9), (6, 3), (1, 1)]  # square, non-square with odd sides, tiny
 WITH_STATE = [n for n in list_mixers() if create_mixer(n, 8, grid=(2, 2)).state_dict()]  # weights or buffers
@@ -176,11 +176,9 @@ def test_a_new_mixer_plugs_in_by_registration(monkeypatch: pytest.MonkeyPatch) -
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.roll(x, self.shift, dims=1)
 
-    monkeypatch.setitem(_MIXERS, "test_shift", Shift)
+    monkeypatch.setitem(MIXERS._entries, "test_shift", Shift)
     from mixerzoo.models import MetaFormer
 
-    model = MetaFormer(
-        depths=(1, 1), dims=(8, 16), mixer=[{"name": "test_shift", "shift": 2}, "pooling"], res_scale_init=None
-    )
+    model = MetaFormer(depths=(1, 1), dims=(8, 16), mixer=[{"name": "test_shift", "shift": 2}, "pooling"])
     assert model.stages[0].blocks[0].token_mixer.shift == 2
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)

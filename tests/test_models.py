@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import warnings
@@ -14,10 +15,12 @@ import torch.nn as nn
 from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode
 
+from mixerzoo.mixers import create_mixer
 from mixerzoo.models import MetaFormer
 from mixerzoo.models.affnet_family import SIZES as AFFNET_SIZES
 from mixerzoo.models.hydra_family import SIZES as HYDRA_SIZES
 from mixerzoo.models.metaformer_baselines import SIZES
+from mixerzoo.models.registry import BLOCKS
 from mixerzoo.models.stripmlp_family import SIZES as STRIPMLP_SIZES
 from mixerzoo.models.vim2_family import SIZES as VIM2_SIZES
 from tests.conftest import build_model, num_params
@@ -183,9 +186,19 @@ def test_builder_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match=r"mixer: expected one value or 4 \(one per stage\), got 3"):
         MetaFormer(mixer=["pooling"] * 3)
     with pytest.raises(ValueError, match="Unknown norm 'instancenorm'; known: batchnorm, groupnorm1, layernorm"):
-        MetaFormer(norm="instancenorm")
+        MetaFormer(block={"name": "metaformer", "norm": "instancenorm"})
     with pytest.raises(ValueError, match="Unknown activation 'swish'"):
-        MetaFormer(mlp_act="swish")
+        MetaFormer(block={"name": "metaformer", "mlp": {"name": "mlp", "act": "swish"}})
+    with pytest.raises(TypeError, match=r"block 'metaformer' got unknown option\(s\) \['norm_layer'\]"):
+        MetaFormer(block={"name": "metaformer", "norm_layer": "layernorm"})
+    with pytest.raises(ValueError, match=r"block.res_scale_init: expected one value or 4 \(one per stage\), got 2"):
+        MetaFormer(block={"name": "metaformer", "res_scale_init": [None, 1.0]})
+    with pytest.raises(ValueError, match=r"Unknown block 'convnext'\. Registered: aff, inverted_residual, metaformer"):
+        MetaFormer(block="convnext")
+    with pytest.raises(ValueError, match="stage 0 follows the stem"):
+        MetaFormer(downsample=["conv"] * 4)
+    with pytest.raises(ValueError, match="from 64 to 128 channels: give the stage a downsample spec"):
+        MetaFormer(downsample=None)
     with pytest.raises(ValueError, match="Unknown token mixer 'conv'"):
         MetaFormer(mixer="conv")
     with pytest.raises(ValueError, match="Unknown global_pool 'avgmax'"):
@@ -305,3 +318,24 @@ def test_groupnorm1_equals_torch_groupnorm_with_one_group(bias: bool) -> None:
     torch.testing.assert_close(norm(x.permute(0, 2, 3, 1)), reference(x).permute(0, 2, 3, 1))
     pooled = torch.randn(3, 6)
     torch.testing.assert_close(norm(pooled), reference(pooled[:, :, None, None])[:, :, 0, 0])
+
+
+def test_a_new_family_needs_no_builder_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A toy family with a block of its own: register the block, name it in the specs, build; the builder's code and
+    signature stay as they are (at most 15 parameters)."""
+
+    class GatedBlock(nn.Module):
+        def __init__(self, dim: int, mixer: str, grid: tuple[int, int], drop_path: float = 0.0) -> None:
+            super().__init__()
+            self.token_mixer = create_mixer(mixer, dim, grid=grid)
+            self.gate = nn.Linear(dim, dim)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + torch.sigmoid(self.gate(x)) * self.token_mixer(x)
+
+    monkeypatch.setitem(BLOCKS._entries, "toy_gated", GatedBlock)
+    model = MetaFormer(depths=(1, 2), dims=(8, 16), mixer=["pooling", "random"], block="toy_gated", img_size=64)
+    assert [type(b).__name__ for s in model.stages for b in s.blocks] == ["GatedBlock"] * 3
+    assert model.stages[1].blocks[1].token_mixer.grid == (8, 8)  # the stage grid reached the block's mixer
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+    assert len(inspect.signature(MetaFormer).parameters) <= 15

@@ -223,7 +223,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes(tmp_path: Path) -> None:
 
 
 def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"Unknown model 'resnet_nonexistent'.*import models"):
+    with pytest.raises(ValueError, match=r"Unknown model 'resnet_nonexistent'.*import mixerzoo"):
         run(tmp_path, "model=timm", "model.model_name=resnet_nonexistent")
 
 
