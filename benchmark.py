@@ -36,7 +36,8 @@ Models (positional arguments; globs allowed):
   ``randformer_s12``, ``affnet_t``, ...); ``timm:<name>`` forces timm;
 - ``config:<name>`` for a zoo model config ``configs/model/<name>.yaml`` (``config:caformer_s18``), with Hydra
   overrides of the model group after ``@``: ``config:metaformer_s12@mixer=attention``,
-  ``config:metaformer_s12@mixer={name:aff,inner_skip:true}@block.mlp.ratio=3``; ``config:*former_s12`` globs config names.
+  ``config:metaformer_s12@mixer={name:aff,inner_skip:true}@block.mlp.ratio=3``;
+  ``config:*former_s12`` globs config names.
 
 Grid-bound models (e.g. the ``random`` mixer, whose frozen mixing matrix fits one token grid) are built once at
 ``--build-size`` (default 224) and fed every resolution: where they cannot run, the row says ``n/a`` and why.

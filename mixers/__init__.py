@@ -19,7 +19,6 @@ from . import (  # noqa: F401  (registers the mixers)
     sepconv,
     strip_mlp,
 )
-from .activations import SquaredReLU, StarReLU, create_act
 from .registry import (
     create_channel_mixer,
     create_mixer,
@@ -48,9 +47,6 @@ for _cls in FX_LEAF_MIXERS:
 
 __all__ = [
     "FX_LEAF_MIXERS",
-    "SquaredReLU",
-    "StarReLU",
-    "create_act",
     "create_channel_mixer",
     "create_mixer",
     "get_mixer_class",

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .activations import create_act
+from ..layers import create_act
 from .ops import autocast_off
 from .registry import register_mixer
 

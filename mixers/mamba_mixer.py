@@ -166,7 +166,6 @@ class MambaMixer(nn.Module):
         return self.out_proj(y)
 
 
-@register_mixer("mamba_channel_mixer")
 @register_channel_mixer("mamba_channel_mixer")
 class MambaChannelMixer(nn.Module):
     """MambaMixer's selective channel mixer, per token (module docstring): ``(B, H, W, C) -> (B, H, W, C)``.

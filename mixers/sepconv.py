@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .activations import create_act
+from ..layers import create_act
 from .registry import register_mixer
 
 __all__ = ["SepConv"]

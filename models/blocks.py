@@ -23,8 +23,9 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, make_divisible
 
-from ..mixers import create_act, create_channel_mixer, create_mixer, register_channel_mixer
-from .layers import Scale, create_norm
+from ..layers import create_act, create_norm
+from ..mixers import create_channel_mixer, create_mixer, register_channel_mixer
+from .layers import Scale
 from .registry import BLOCKS, DOWNSAMPLES, STEMS
 
 __all__ = [

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from ..layers import create_norm
 from .blocks import ConvNormAct, weighted_average
-from .layers import create_norm
 from .registry import EXTRAS
 
 __all__ = ["CrossStageShortcuts", "FinalConv", "StageFusion", "WeightedAverage"]

@@ -13,7 +13,7 @@ Feature levels (``feature_info``, ``forward_intermediates``, ``features_only``) 
 (``features_only`` defaults to the last three, through ``forward_intermediates``). No positional embedding and no
 class token: the Hydra layer reads the 14 x 14 grid row-major ("Hydra simply
 flattens images"). ``hydra_vit_b``: ViT-B width 768 and 24 Hydra layers (Mamba and Hydra use 24 layers "to match
-parameters" with the 12-layer ViT-B) with the default layer (d_state 64, d_conv 7, expand 2, headdim 64):
+parameters" with the 12-layer ViT-B) with the default layer (d_state 64, d_conv 7, expand 2, head_dim 64):
 93.2 M parameters, against the paper's 91 M (24 x 3,825,224 = 91.8 M in the mixers alone; the 91 M of Table 5
 is probably rounded down from the mixers or counted without embedding/head). ``hydra_vit_s`` (ours, not in the
 paper): ViT-S width 384, 24 layers, same layer defaults (24.9 M params, vs ViT-S's 22 M).

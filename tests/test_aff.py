@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import mixerzoo
+from mixerzoo.layers import GroupNorm1
 from mixerzoo.mixers import create_mixer
 from mixerzoo.mixers.aff import AFF
 from mixerzoo.models import MetaFormer
 from mixerzoo.models.affnet_family import DEPTHS, layout
-from mixerzoo.models.layers import GroupNorm1
 from tests.conftest import build_model, num_params
 
 # Official README (top-1 at 256; params and FLOPs published rounded: 1.4/2.6/5.5 M, 0.4/0.8/1.5 G) and the exact

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import timm
 import torch
+import torch.nn as nn
 
-from mixerzoo.mixers import create_mixer
+from mixerzoo.mixers import create_channel_mixer, create_mixer
 from mixerzoo.mixers.mamba_mixer import MambaChannelMixer, cross_merge, cross_scan
 from mixerzoo.mixers.ops.selective_scan import selective_scan_ref
 from mixerzoo.models import MetaFormer
@@ -60,17 +61,22 @@ def test_mamba_mixer_is_transpose_equivariant_on_square_grids() -> None:
 # --- mixers --------------------------------------------------------------------------------------------------
 
 
+def _create(name: str, dim: int) -> nn.Module:
+    """The token mixer or the channel mixer of that name."""
+    return create_channel_mixer(name, dim) if name == "mamba_channel_mixer" else create_mixer(name, dim)
+
+
 @pytest.mark.parametrize("name", ["mamba_mixer", "mamba_channel_mixer"])
 @pytest.mark.parametrize("grid", GRIDS)
 def test_mixers_keep_shape_on_any_grid(name: str, grid) -> None:
-    mixer = create_mixer(name, 16)
+    mixer = _create(name, 16)
     x = torch.randn(2, *grid, 16)
     assert mixer(x).shape == x.shape
 
 
 @pytest.mark.parametrize("name", ["mamba_mixer", "mamba_channel_mixer"])
 def test_gradients_reach_every_parameter(name: str) -> None:
-    mixer = create_mixer(name, 16)
+    mixer = _create(name, 16)
     mixer(torch.randn(2, 3, 5, 16)).square().sum().backward()
     for pname, p in mixer.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
@@ -78,7 +84,7 @@ def test_gradients_reach_every_parameter(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["mamba_mixer", "mamba_channel_mixer"])
 def test_bf16_autocast_keeps_shape_and_dtype(name: str) -> None:
-    mixer = create_mixer(name, 16)
+    mixer = _create(name, 16)
     x = torch.randn(2, 4, 3, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = mixer(x)
@@ -111,7 +117,7 @@ def test_mamba_mixer_equals_four_reference_scans() -> None:
 
 def test_channel_mixer_is_per_token_and_resolution_independent() -> None:
     """The channel mixer's weights do not depend on the grid, and each token's output depends on that token only."""
-    mixer = create_mixer("mamba_channel_mixer", 32).double()
+    mixer = create_channel_mixer("mamba_channel_mixer", 32).double()
     x = torch.randn(2, 6, 5, 32, dtype=torch.float64)
     y = mixer(x)
     torch.testing.assert_close(mixer(x[:, 1:4, 2:3]), y[:, 1:4, 2:3])  # any sub-grid, any shape

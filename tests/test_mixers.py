@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 import mixerzoo.mixers as mixers
-from mixerzoo.mixers import create_mixer, list_mixers, register_mixer
+from mixerzoo.mixers import create_channel_mixer, create_mixer, list_channel_mixers, list_mixers, register_mixer
 from mixerzoo.mixers.registry import MIXERS
 
 GRIDS = [(7, 7), (5, 9), (6, 3), (1, 1)]  # square, non-square with odd sides, tiny
@@ -182,3 +182,19 @@ def test_a_new_mixer_plugs_in_by_registration(monkeypatch: pytest.MonkeyPatch) -
     model = MetaFormer(depths=(1, 1), dims=(8, 16), mixer=[{"name": "test_shift", "shift": 2}, "pooling"])
     assert model.stages[0].blocks[0].token_mixer.shift == 2
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("name", list_channel_mixers())
+def test_channel_mixers_mix_no_tokens(name: str) -> None:
+    """A registered channel mixer changes only the token it is given, or with a depthwise conv inside (convnext 7x7,
+    inverted_residual 3x3) that token's kernel neighbourhood, never the whole grid; token mixers are registered
+    apart."""
+    assert name not in list_mixers()
+    mixer = create_channel_mixer(name, 16).eval()
+    x = torch.randn(1, 9, 9, 16)
+    y = x.clone()
+    y[0, 0, 0] += 1.0
+    with torch.no_grad():
+        changed = (mixer(y) - mixer(x)).abs().amax(dim=-1)[0] > 1e-6  # (H, W)
+    reach = {"convnext": 4, "inverted_residual": 2}.get(name, 1)  # rows/columns a k x k conv reaches from a corner
+    assert changed[:reach, :reach].any() and not changed[reach:].any() and not changed[:, reach:].any()

@@ -305,7 +305,7 @@ def test_torch_compile_matches_eager() -> None:
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_groupnorm1_equals_torch_groupnorm_with_one_group(bias: bool) -> None:
-    from mixerzoo.models.layers import GroupNorm1
+    from mixerzoo.layers import GroupNorm1
 
     norm = GroupNorm1(6, eps=1e-5, bias=bias)
     with torch.no_grad():
