@@ -32,7 +32,7 @@ from typing import Any
 
 from timm.models import generate_default_cfgs, register_model
 
-from .backbone import MetaFormer, create_metaformer
+from .backbone import MetaFormer, create_metaformer, pretrained_cfg
 
 __all__: list[str] = []
 
@@ -93,24 +93,19 @@ def layout(dims: tuple[int, ...], expansion: float) -> dict[str, Any]:
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 256, 256),
-        "pool_size": (8, 8),
-        "crop_pct": 256 / 288,
-        "crop_mode": "center",
-        "interpolation": "bilinear",
-        "mean": (0.0, 0.0, 0.0),
-        "std": (1.0, 1.0, 1.0),
-        "first_conv": "stem.conv",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_name": "Adaptive Frequency Filters As Efficient Global Token Mixers",
-        "paper_ids": "arXiv:2307.14008",
-        "origin_url": "https://github.com/microsoft/TokenMixers/tree/main/Adaptive%20Frequency%20Filters",
+    return pretrained_cfg(
+        "Adaptive Frequency Filters As Efficient Global Token Mixers",
+        "arXiv:2307.14008",
+        "https://github.com/microsoft/TokenMixers/tree/main/Adaptive%20Frequency%20Filters",
+        "mit",
+        input_size=(3, 256, 256),
+        pool_size=(8, 8),
+        crop_pct=256 / 288,
+        interpolation="bilinear",
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
         **kwargs,
-    }
+    )
 
 
 default_cfgs = generate_default_cfgs({f"{name}.ms_in1k": _cfg() for name in SIZES})

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
 from timm.models._features import FeatureGetterNet, feature_take_indices
 
@@ -33,7 +34,7 @@ from .checkpoint import checkpoint_filter_fn
 from .layers import init_weights
 from .registry import BLOCKS, DOWNSAMPLES, EXTRAS, HEADS, STEMS
 
-__all__ = ["MetaFormer", "MetaFormerStage", "create_metaformer"]
+__all__ = ["MetaFormer", "MetaFormerStage", "create_metaformer", "pretrained_cfg"]
 
 Spec = str | Mapping[str, Any]
 DROP_PATH_SCHEDULES = ("linear", "constant")
@@ -412,6 +413,29 @@ def _taps_blocks(depths: Sequence[int]) -> bool:
 
 def _attaches_to_model(spec: Spec, attach: str) -> bool:
     return EXTRAS.get(split_spec(plain(spec), "extra")[0]).attach == attach
+
+
+def pretrained_cfg(paper_name: str, paper_ids: str, origin_url: str, license: str, **kwargs: Any) -> dict[str, Any]:
+    """A family member's pretrained cfg: ImageNet-1K at 224, bicubic center crop 0.875, ImageNet mean/std, the
+    builder's ``stem.conv`` / ``head.fc`` names and no weight URL, unless ``kwargs`` say otherwise."""
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.conv",
+        "classifier": "head.fc",
+        "license": license,
+        "paper_name": paper_name,
+        "paper_ids": paper_ids,
+        "origin_url": origin_url,
+        **kwargs,
+    }
 
 
 def create_metaformer(

@@ -27,10 +27,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
-from .backbone import MetaFormer, create_metaformer
+from .backbone import MetaFormer, create_metaformer, pretrained_cfg
 
 __all__: list[str] = []
 
@@ -48,24 +47,15 @@ LAYOUT = dict(
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (14, 14),
-        "crop_pct": 0.9,
-        "crop_mode": "center",
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_name": "Hydra: Bidirectional State Space Models Through Generalized Matrix Mixers",
-        "paper_ids": "arXiv:2407.09941",
-        "origin_url": "https://github.com/goombalab/hydra",
+    return pretrained_cfg(
+        "Hydra: Bidirectional State Space Models Through Generalized Matrix Mixers",
+        "arXiv:2407.09941",
+        "https://github.com/goombalab/hydra",
+        "mit",
+        pool_size=(14, 14),
+        crop_pct=0.9,
         **kwargs,
-    }
+    )
 
 
 default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in SIZES})

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
-from .backbone import MetaFormer, create_metaformer
+from .backbone import MetaFormer, create_metaformer, pretrained_cfg
 
 __all__: list[str] = []
 
@@ -31,24 +30,15 @@ SIZES = {
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 1.0,
-        "crop_mode": "center",
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv",
-        "classifier": "head.fc",
-        "license": "apache-2.0",
-        "paper_name": "MetaFormer Baselines for Vision",
-        "paper_ids": "arXiv:2210.13452",
-        "origin_url": "https://github.com/sail-sg/metaformer",
+    return pretrained_cfg(
+        "MetaFormer Baselines for Vision",
+        "arXiv:2210.13452",
+        "https://github.com/sail-sg/metaformer",
+        "apache-2.0",
+        url=url,
+        crop_pct=1.0,
         **kwargs,
-    }
+    )
 
 
 _HF = "https://huggingface.co/sail/dl/resolve/main"

@@ -32,10 +32,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
-from .backbone import MetaFormer, create_metaformer
+from .backbone import MetaFormer, create_metaformer, pretrained_cfg
 
 __all__: list[str] = []
 
@@ -71,25 +70,15 @@ LAYOUT = dict(
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "fixed_input_size": True,
-        "pool_size": (7, 7),
-        "crop_pct": 224 / 256,
-        "crop_mode": "center",
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_name": "Strip-MLP: Efficient Token Interaction for Vision MLP",
-        "paper_ids": "arXiv:2307.11458",
-        "origin_url": "https://github.com/Med-Process/Strip_MLP",
+    return pretrained_cfg(
+        "Strip-MLP: Efficient Token Interaction for Vision MLP",
+        "arXiv:2307.11458",
+        "https://github.com/Med-Process/Strip_MLP",
+        "mit",
+        fixed_input_size=True,
+        crop_pct=224 / 256,
         **kwargs,
-    }
+    )
 
 
 default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in SIZES})

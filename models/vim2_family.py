@@ -34,10 +34,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
-from .backbone import MetaFormer, create_metaformer
+from .backbone import MetaFormer, create_metaformer, pretrained_cfg
 
 __all__: list[str] = []
 
@@ -83,24 +82,13 @@ LAYOUT = dict(
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "crop_mode": "center",
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv",
-        "classifier": "head.fc",
-        "license": "other",  # no official code or weights; this re-implementation is the zoo's
-        "paper_name": "MambaMixer: Efficient Selective State Space Models with Dual Token and Channel Selection",
-        "paper_ids": "arXiv:2403.19888",
-        "origin_url": "https://github.com/MambaMixer/M2",
+    return pretrained_cfg(
+        "MambaMixer: Efficient Selective State Space Models with Dual Token and Channel Selection",
+        "arXiv:2403.19888",
+        "https://github.com/MambaMixer/M2",
+        "other",  # no official code or weights; this re-implementation is the zoo's
         **kwargs,
-    }
+    )
 
 
 default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in SIZES})
