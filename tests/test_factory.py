@@ -1,0 +1,40 @@
+"""``mixerzoo.create_model``: every model config one Python call away, with overrides."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import mixerzoo
+from tests.conftest import MODEL_CONFIGS
+
+
+def test_every_model_config_is_listed() -> None:
+    assert mixerzoo.list_model_configs() == MODEL_CONFIGS and len(MODEL_CONFIGS) >= 40
+
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_every_model_config_builds_from_python_with_overrides(name: str) -> None:
+    with torch.device("meta"):
+        model = mixerzoo.create_model(name, num_classes=17)
+    classifier = model.get_classifier()
+    assert getattr(classifier, "fc2", classifier).out_features == 17
+
+
+def test_overrides_reach_nested_slots_and_lists() -> None:
+    mixers = ["pooling", "pooling", "attention", "attention"]
+    with torch.device("meta"):
+        model = mixerzoo.create_model("caformer_s18", mixer=mixers, block={"norm": "groupnorm1"}, num_classes=5)
+    assert [type(s.blocks[0].token_mixer).__name__ for s in model.stages] == ["Pooling"] * 2 + ["Attention"] * 2
+    assert type(model.stages[0].blocks[0].norm1).__name__ == "GroupNorm1"
+    assert model.head.fc.fc2.out_features == 5  # the config's MLP head kept
+
+
+def test_a_name_without_config_is_timm_and_errors_are_clear() -> None:
+    with torch.device("meta"):
+        assert type(mixerzoo.create_model("resnet18")) is type(timm.create_model("resnet18"))
+    with pytest.raises(ValueError, match=r"no weights of its own; load a file with mixerzoo\.load_checkpoint"):
+        mixerzoo.create_model("caformer_s18", pretrained=True)
+    with pytest.raises(ValueError, match="No model config 'nope'"):
+        mixerzoo.models.model_config("nope")
