@@ -87,7 +87,8 @@ def setup_runtime(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_model(cfg: DictConfig) -> nn.Module:
-    """Instantiate ``cfg.model`` with the data's class count and channels (a clear error for unknown names)."""
+    """Instantiate ``cfg.model`` with the data's class count and channels, and for zoo models (builder configs and
+    the zoo's timm names) its image size; a clear error for unknown names."""
     name = cfg.model.get("model_name") if cfg.model.get("_target_") == "timm.create_model" else None
     if name is not None and not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:10]
@@ -96,7 +97,10 @@ def build_model(cfg: DictConfig) -> nn.Module:
             + (f" Similar names: {', '.join(close)}." if close else "")
             + " Zoo configs: configs/model/*.yaml (model=<file name>); any timm model: model=timm model.model_name=..."
         )
-    return hydra.utils.instantiate(cfg.model, num_classes=cfg.data.num_classes, in_chans=cfg.data.in_chans)
+    data = dict(num_classes=cfg.data.num_classes, in_chans=cfg.data.in_chans)
+    if name is None or timm.models.model_entrypoint(name).__module__.startswith("mixerzoo."):
+        data["img_size"] = cfg.data.img_size  # zoo models: grid-bound mixers are built for the data's size
+    return hydra.utils.instantiate(cfg.model, **data)
 
 
 def autocast(cfg: DictConfig, device: torch.device) -> contextlib.AbstractContextManager:
