@@ -9,6 +9,7 @@ constructors reject unknown keywords themselves.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -180,11 +181,24 @@ def run_id() -> str:
     return f"{now:%Y-%m-%d}/{now:%H-%M-%S}-{now.microsecond // 1000:03d}"
 
 
+def job_dir_name(overrides: str, max_length: int = 80) -> str:
+    """A sweep job's directory name from its overrides (Hydra's ``override_dirname``): as it is when short, else a
+    readable prefix plus a hash of the whole, so no name exceeds ``max_length`` (file systems allow 255 bytes). The
+    full overrides stay in the job's ``.hydra/overrides.yaml`` and ``config.yaml``."""
+    name = overrides.replace("/", "_")
+    if len(name) <= max_length:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    return f"{name[: max_length - len(digest) - 1]}-{digest}"
+
+
 def register_configs() -> None:
     """Register the schema (``train_schema``, first in ``train.yaml``'s defaults) and the resolvers the configs use:
-    ``run_id`` (the run directory name), ``rank_zero`` (a value on rank 0, null elsewhere), ``log_file_name``."""
+    ``run_id`` (the run directory name), ``job_dir_name`` (a sweep job's directory), ``rank_zero`` (a value on
+    rank 0, null elsewhere), ``log_file_name``."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     OmegaConf.register_new_resolver("run_id", run_id, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("job_dir_name", job_dir_name, replace=True)
     OmegaConf.register_new_resolver("rank_zero", lambda value: value if _rank() == 0 else None, replace=True)
     OmegaConf.register_new_resolver(
         "log_file_name", lambda job: f"{job}.log" if _rank() == 0 else f"{job}_rank{_rank()}.log", replace=True
