@@ -87,6 +87,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mixerzoo  # noqa: F401  (registers the zoo in timm)
 from mixerzoo.mixers import list_mixers
+from mixerzoo.mixers.grid import GridMismatchError
 
 ROOT = Path(__file__).resolve().parent
 CONFIG_DIR = ROOT / "configs"
@@ -379,16 +380,34 @@ def measure_in_subprocess(
         cwd=ROOT,
     )
     lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
+    if proc.returncode != 0 or not lines:  # a crash the worker could not report (killed, out of memory, ...)
         error = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        raise RuntimeError(f"worker failed: {error}")
-    return json.loads(lines[-1])
+        raise RuntimeError(f"worker exited with status {proc.returncode}: {error}")
+    result = json.loads(lines[-1])
+    if "error" in result:
+        raise (NotApplicable if result["not_applicable"] else RuntimeError)(result["error"])
+    return result
+
+
+class NotApplicable(Exception):
+    """A size the model cannot take (a grid-bound mixer at another grid): the row is n/a, not a failure."""
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception (Hydra's InstantiationException wraps the constructor's own error)."""
+    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return error
 
 
 def _worker(job_json: str) -> None:
     job = json.loads(job_json)
     spec = ModelSpec(job["spec"]["kind"], job["spec"]["name"], tuple(job["spec"]["overrides"]))
-    result = measure(spec, job["img_size"], job["build_size"], job["batch"], RunOptions(**job["opts"]))
+    try:
+        result = measure(spec, job["img_size"], job["build_size"], job["batch"], RunOptions(**job["opts"]))
+    except Exception as error:  # reported to the parent, which decides n/a or failure
+        root = _root_cause(error)
+        result = {"error": _describe(root), "not_applicable": isinstance(root, GridMismatchError)}
     print(json.dumps(result))
 
 
@@ -422,6 +441,25 @@ def _first_line(error: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _describe(error: BaseException) -> str:
+    """``Type: message`` of an error, its message whole (for the log and the failure note)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def _note_for(error: BaseException) -> str:
+    """``n/a: <reason>`` for a size the model cannot take, ``failed: <Type: message>`` for anything else."""
+    if isinstance(error, NotApplicable):
+        return f"n/a: {_first_line(error)}"
+    root = _root_cause(error)
+    if isinstance(root, GridMismatchError):
+        return f"n/a: {_first_line(root)}"
+    return f"failed: {_describe(root)}"
+
+
+def failed_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [row for row in rows if any(part.startswith("failed:") for part in str(row.get("note", "")).split("; "))]
+
+
 def benchmark_one(cfg: BenchmarkConfig, spec: ModelSpec, img_size: int, log: Callable[[str], None]) -> dict[str, Any]:
     """One row: params and MACs on the meta device, then (unless n/a) the timings."""
     build_size = img_size if cfg.rebuild_per_resolution else cfg.build_size
@@ -436,8 +474,8 @@ def benchmark_one(cfg: BenchmarkConfig, spec: ModelSpec, img_size: int, log: Cal
         if build_note and cfg.rebuild_per_resolution:
             notes.append(build_note)
         macs = count_macs(model.eval(), inputs)
-    except Exception as error:  # a model that cannot run at this size: n/a with the reason
-        row["note"] = f"n/a: {_first_line(error)}"
+    except Exception as error:  # n/a (a size the model cannot take) or a failure, with the real error
+        row["note"] = _note_for(error)
         log(f"  {spec.label} @ {img_size}: {row['note']}")
         return row
     row.update(gmacs=macs.total / 1e9, gmacs_matmul=macs.matmul / 1e9, gmacs_fft=macs.fft / 1e9)
@@ -459,7 +497,7 @@ def benchmark_one(cfg: BenchmarkConfig, spec: ModelSpec, img_size: int, log: Cal
             if cfg.opts.device == "cpu":
                 row.pop("peak_mem_mb")  # the RSS of a shared process says nothing about this model
     except Exception as error:
-        notes.append(f"n/a: {_first_line(error)}")
+        notes.append(_note_for(error))
     row["note"] = "; ".join(notes)
     log(f"  {spec.label} @ {img_size}: {time.perf_counter() - start:.1f}s {_short(row)}")
     return row
@@ -576,6 +614,8 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     if not model_args:
         raise SystemExit("benchmark.py: give model names or --preset (see --help).")
     cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit(f"benchmark.py: --device {args.device}, but no CUDA GPU is visible here; use --device cpu.")
     thorough_warmup, thorough_runs = (5, 15) if args.thorough else (5, 20) if cuda else (1, 3)
     opts = RunOptions(
         device=args.device,
@@ -631,8 +671,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print(markdown_table(rows, columns))
     csv_path = args.csv or ROOT / "outputs" / "benchmark" / f"benchmark_{time.strftime('%Y%m%d_%H%M%S')}.csv"
     log(f"CSV: {write_csv(rows, csv_path)}")
+    for row in failed_rows(rows):
+        log(f"FAILED {row['model']} @ {row['img_size']}: {row['note']}")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    # a requested row that failed (not an n/a size) makes the run fail
+    sys.exit(1 if failed_rows(main()) else 0)

@@ -11,7 +11,12 @@ from __future__ import annotations
 import torch
 from timm.layers import register_notrace_function
 
-__all__ = ["built_for", "check_grid"]
+__all__ = ["GridMismatchError", "built_for", "check_grid"]
+
+
+class GridMismatchError(ValueError):
+    """An input whose token grid is not the one a grid-bound mixer was built for (a size the model cannot take,
+    not a bug: benchmarks report such sizes as n/a)."""
 
 
 def built_for(img_size: tuple[int, ...] | None) -> str:
@@ -21,9 +26,11 @@ def built_for(img_size: tuple[int, ...] | None) -> str:
 
 @register_notrace_function
 def check_grid(x: torch.Tensor, grid: tuple[int, int], mixer: str, origin: str, advice: str) -> torch.Tensor:
-    """``x`` (B, H, W, C) if its grid is ``grid``; else a ``ValueError`` naming the ``mixer``, the grid it was
-    built for (``origin``: where that grid comes from, see ``built_for``) and ``advice``."""
+    """``x`` (B, H, W, C) if its grid is ``grid``; else an error naming the ``mixer``, the grid it was
+    built for (``origin``: where that grid comes from, see ``built_for``) and ``advice`` (a ``GridMismatchError``)."""
     height, width = x.shape[1], x.shape[2]
     if height != grid[0] or width != grid[1]:
-        raise ValueError(f"{mixer}: built for a {grid[0]}x{grid[1]} token grid{origin}, got {height}x{width}. {advice}")
+        raise GridMismatchError(
+            f"{mixer}: built for a {grid[0]}x{grid[1]} token grid{origin}, got {height}x{width}. {advice}"
+        )
     return x

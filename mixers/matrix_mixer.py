@@ -49,6 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .grid import GridMismatchError
 from .ops import autocast_off, compute_dtype
 from .ops.ssd import quasiseparable, quasiseparable_matrix
 from .registry import register_mixer
@@ -144,7 +145,7 @@ class MatrixMixer(nn.Module):
 
     def _check_grid(self, H: int, W: int) -> None:
         if self.grid is not None and self.grid != (H, W):
-            raise ValueError(
+            raise GridMismatchError(
                 f"matrix_mixer (data-independent {self.structure!r}) was built for a {self.grid[0]}x{self.grid[1]} "
                 f"token grid, got {H}x{W}; build the model for this size (img_size) or use data_dependent=true."
             )
