@@ -13,6 +13,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -192,13 +193,30 @@ def job_dir_name(overrides: str, max_length: int = 80) -> str:
     return f"{name[: max_length - len(digest) - 1]}-{digest}"
 
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+BUILDING_BLOCKS = ("model/family", "recipe")  # groups that configs include, not choices for the command line
+
+
+def help_groups() -> str:
+    """``group: option, ...`` for every config group a user chooses from (``train.py --help``): the building
+    blocks that model configs and experiments include (``model/family``, ``recipe``) are left out."""
+    lines = []
+    for folder in sorted(p for p in CONFIG_DIR.rglob("*") if p.is_dir()):
+        group = folder.relative_to(CONFIG_DIR).as_posix()
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        if options and group not in BUILDING_BLOCKS:
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def register_configs() -> None:
     """Register the schema (``train_schema``, first in ``train.yaml``'s defaults) and the resolvers the configs use:
-    ``run_id`` (the run directory name), ``job_dir_name`` (a sweep job's directory), ``rank_zero`` (a value on
-    rank 0, null elsewhere), ``log_file_name``."""
+    ``run_id`` (the run directory name), ``job_dir_name`` (a sweep job's directory), ``help_groups`` (the groups
+    ``--help`` lists), ``rank_zero`` (a value on rank 0, null elsewhere), ``log_file_name``."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     OmegaConf.register_new_resolver("run_id", run_id, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("job_dir_name", job_dir_name, replace=True)
+    OmegaConf.register_new_resolver("help_groups", help_groups, replace=True)
     OmegaConf.register_new_resolver("rank_zero", lambda value: value if _rank() == 0 else None, replace=True)
     OmegaConf.register_new_resolver(
         "log_file_name", lambda job: f"{job}.log" if _rank() == 0 else f"{job}_rank{_rank()}.log", replace=True
