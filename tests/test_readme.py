@@ -23,3 +23,11 @@ def test_the_readme_has_runnable_python_snippets() -> None:
 def test_readme_snippet_runs(snippet: str, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_generated_readme_tables_are_current() -> None:
+    """The measured tables tools/readme_tables.py writes (exact MACs and parameters) match a fresh count."""
+    tool = README.parent / "tools" / "readme_tables.py"
+    result = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
