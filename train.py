@@ -50,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 import mixerzoo  # registers the zoo's models in timm (also used: mixerzoo.load_checkpoint)
-from mixerzoo.training.config import register_configs
+from mixerzoo.training.config import register_configs, validate_config
 from mixerzoo.training.data import EpochBatchSampler, create_datasets, eval_loader, train_batches, train_loader
 
 _logger = logging.getLogger("train")
@@ -64,8 +64,14 @@ _stop_signal: str | None = None  # set by the SIGTERM/SIGUSR1 handler, read afte
 def setup_runtime(cfg: DictConfig) -> dict[str, Any]:
     """Device, process group (under torchrun or Slurm), threads, determinism and seeds."""
     device = cfg.runtime.device
-    if device == "auto":
+    if device == "auto":  # the default, also of runtime=gpu (every experiment): CUDA if there is a GPU
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and (cfg.runtime.precision != "fp32" or cfg.runtime.channels_last):
+            _logger.warning(
+                f"runtime.device=auto: no CUDA device, running on the CPU with precision={cfg.runtime.precision}"
+                f"{', channels_last' if cfg.runtime.channels_last else ''} (set for GPUs; slow here). For a quick "
+                "check add debug=smoke; for CPU training runtime=cpu (fp32)."
+            )
     info = init_distributed_device_so(device, dist_backend=cfg.runtime.distributed.backend)
     info["device"] = torch.device(info["device"])
     info["primary"] = info["global_rank"] == 0
@@ -96,6 +102,11 @@ def build_model(cfg: DictConfig) -> nn.Module:
             f"Unknown model {name!r}: not registered in timm (the zoo's models are registered by `import mixerzoo`)."
             + (f" Similar names: {', '.join(close)}." if close else "")
             + " Zoo configs: configs/model/*.yaml (model=<file name>); any timm model: model=timm model.model_name=..."
+        )
+    if cfg.data.num_classes is None:
+        raise ValueError(
+            "data.num_classes is null: it is taken from the data when the datasets are built (train.setup, "
+            "training.data.create_datasets); set data.num_classes=<count> to build the model on its own."
         )
     data = dict(num_classes=cfg.data.num_classes, in_chans=cfg.data.in_chans)
     if name is None or timm.models.model_entrypoint(name).__module__.startswith("mixerzoo."):
@@ -417,7 +428,8 @@ def evaluate(cfg: DictConfig, model: nn.Module, state: EvalState) -> dict[str, f
 # --- the job -------------------------------------------------------------------------------------------------
 def setup(cfg: DictConfig) -> tuple[EvalState, Dataset]:
     """Runtime, datasets, the model (with ``cfg.checkpoint``'s weights) and the validation loader; returns them
-    with the training set."""
+    with the training set. The config is validated first (unknown keys added with ``+``, values like ``epochs=0``)."""
+    validate_config(cfg)
     info = setup_runtime(cfg)
     device, rank, world_size = info["device"], info["global_rank"], info["world_size"]
     if info["primary"]:

@@ -9,6 +9,8 @@ constructors reject unknown keywords themselves.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -17,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["TrainConfig", "register_configs"]
+__all__ = ["TrainConfig", "register_configs", "validate_config"]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -34,7 +36,7 @@ class DataConfig:
     dataset: str = ""  # folder: timm create_dataset name ('' = folder or tar, 'wds/...' = WebDataset)
     train_split: str = "train"
     val_split: str = "validation"  # timm searches val/, validation/, valid/
-    num_classes: int = 10
+    num_classes: int | None = None  # null: from the data (digits: 10; folder: its class folders); fake needs it
     in_chans: int = 3
     img_size: int = 224
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
@@ -166,6 +168,68 @@ class TrainConfig:
     limit_val_batches: int | None = None
     output_dir: str = "outputs"
     name: str = "train"
+
+
+# Values the schema's types allow but training cannot use: key -> (smallest valid value, what to set instead).
+# None is accepted where the schema allows it (it means "off" or "automatic" there).
+_LOWER_BOUNDS: dict[str, tuple[int, str]] = {
+    "epochs": (1, "epochs=1 or more (with an experiment, debug=smoke runs one tiny epoch)"),
+    "batch_size": (1, "batch_size=1 or more (images per process and micro-step)"),
+    "eval_batch_size": (1, "eval_batch_size=1 or more, or null for 2 x batch_size"),
+    "limit_train_batches": (1, "limit_train_batches=1 or more, or null for whole epochs"),
+    "limit_val_batches": (1, "limit_val_batches=1 or more, or null for the whole validation set"),
+    "optim.grad_accum_steps": (1, "optim.grad_accum_steps=1 (no accumulation) or more"),
+    "data.num_classes": (1, "data.num_classes=1 or more, or null to take it from the data (digits, folder)"),
+    "data.in_chans": (1, "data.in_chans=3 (RGB) or 1 (grey)"),
+    "data.img_size": (1, "data.img_size=1 or more (pixels; e.g. 224)"),
+    "data.num_workers": (0, "data.num_workers=0 (load in the main process) or more"),
+    "data.fake_train_size": (1, "data.fake_train_size=1 or more"),
+    "data.fake_val_size": (1, "data.fake_val_size=1 or more"),
+    "sched.warmup_epochs": (0, "sched.warmup_epochs=0 (no warmup) or more"),
+    "sched.cooldown_epochs": (0, "sched.cooldown_epochs=0 (no cooldown) or more"),
+    "logger.log_interval": (1, "logger.log_interval=1 or more (optimizer steps between log lines)"),
+}
+
+
+def _unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> list[str]:
+    """Messages for keys of ``cfg`` that the dataclass ``schema`` does not have (added with ``+key=value``), in
+    every schema node except the free-form ``model``."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    problems = []
+    for key in cfg:
+        path = f"{prefix}{key}"
+        if key not in fields:
+            value = OmegaConf.select(cfg, str(key), throw_on_missing=False)
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"did you mean {prefix}{close[0]}? Set it without '+': {prefix}{close[0]}={value}" if close else ""
+            node = f"{prefix[:-1]} ({schema.__name__})" if prefix else f"the top level ({schema.__name__})"
+            problems.append(
+                f"unknown key {path} (= {value}, added with +{path}=... or by a config file): {node} has no such "
+                f"key, so it would be stored and ignored; {hint or 'remove it'}. Keys there: {', '.join(fields)}."
+            )
+            continue
+        factory = fields[key].default_factory
+        if isinstance(factory, type) and dataclasses.is_dataclass(factory) and isinstance(cfg[key], DictConfig):
+            problems += _unknown_keys(cfg[key], factory, f"{path}.")
+    return problems
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the composed config once, before anything is built: no keys the schema lacks (``+optim.lrr=1`` is
+    accepted by Hydra and would be silently ignored) and no values that the types allow but training cannot use
+    (``epochs=0``, ``batch_size=0``, ...). Raises ``ValueError`` naming each key and its fix."""
+    problems = _unknown_keys(cfg, TrainConfig)
+    for key, (minimum, fix) in _LOWER_BOUNDS.items():
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if value is None or value == "???" or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if value < minimum:
+            problems.append(f"{key}={value} is not allowed (must be >= {minimum}): set {fix}.")
+    val_fraction = OmegaConf.select(cfg, "data.val_fraction", throw_on_missing=False)
+    if isinstance(val_fraction, int | float) and not 0 < val_fraction < 1:
+        problems.append(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive): e.g. 0.2.")
+    if problems:
+        raise ValueError("Invalid config:\n  - " + "\n  - ".join(problems))
 
 
 def _rank() -> int:

@@ -179,13 +179,88 @@ def _transform(data_cfg: Any, aug_cfg: Any, is_training: bool) -> Any:
 
 
 def create_datasets(data_cfg: Any, aug_cfg: Any, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """(train, val) datasets, each with its own transform, for ``data.name`` in digits / folder / fake."""
+    """(train, val) datasets, each with its own transform, for ``data.name`` in digits / folder / fake.
+
+    The class count is settled here: ``data.num_classes`` null is filled in (on ``data_cfg``) from the data (digits:
+    10; folder: the class folders of the train split), and a set value is checked against the labels of both
+    splits, so a head too small for the data is a clear error now rather than an index error at the first step."""
+    datasets = _create_datasets(data_cfg, aug_cfg, seed)
+    _settle_num_classes(data_cfg, *datasets)
+    return datasets
+
+
+def _class_names(dataset: Dataset) -> dict[str, int] | None:
+    """The class-name -> label map of a timm folder/tar dataset (None where the reader has none)."""
+    reader = getattr(dataset, "reader", None)
+    return getattr(reader, "class_to_idx", None) or getattr(reader, "class_name_to_idx", None)
+
+
+def _labels(dataset: Dataset) -> list[int] | None:
+    """Every label of a dataset whose labels are known without loading images (None otherwise: WebDataset...)."""
+    if isinstance(dataset, DigitsDataset):
+        return dataset.targets
+    reader = getattr(dataset, "reader", None)
+    if getattr(reader, "targets", None) is not None:
+        return [int(t) for t in reader.targets]
+    if getattr(reader, "samples", None) is not None:
+        return [int(sample[1]) for sample in reader.samples]
+    return None
+
+
+def _settle_num_classes(data_cfg: Any, train_ds: Dataset, val_ds: Dataset) -> None:
+    num_classes, name = data_cfg.num_classes, data_cfg.name
+    if name == "fake":  # random labels drawn below num_classes (required by _create_datasets)
+        return
+    train_classes, val_classes = _class_names(train_ds), _class_names(val_ds)
+    if train_classes is not None and val_classes is not None and train_classes != val_classes:
+        only_train, only_val = (
+            sorted(set(train_classes) - set(val_classes)),
+            sorted(set(val_classes) - set(train_classes)),
+        )
+        raise ValueError(
+            f"data.root {data_cfg.root!r}: the train split ({data_cfg.train_split!r}, {len(train_classes)} classes) "
+            f"and the val split ({data_cfg.val_split!r}, {len(val_classes)} classes) have different class folders "
+            f"(only in train: {only_train[:5]}, only in val: {only_val[:5]}), so the same label would mean different "
+            "classes. Give both splits the same class sub-folders."
+        )
+    train_labels, val_labels = _labels(train_ds), _labels(val_ds)
+    found = len(train_classes) if train_classes is not None else None
+    if train_labels:
+        found = max(found or 0, max(train_labels) + 1)
+    if num_classes is None:
+        if found is None:
+            raise ValueError(
+                f"data.num_classes is null and the class count cannot be read from data.dataset "
+                f"{data_cfg.dataset!r} without reading every sample: set it, e.g. data.num_classes=1000."
+            )
+        data_cfg.num_classes = found
+        _logger.info(f"data.num_classes: {found} (from the {name} training set)")
+        return
+    for split, labels in (("train", train_labels), ("val", val_labels)):
+        top = max(labels) if labels else -1
+        if top >= num_classes:
+            where = f"{found} class folders under {data_cfg.root!r}" if train_classes else f"{found} classes"
+            fix = f"Set data.num_classes={found}"
+            if train_classes:
+                fix += " or leave it null (data.num_classes=null) to take the count from the class folders"
+            raise ValueError(
+                f"data.num_classes={num_classes} is too small for the {name} data: its {split} split has labels up "
+                f"to {top} ({where}), but the model's head would have {num_classes} output(s) and training would "
+                f"fail at the first step with an index error. {fix}."
+            )
+    if found is not None and found < num_classes:
+        _logger.info(f"data.num_classes={num_classes}: the {name} training set has labels of only {found} classes.")
+
+
+def _create_datasets(data_cfg: Any, aug_cfg: Any, seed: int) -> tuple[Dataset, Dataset]:
     train_tf, val_tf = _transform(data_cfg, aug_cfg, True), _transform(data_cfg, aug_cfg, False)
     name = data_cfg.name
     if name == "digits":
         kwargs = dict(img_size=data_cfg.img_size, in_chans=data_cfg.in_chans, val_fraction=data_cfg.val_fraction)
         return DigitsDataset("train", transform=train_tf, **kwargs), DigitsDataset("val", transform=val_tf, **kwargs)
     if name == "fake":
+        if data_cfg.num_classes is None:
+            raise ValueError("data=fake draws random labels: set the class count, e.g. data.num_classes=1000.")
         kwargs = dict(img_size=data_cfg.img_size, in_chans=data_cfg.in_chans, num_classes=data_cfg.num_classes)
         return (
             FakeDataset(data_cfg.fake_train_size, seed=seed, transform=train_tf, **kwargs),
