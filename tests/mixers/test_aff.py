@@ -1,12 +1,11 @@
 """The AFF filter (mixers/aff.py) and the AFFNet family (models/affnet_family.py): the filter against an
-independent circular-convolution formulation, precision and resolution behaviour, published sizes, the
+independent circular-convolution formulation, precision behaviour, published sizes, the
 builder's AFFNet blocks against the official formulas, and the official checkpoint layout."""
 
 from __future__ import annotations
 
 import math
 import re
-import warnings
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from mixerzoo.layers import GroupNorm1
 from mixerzoo.mixers import create_mixer
 from mixerzoo.mixers.aff import AFF
 from mixerzoo.models import MetaFormer
-from mixerzoo.models.affnet_family import DEPTHS, layout
+from mixerzoo.models.affnet_family import DEPTHS
 from tests.conftest import build_model, num_params
 
 # Official README (top-1 at 256; params and FLOPs published rounded: 1.4/2.6/5.5 M, 0.4/0.8/1.5 G) and the exact
@@ -217,24 +216,6 @@ def test_affnet_params_and_macs_match_the_published_counts(name: str) -> None:
     assert abs(measured["fft_macs"] - published["fft_macs"]) <= 0.1 * published["fft_macs"], measured
 
 
-@pytest.mark.parametrize("size", [128, 160, 224, 256, 320, (224, 160), (250, 190)], ids=str)
-def test_affnet_runs_at_any_resolution(size: int | tuple[int, int]) -> None:
-    model = timm.create_model("affnet_et", num_classes=10).eval()
-    h, w = (size, size) if isinstance(size, int) else size
-    with torch.no_grad():
-        assert model(torch.randn(1, 3, h, w)).shape == (1, 10)
-
-
-def test_affnet_bf16_autocast_forward_and_backward() -> None:
-    model = timm.create_model("affnet_et", num_classes=10)
-    x = torch.randn(2, 3, 96, 96)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(x)
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    out.float().sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
-
-
 def test_affnet_features_only_gives_five_maps_at_strides_2_to_32() -> None:
     model = timm.create_model("affnet_t", features_only=True)
     assert model.feature_info.reduction() == [2, 4, 8, 16, 32]
@@ -323,16 +304,3 @@ def test_aff_in_the_comparison_backbone() -> None:
     )
     with torch.no_grad():
         assert model(torch.randn(1, 3, 200, 136)).shape == (1, 10)
-
-
-@pytest.mark.slow
-def test_torch_compile_matches_eager() -> None:
-    """One AFF stage (inverted-residual downsampling, an AFF block, fusion) of a small AFFNet, at an odd grid."""
-    model = MetaFormer(**{**layout((16, 16, 16, 24, 32), 2.0), "depths": (1, 1, 1, 1, 1), "num_classes": 5})
-    model = model.stages[3].eval()
-    x = torch.randn(2, 16, 14, 10)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        eager = model(x)
-        compiled = torch.compile(model, backend="inductor")(x)
-    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)

@@ -1,11 +1,10 @@
-"""Hydra (mixers/hydra_mixer.py), its SSD kernels (mixers/ops/ssd.py), the matrix-mixer family
-(mixers/matrix_mixer.py) and the Hydra models (models/hydra_family.py), each against an independent formulation:
-the chunked SSD against the token-by-token recurrence, the Hydra layer against its explicitly built
-quasiseparable L x L matrix, every matrix mixer's fast form against its materialised matrix."""
+"""Hydra (mixers/hydra_mixer.py), the matrix-mixer family (mixers/matrix_mixer.py) and the Hydra models
+(models/hydra_family.py), each against an independent formulation: the Hydra layer against its explicitly built
+quasiseparable L x L matrix, every matrix mixer's fast form against its materialised matrix. The SSD kernels are in
+``tests/mixers/ops/test_ssd.py``; the model contract (forward, backward, features, bf16, compile) in
+``tests/models/test_contract.py``."""
 
 from __future__ import annotations
-
-import warnings
 
 import pytest
 import timm
@@ -15,76 +14,8 @@ import torch.nn.functional as F
 from mixerzoo.mixers import create_mixer
 from mixerzoo.mixers.hydra_mixer import Hydra
 from mixerzoo.mixers.matrix_mixer import STRUCTURES, MatrixMixer
-from mixerzoo.mixers.ops.ssd import default_chunk_size, ssd, ssd_chunked, ssd_matrix, ssd_sequential
 from mixerzoo.mixers.ssm_layers import GatedRMSNorm, init_dt_bias
 from tests.conftest import build_model
-
-
-def _ssd_inputs(b: int, l: int, h: int, p: int, g: int, n: int, dtype=torch.float64, dt_scale: float = 1.0):
-    x = torch.randn(b, l, h, p, dtype=dtype)
-    dt = dt_scale * F.softplus(torch.randn(b, l, h, dtype=dtype))
-    A = -torch.rand(h, dtype=dtype) - 0.5
-    B = torch.randn(b, l, g, n, dtype=dtype)
-    C = torch.randn(b, l, g, n, dtype=dtype)
-    return [t.requires_grad_() for t in (x, dt, A, B, C)]
-
-
-# --- SSD kernels ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("length", "chunk", "groups", "with_initial_state"),
-    [(16, 4, 1, False), (19, 4, 1, True), (33, None, 2, False), (64, 16, 2, True), (70, 32, 1, True)],
-    ids=lambda v: str(v),
-)
-def test_chunked_ssd_equals_sequential_recurrence_forward_and_backward(
-    length: int, chunk: int | None, groups: int, with_initial_state: bool
-) -> None:
-    x, dt, A, B, C = inputs = _ssd_inputs(2, length, 4, 3, groups, 5)
-    s0 = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True) if with_initial_state else None
-    if with_initial_state:
-        inputs.append(s0)
-    y_ref, final_ref = ssd_sequential(x, dt, A, B, C, s0, return_final_state=True)
-    y, final = ssd_chunked(x, dt, A, B, C, chunk, s0, return_final_state=True)
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(final, final_ref, rtol=1e-10, atol=1e-10)
-    weights = torch.randn_like(y)  # a generic upstream gradient
-    grads_ref = torch.autograd.grad((y_ref * weights).sum() + final_ref.sum(), inputs)
-    grads = torch.autograd.grad((y * weights).sum() + final.sum(), inputs)
-    for g, g_ref in zip(grads, grads_ref):
-        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)
-
-
-def test_ssd_matrix_is_the_recurrence() -> None:
-    x, dt, A, B, C = _ssd_inputs(2, 11, 4, 3, 2, 5)
-    y = torch.einsum("bhij,bjhp->bihp", ssd_matrix(dt, A, B, C), x)
-    torch.testing.assert_close(y, ssd_sequential(x, dt, A, B, C))
-
-
-def test_chunked_ssd_stays_finite_for_long_sequences_with_large_decays() -> None:
-    x, dt, A, B, C = inputs = _ssd_inputs(1, 2048, 2, 4, 1, 8, dtype=torch.float32, dt_scale=20.0)
-    with torch.no_grad():
-        A.mul_(8.0)  # |dt A| up to ~1e3 per step: exp(-cumsum) would overflow without chunk-local, masked sums
-    y = ssd(x, dt, A, B, C, chunk_size=64)
-    grads = torch.autograd.grad(y.square().sum(), inputs)
-    assert torch.isfinite(y).all()
-    assert all(torch.isfinite(g).all() for g in grads)
-
-
-def test_default_chunk_divides_the_usual_token_counts() -> None:
-    assert default_chunk_size(3136) == 64 and default_chunk_size(196) == 49 and default_chunk_size(784) == 56
-    assert default_chunk_size(30) == 30 and default_chunk_size(1031) == 64  # short: one chunk; prime: padded
-
-
-def test_ssd_dispatch_runs_in_float32_under_autocast_and_names_bad_backends() -> None:
-    x, dt, A, B, C = (t.detach().float() for t in _ssd_inputs(1, 20, 2, 4, 1, 3))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = ssd(x.bfloat16(), dt, A, B, C)
-    assert y.dtype == torch.bfloat16
-    torch.testing.assert_close(y.float(), ssd_sequential(x.bfloat16().float(), dt, A, B, C), rtol=1e-2, atol=1e-2)
-    with pytest.raises(ValueError, match="Unknown SSD backend 'triton'"):
-        ssd(x, dt, A, B, C, backend="triton")
-    if not (torch.cuda.is_available() and x.is_cuda):
-        with pytest.raises(RuntimeError, match="backend='fused' needs CUDA tensors and mamba_ssm"):
-            ssd(x, dt, A, B, C, backend="fused")
 
 
 # --- layers shared by the SSM mixers ---------------------------------------------------------------------------
@@ -199,13 +130,6 @@ def test_hydra_shift_keeps_both_scans_off_the_diagonal() -> None:
         for p_swapped, p in ((swapped.conv1d.weight, mixer.conv1d.weight), (swapped.conv1d.bias, mixer.conv1d.bias)):
             p_swapped[d : d + 2 * n], p_swapped[d + 2 * n :] = p[d + 2 * n :].clone(), p[d : d + 2 * n].clone()
     torch.testing.assert_close(swapped(u.flip(2)), mixer(u).flip(2))
-
-
-@pytest.mark.parametrize("grid", [(7, 7), (5, 9), (6, 3), (1, 1), (2, 31)], ids=lambda g: f"{g[0]}x{g[1]}")
-def test_hydra_takes_any_grid(grid: tuple[int, int]) -> None:
-    mixer = create_mixer({"name": "hydra", "d_state": 16, "head_dim": 16}, 32)
-    x = torch.randn(2, *grid, 32)
-    assert mixer(x).shape == x.shape
 
 
 def test_hydra_parameter_count_at_768_is_the_official_one() -> None:
@@ -401,28 +325,8 @@ def test_hydra_vit_blocks_are_mixer_only_without_positional_embedding() -> None:
     assert "stages.0.blocks.0.token_mixer.A_log" in model.no_weight_decay()
 
 
-def test_small_hydra_vit_runs_any_resolution_and_gets_gradients_everywhere() -> None:
-    model = timm.create_model("hydra_vit_s", depths=(2,), dims=(64,), num_classes=5, drop_path_rate=0.1)
-    for size in [(64, 64), (48, 80), (33, 47)]:
-        assert model(torch.randn(1, 3, *size)).shape == (1, 5)
-    model(torch.randn(2, 3, 32, 48)).square().sum().backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, name
-
-
-def test_hydra_in_the_comparison_backbone_builds_and_runs() -> None:
-    model = build_model("hydra_metaformer_s12", num_classes=3)
+def test_hydra_in_the_comparison_backbone_replaces_every_mixer() -> None:
+    with torch.device("meta"):
+        model = build_model("hydra_metaformer_s12", num_classes=3)
     assert all(isinstance(b.token_mixer, Hydra) for s in model.stages for b in s.blocks)
     assert model.stages[0].blocks[0].token_mixer.num_heads == 4
-    assert model(torch.randn(1, 3, 64, 96)).shape == (1, 3)
-
-
-@pytest.mark.slow
-def test_torch_compile_matches_eager_for_a_small_hydra_model() -> None:
-    model = timm.create_model("hydra_vit_s", depths=(2,), dims=(64,), num_classes=5).eval()
-    x = torch.randn(2, 3, 48, 64)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        eager = model(x)
-        compiled = torch.compile(model, backend="inductor")(x)
-    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)

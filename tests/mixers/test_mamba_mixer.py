@@ -1,6 +1,7 @@
 """MambaMixer (mixers/mamba_mixer.py) and ViM2 (models/vim2_family.py): the cross-scan against explicit loops over the
-grid, the token and channel mixers on any grid and under bf16 autocast, weighted averaging at init against the plain
-residual network, and the published ViM2 sizes. The S6 scan itself is tested in test_selective_scan.py."""
+grid, weighted averaging at init against the plain residual network, and the published ViM2 sizes. The S6 scan is
+tested in ops/test_selective_scan.py; shapes, gradients and bf16 of every mixer in test_mixers.py; the model contract
+in tests/models/test_contract.py."""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ from typing import Any
 import pytest
 import timm
 import torch
-import torch.nn as nn
 
 from mixerzoo.mixers import create_channel_mixer, create_mixer
 from mixerzoo.mixers.mamba_mixer import MambaChannelMixer, cross_merge, cross_scan
 from mixerzoo.mixers.ops.selective_scan import selective_scan_ref
 from mixerzoo.models import MetaFormer
-from tests.conftest import build_model, num_params
+from tests.conftest import num_params
 
 GRIDS = [(4, 4), (3, 5), (5, 2), (1, 7), (7, 1)]
 
@@ -59,37 +59,6 @@ def test_mamba_mixer_is_transpose_equivariant_on_square_grids() -> None:
 
 
 # --- mixers --------------------------------------------------------------------------------------------------
-
-
-def _create(name: str, dim: int) -> nn.Module:
-    """The token mixer or the channel mixer of that name."""
-    return create_channel_mixer(name, dim) if name == "mamba_channel_mixer" else create_mixer(name, dim)
-
-
-@pytest.mark.parametrize("name", ["mamba_mixer", "mamba_channel_mixer"])
-@pytest.mark.parametrize("grid", GRIDS)
-def test_mixers_keep_shape_on_any_grid(name: str, grid) -> None:
-    mixer = _create(name, 16)
-    x = torch.randn(2, *grid, 16)
-    assert mixer(x).shape == x.shape
-
-
-@pytest.mark.parametrize("name", ["mamba_mixer", "mamba_channel_mixer"])
-def test_gradients_reach_every_parameter(name: str) -> None:
-    mixer = _create(name, 16)
-    mixer(torch.randn(2, 3, 5, 16)).square().sum().backward()
-    for pname, p in mixer.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, pname
-
-
-@pytest.mark.parametrize("name", ["mamba_mixer", "mamba_channel_mixer"])
-def test_bf16_autocast_keeps_shape_and_dtype(name: str) -> None:
-    mixer = _create(name, 16)
-    x = torch.randn(2, 4, 3, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = mixer(x)
-    assert y.shape == x.shape and y.dtype == torch.bfloat16
-    torch.testing.assert_close(y.float(), mixer(x), rtol=0.1, atol=0.1)
 
 
 def test_mamba_mixer_equals_four_reference_scans() -> None:
@@ -192,20 +161,3 @@ def test_vim2_t_runs_on_any_input_size_with_features() -> None:
     assert [f.shape[1:] for f in features] == [(96, 16, 16), (192, 8, 8), (384, 4, 4), (768, 2, 2)]
     assert [info["num_chs"] for info in model.feature_info] == [96, 192, 384, 768]
     assert {"A_log", "D", "dt_bias", "weights"} <= {n.rsplit(".", 1)[-1] for n in model.no_weight_decay()}
-
-
-def test_mamba_mixer_metaformer_config_builds() -> None:
-    model = build_model("mamba_mixer_metaformer_s12", num_classes=10).eval()
-    with torch.no_grad():
-        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
-
-
-@pytest.mark.slow
-def test_torch_compile_matches_eager_on_a_tiny_model() -> None:
-    block = {"name": "metaformer", "mlp": "mamba_channel_mixer", "norm": "layernorm"}
-    extras = [{"name": "weighted_average"}]
-    model = MetaFormer(depths=(1,), dims=(8,), mixer="mamba_mixer", block=block, extras=extras).eval()
-    x = torch.randn(2, 3, 24, 20)
-    compiled = torch.compile(model)
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)

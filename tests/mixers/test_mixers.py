@@ -14,7 +14,6 @@ from mixerzoo.mixers import create_channel_mixer, create_mixer, list_channel_mix
 from mixerzoo.mixers.registry import MIXERS
 
 GRIDS = [(7, 7), (5, 9), (6, 3), (1, 1)]  # square, non-square with odd sides, tiny
-WITH_STATE = [n for n in list_mixers() if create_mixer(n, 8, grid=(2, 2)).state_dict()]  # weights or buffers
 
 
 def test_registry_lists_the_baseline_mixers() -> None:
@@ -61,17 +60,24 @@ def test_registering_a_taken_name_raises() -> None:
         register_mixer("pooling")(type("Other", (nn.Module,), {}))
 
 
-@pytest.mark.parametrize("name", list_mixers())
+ALL = [("token", n) for n in list_mixers()] + [("channel", n) for n in list_channel_mixers()]
+
+
+def _create(kind: str, name: str, dim: int, grid: tuple[int, int]) -> nn.Module:
+    return create_mixer(name, dim, grid=grid) if kind == "token" else create_channel_mixer(name, dim)
+
+
+@pytest.mark.parametrize(("kind", "name"), ALL, ids=lambda v: str(v))
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
-def test_mixer_preserves_shape(name: str, grid: tuple[int, int]) -> None:
-    mixer = create_mixer(name, 32, grid=grid)
+def test_mixer_preserves_shape(kind: str, name: str, grid: tuple[int, int]) -> None:
+    mixer = _create(kind, name, 32, grid)
     x = torch.randn(2, *grid, 32)
     assert mixer(x).shape == x.shape
 
 
-@pytest.mark.parametrize("name", list_mixers())
-def test_gradients_reach_every_parameter(name: str) -> None:
-    mixer = create_mixer(name, 32, grid=(5, 6))
+@pytest.mark.parametrize(("kind", "name"), ALL, ids=lambda v: str(v))
+def test_gradients_reach_every_parameter(kind: str, name: str) -> None:
+    mixer = _create(kind, name, 32, (5, 6))
     x = torch.randn(2, 5, 6, 32, requires_grad=True)
     mixer(x).square().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
@@ -79,14 +85,16 @@ def test_gradients_reach_every_parameter(name: str) -> None:
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname} got no gradient"
 
 
-@pytest.mark.parametrize("name", WITH_STATE)
-def test_mixer_is_deterministic_given_the_seed(name: str) -> None:
-    torch.manual_seed(1)
-    a = create_mixer(name, 16, grid=(4, 4))
-    torch.manual_seed(1)
-    b = create_mixer(name, 16, grid=(4, 4))
-    x = torch.randn(2, 4, 4, 16)
-    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+@pytest.mark.parametrize(("kind", "name"), ALL, ids=lambda v: str(v))
+def test_bf16_autocast_keeps_shape_and_dtype_and_stays_close_to_float32(kind: str, name: str) -> None:
+    mixer = _create(kind, name, 32, (4, 3)).eval()
+    x = torch.randn(2, 4, 3, 32)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = mixer(x.bfloat16())  # what the previous layer of a network under autocast hands on
+        reference = mixer(x.bfloat16().float())
+    assert y.shape == x.shape and y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), reference, rtol=0.1, atol=0.1)
 
 
 def test_pooling_equals_border_aware_mean_minus_input() -> None:

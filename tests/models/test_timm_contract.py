@@ -3,10 +3,11 @@ every registered name in CI, ``.ci/timm_model_tests.sh``; it skips ``forward_int
 "getter"`` for models outside timm, which these tests cover).
 
 Per family: ``features_only`` with every ``feature_cls`` (the default, ``"getter"``, ``"fx"``, ``"hook"``) giving the
-same maps as ``forward_intermediates``; ``forward_intermediates`` (indices, ``stop_early``, formats) and
-``prune_intermediate_layers``; FX tracing with timm's notrace registries, forward equal and backward reaching every
-parameter; TorchScript where timm's comparable models script; gradient checkpointing (weighted averaging included)
-giving the same outputs and gradients; the API checks of timm's ``test_model_default_cfgs`` on every name.
+same maps as ``forward_intermediates``; ``prune_intermediate_layers``; FX tracing with timm's notrace registries,
+forward equal and backward reaching every parameter; TorchScript where timm's comparable models script; gradient
+checkpointing (weighted averaging included) giving the same outputs and gradients; the API checks of timm's
+``test_model_default_cfgs`` on every name.
+``forward_intermediates`` (indices, ``stop_early``, formats) is checked on every model in test_contract.py.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from timm.models._manipulate import group_parameters
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from mixerzoo.models import MetaFormer
-from tests.test_models import ZOO_TIMM_NAMES
+from tests.conftest import ZOO_TIMM_NAMES
 
 # one member per family, made small through the family's own builder options (the layouts are the family's)
 FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -75,32 +76,6 @@ def _only(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _nchw(maps: list[torch.Tensor], output_fmt: str) -> list[torch.Tensor]:
     return [m.permute(0, 3, 1, 2) if output_fmt == "NHWC" else m for m in maps]
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_forward_intermediates_taps_every_level_and_ends_in_forward_features(family: str) -> None:
-    model = _model(family).eval()
-    x = _x(family)
-    levels = len(model.feature_info)
-    with torch.no_grad():
-        final, maps = model.forward_intermediates(x)
-        torch.testing.assert_close(final, model.forward_features(x))
-        assert len(maps) == levels
-        for info, m in zip(model.feature_info, maps):
-            assert m.shape == (
-                x.shape[0],
-                info["num_chs"],
-                x.shape[2] // info["reduction"],
-                x.shape[3] // info["reduction"],
-            )
-        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
-        torch.testing.assert_close(last_two, maps[-2:])
-        early = model.forward_intermediates(x, indices=[0, 1], stop_early=True, intermediates_only=True)
-        torch.testing.assert_close(early, maps[:2])
-        nhwc = model.forward_intermediates(x, indices=[1], output_fmt="NHWC", intermediates_only=True)[0]
-        torch.testing.assert_close(nhwc, maps[1].permute(0, 2, 3, 1))
-        nlc = model.forward_intermediates(x, indices=[1], output_fmt="NLC", intermediates_only=True)[0]
-        torch.testing.assert_close(nlc, maps[1].flatten(2).transpose(1, 2))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

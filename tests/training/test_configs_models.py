@@ -15,7 +15,7 @@ from mixerzoo.mixers import create_mixer, list_mixers
 from mixerzoo.models import MetaFormer
 from tests.conftest import CONFIG_DIR, MODEL_CONFIGS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)

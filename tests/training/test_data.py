@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from mixerzoo.training.config import register_configs
 from mixerzoo.training.data import EpochBatchSampler, create_datasets, train_batches, train_loader
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 register_configs()
 
 

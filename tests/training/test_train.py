@@ -27,7 +27,7 @@ import mixerzoo
 from mixerzoo import train
 from mixerzoo.training.data import DigitsDataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
 # small and quick: 6 steps of 32 images per epoch, then validation on all 360 images
 TINY = ["batch_size=32", "limit_train_batches=6", "logger.progress_bar=false", "runtime.num_threads=1"]
@@ -139,22 +139,62 @@ def test_ema_is_evaluated_and_saved(tmp_path: Path) -> None:
     assert any(not torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["model"])
 
 
-def test_mixup_cutmix_and_randaugment_train(tmp_path: Path) -> None:
+def test_mixup_cutmix_and_randaugment_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mixup/CutMix mixes the batches of epoch 1 and stops at ``aug.mixup_off_epoch``; the targets it hands the loss
+    are soft (mixed) labels."""
+    calls: list[tuple[bool, bool]] = []
+    original = train.Mixup.__call__
+
+    def spy(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, target = original(self, x, target)
+        calls.append((self.mixup_enabled, bool((target.max(dim=1).values < 1 - 1e-6).any())))
+        return x, target
+
+    monkeypatch.setattr(train.Mixup, "__call__", spy)
     overrides = ["aug=deit", "aug.hflip=0.0", "aug.mixup_off_epoch=1", "epochs=2", "data.in_chans=3"]
     run(tmp_path, *overrides, "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]")
     assert read_json(tmp_path / "summary.json")["epochs_completed"] == 2
+    assert [enabled for enabled, _ in calls] == [True] * 6 + [False] * 6  # 6 batches an epoch, off from epoch 2
+    assert all(mixed for _, mixed in calls[:6])
 
 
-def test_grad_accumulation_clipping_layer_decay_and_checkpointing(tmp_path: Path) -> None:
+def test_grad_accumulation_clipping_layer_decay_and_checkpointing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each option is seen doing its job: one update per 2 batches, every update clipped to norm 1, per-layer lr
+    scales in the optimizer, blocks recomputed in the backward pass, deterministic algorithms on."""
+    import mixerzoo.models.backbone as backbone
+
+    clips: list[tuple[float, bool]] = []
+    clip = train.dispatch_clip_grad
+
+    def clip_spy(parameters, value: float, mode: str = "norm", **kwargs: Any) -> None:
+        params = [p for p in parameters if p.grad is not None]
+        clip(params, value, mode=mode, **kwargs)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        clips.append((norm.item(), torch.are_deterministic_algorithms_enabled()))
+
+    monkeypatch.setattr(train, "dispatch_clip_grad", clip_spy)
+    recomputed: list[str] = []
+    for fn in ("checkpoint", "checkpoint_seq"):
+        original = getattr(backbone, fn)
+        monkeypatch.setattr(backbone, fn, lambda *a, _f=original, _n=fn, **k: recomputed.append(_n) or _f(*a, **k))
     overrides = ["optim.grad_accum_steps=2", "optim.clip_grad=1.0", "optim.layer_decay=0.8"]
     run(tmp_path, "epochs=1", *overrides, "runtime.grad_checkpointing=true", "runtime.deterministic=true")
-    assert load(tmp_path / "last.pth")["global_step"] == 3  # 6 batches / 2
+    ckpt = load(tmp_path / "last.pth")
+    assert ckpt["global_step"] == 3  # 6 batches / 2
+    assert len(clips) == 3 and all(norm <= 1.0 + 1e-4 and deterministic for norm, deterministic in clips)
+    scales = sorted({g["lr_scale"] for g in ckpt["optimizer"]["param_groups"]})
+    assert len(scales) > 2 and scales[-1] == 1.0 and scales[0] < 0.8**2
+    assert recomputed  # the stages ran their blocks under activation checkpointing
 
 
-@pytest.mark.parametrize("optimizer", ["lamb", "sgd"])
-def test_other_optimizers(tmp_path: Path, optimizer: str) -> None:
+@pytest.mark.parametrize(("optimizer", "state_key"), [("lamb", "exp_avg_sq"), ("sgd", "momentum_buffer")])
+def test_other_optimizers(tmp_path: Path, optimizer: str, state_key: str) -> None:
     run(tmp_path, "epochs=1", f"optim={optimizer}", "sched=constant")
     assert read_json(tmp_path / "summary.json")["epochs_completed"] == 1
+    state = load(tmp_path / "last.pth")["optimizer"]["state"]
+    assert state and all(state_key in s for s in state.values())  # the optimizer asked for is the one that stepped
 
 
 def test_eval_only_reports_the_checkpoint(tmp_path: Path) -> None:

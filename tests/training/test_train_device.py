@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_flatten
 from mixerzoo import train
 from mixerzoo.mixers import create_mixer, list_mixers
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 META = torch.device("meta")
 ZOO_MODULES = ["affnet_family", "hydra_family", "metaformer_baselines", "stripmlp_family", "vim2_family"]
 
