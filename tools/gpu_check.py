@@ -224,8 +224,9 @@ def _image_folder(root: Path, count: int, size: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
-    (root / "validation" / "class0").mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(root / "validation" / "class0" / "0.jpg")
+    for c in range(4):  # the same class folders as train (the loader checks the splits agree)
+        (root / "validation" / f"class{c}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(root / "validation" / f"class{c}" / "0.jpg")
 
 
 def _images_per_second(loader: Any, device: Any, epochs: int, before_epoch: Any) -> float:
