@@ -108,22 +108,23 @@ def _x(size: tuple[int, int], batch: int = 2) -> torch.Tensor:
 
 @pytest.mark.parametrize(("kind", "name"), CASES, ids=IDS)
 def test_forward_at_the_default_size_and_at_a_second_where_allowed(kind: str, name: str) -> None:
+    """Full-size models, so one forward at the default size (batch 1); the head is checked on its features."""
     model = _model(kind, name, small=False).eval()
     size = _default_size(model)
     with torch.no_grad():
-        out = model(_x(size))
-        assert out.shape == (2, NUM_CLASSES) and torch.isfinite(out).all()
-        features = model.forward_features(_x(size))
+        features = model.forward_features(_x(size, batch=1))
         assert features.shape[1] == model.num_features
+        out = model.forward_head(features)
+        assert out.shape == (1, NUM_CLASSES) and torch.isfinite(out).all()
         pre_logits = model.forward_head(features, pre_logits=True)
-        assert pre_logits.shape == (2, getattr(model, "head_hidden_size", model.num_features))
+        assert pre_logits.shape == (1, getattr(model, "head_hidden_size", model.num_features))
         if _grid_bound(model):
             with pytest.raises(ValueError, match="built for a"):
-                model(_x(SECOND_SIZE))
+                model(_x(SECOND_SIZE, batch=1))
         else:
-            assert model(_x(SECOND_SIZE)).shape == (2, NUM_CLASSES)
+            assert model(_x(SECOND_SIZE, batch=1)).shape == (1, NUM_CLASSES)
         model.reset_classifier(0)
-        assert model(_x(size)).shape == (2, model.num_features)
+        assert model.forward_head(features).shape == (1, model.num_features)
 
 
 @pytest.mark.parametrize(("kind", "name"), CASES, ids=IDS)
