@@ -22,10 +22,8 @@ from . import (  # noqa: F401  (registers the mixers)
 from .registry import (
     create_channel_mixer,
     create_mixer,
-    get_mixer_class,
     list_channel_mixers,
     list_mixers,
-    mixer_spec_name,
     register_channel_mixer,
     register_mixer,
 )
@@ -49,10 +47,8 @@ __all__ = [
     "FX_LEAF_MIXERS",
     "create_channel_mixer",
     "create_mixer",
-    "get_mixer_class",
     "list_channel_mixers",
     "list_mixers",
-    "mixer_spec_name",
     "register_channel_mixer",
     "register_mixer",
 ]

@@ -24,17 +24,19 @@ __all__ = [
     "CHANNEL_MIXERS",
     "MIXERS",
     "Registry",
+    "Spec",
     "create_channel_mixer",
     "create_mixer",
-    "get_mixer_class",
     "list_channel_mixers",
     "list_mixers",
-    "mixer_spec_name",
     "plain",
     "register_channel_mixer",
     "register_mixer",
     "split_spec",
 ]
+
+
+Spec = str | Mapping[str, Any]  # a registered name, or a mapping with "name" plus options
 
 
 def plain(value: Any) -> Any:
@@ -127,16 +129,6 @@ def list_mixers() -> list[str]:
 def list_channel_mixers() -> list[str]:
     """Names of all registered channel mixers, sorted."""
     return CHANNEL_MIXERS.names()
-
-
-def get_mixer_class(name: str) -> Callable[..., Any]:
-    """The class registered under a token-mixer name (or, failing that, a channel-mixer name)."""
-    return CHANNEL_MIXERS.get(name) if name in CHANNEL_MIXERS and name not in MIXERS else MIXERS.get(name)
-
-
-def mixer_spec_name(spec: str | Mapping[str, Any]) -> str:
-    """The registered name a spec refers to."""
-    return split_spec(spec, "mixer")[0]
 
 
 def create_mixer(spec: str | Mapping[str, Any], dim: int, **context: Any) -> Any:

@@ -18,7 +18,7 @@ configs' ``block.res_scale_init``). Every other model is a configuration of the 
 
 # No ``from __future__ import annotations`` in this file: FX copies the model's forward annotations into the code
 # it generates, and string annotations there break scripting the graph (timm's test_model_forward_fx_torchscript).
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -27,7 +27,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
 from timm.models._features import FeatureGetterNet, feature_take_indices
 
-from ..mixers.registry import plain, split_spec
+from ..mixers.registry import Spec, plain, split_spec
 from . import blocks as _blocks  # noqa: F401  (registers the stems, downsampling layers and blocks)
 from . import extras as _extras  # noqa: F401  (registers the extras)
 from .checkpoint import checkpoint_filter_fn
@@ -36,7 +36,6 @@ from .registry import BLOCKS, DOWNSAMPLES, EXTRAS, HEADS, STEMS
 
 __all__ = ["MetaFormer", "MetaFormerStage", "create_metaformer", "pretrained_cfg"]
 
-Spec = str | Mapping[str, Any]
 DROP_PATH_SCHEDULES = ("linear", "constant")
 
 

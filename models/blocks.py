@@ -16,8 +16,7 @@ Their BatchNorms sit in NCHW convs on the NCHW *view* of channels-last memory (c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -25,6 +24,7 @@ from timm.layers import DropPath, make_divisible
 
 from ..layers import create_act, create_norm
 from ..mixers import create_channel_mixer, create_mixer, register_channel_mixer
+from ..mixers.registry import Spec
 from .layers import Scale
 from .registry import BLOCKS, DOWNSAMPLES, STEMS
 
@@ -39,8 +39,6 @@ __all__ = [
     "conv_out_grid",
     "weighted_average",
 ]
-
-Spec = str | Mapping[str, Any]
 
 
 def conv_out_grid(conv: nn.Conv2d, grid: Sequence[int]) -> tuple[int, int]:
