@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,12 +35,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, g
 _logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DATASETS",
     "DigitsDataset",
     "EpochBatchSampler",
     "SeededSamples",
     "create_datasets",
     "eval_loader",
     "fix_posterize_for_pillow13",
+    "register_dataset",
     "train_batches",
     "train_loader",
 ]
@@ -197,8 +199,8 @@ def _class_names(dataset: Dataset) -> dict[str, int] | None:
 
 def _labels(dataset: Dataset) -> list[int] | None:
     """Every label of a dataset whose labels are known without loading images (None otherwise: WebDataset...)."""
-    if isinstance(dataset, DigitsDataset):
-        return dataset.targets
+    if getattr(dataset, "targets", None) is not None:  # DigitsDataset and other in-memory sets
+        return [int(t) for t in dataset.targets]
     reader = getattr(dataset, "reader", None)
     if getattr(reader, "targets", None) is not None:
         return [int(t) for t in reader.targets]
@@ -209,7 +211,7 @@ def _labels(dataset: Dataset) -> list[int] | None:
 
 def _settle_num_classes(data_cfg: Any, train_ds: Dataset, val_ds: Dataset) -> None:
     num_classes, name = data_cfg.num_classes, data_cfg.name
-    if name == "fake":  # random labels drawn below num_classes (required by _create_datasets)
+    if isinstance(train_ds, FakeDataset):  # random labels drawn below num_classes (required by data=fake)
         return
     train_classes, val_classes = _class_names(train_ds), _class_names(val_ds)
     if train_classes is not None and val_classes is not None and train_classes != val_classes:
@@ -252,42 +254,68 @@ def _settle_num_classes(data_cfg: Any, train_ds: Dataset, val_ds: Dataset) -> No
         _logger.info(f"data.num_classes={num_classes}: the {name} training set has labels of only {found} classes.")
 
 
+# data.name -> builder(data_cfg, train_transform, val_transform, seed) -> (train, val). A new dataset is one
+# function registered here (``@register_dataset("name")``) plus one ``configs/data/<name>.yaml``.
+DATASETS: dict[str, Callable[[Any, Any, Any, int], tuple[Dataset, Dataset]]] = {}
+
+
+def register_dataset(name: str) -> Callable:
+    def register(builder: Callable) -> Callable:
+        if name in DATASETS:
+            raise ValueError(f"dataset {name!r} is already registered (by {DATASETS[name].__module__}).")
+        DATASETS[name] = builder
+        return builder
+
+    return register
+
+
 def _create_datasets(data_cfg: Any, aug_cfg: Any, seed: int) -> tuple[Dataset, Dataset]:
-    train_tf, val_tf = _transform(data_cfg, aug_cfg, True), _transform(data_cfg, aug_cfg, False)
     name = data_cfg.name
-    if name == "digits":
-        kwargs = dict(img_size=data_cfg.img_size, in_chans=data_cfg.in_chans, val_fraction=data_cfg.val_fraction)
-        return DigitsDataset("train", transform=train_tf, **kwargs), DigitsDataset("val", transform=val_tf, **kwargs)
-    if name == "fake":
-        if data_cfg.num_classes is None:
-            raise ValueError("data=fake draws random labels: set the class count, e.g. data.num_classes=1000.")
-        kwargs = dict(img_size=data_cfg.img_size, in_chans=data_cfg.in_chans, num_classes=data_cfg.num_classes)
-        return (
-            FakeDataset(data_cfg.fake_train_size, seed=seed, transform=train_tf, **kwargs),
-            FakeDataset(data_cfg.fake_val_size, seed=seed + 10**9, transform=val_tf, **kwargs),
-        )
-    if name == "folder":
-        _check_folder_root(data_cfg.root)
-        mode = "L" if data_cfg.in_chans == 1 else "RGB"
-        datasets = []
-        for split, tf, training in ((data_cfg.train_split, train_tf, True), (data_cfg.val_split, val_tf, False)):
-            try:
-                ds = create_dataset(
-                    data_cfg.dataset, root=data_cfg.root, split=split, is_training=training, input_img_mode=mode
-                )
-            except (RuntimeError, FileNotFoundError) as err:  # timm: "Found 0 images in subfolders of ..."
-                raise FileNotFoundError(
-                    f"could not read split {split!r} under data.root {data_cfg.root!r} ({err}); "
-                    + FOLDER_LAYOUT.format(root=data_cfg.root)
-                ) from err
-            if len(ds) == 0:
-                raise FileNotFoundError(
-                    f"split {split!r} under {data_cfg.root!r} is empty; {FOLDER_LAYOUT.format(root=data_cfg.root)}"
-                )
-            ds.transform = tf
-            datasets.append(ds)
-        return datasets[0], datasets[1]
-    raise ValueError(f"Unknown data.name {name!r}; use digits, folder or fake.")
+    if name not in DATASETS:
+        raise ValueError(f"Unknown data.name {name!r}; registered datasets: {', '.join(sorted(DATASETS))}.")
+    train_tf, val_tf = _transform(data_cfg, aug_cfg, True), _transform(data_cfg, aug_cfg, False)
+    return DATASETS[name](data_cfg, train_tf, val_tf, seed)
+
+
+@register_dataset("digits")
+def _digits(data_cfg: Any, train_tf: Any, val_tf: Any, seed: int) -> tuple[Dataset, Dataset]:
+    kwargs = dict(img_size=data_cfg.img_size, in_chans=data_cfg.in_chans, val_fraction=data_cfg.val_fraction)
+    return DigitsDataset("train", transform=train_tf, **kwargs), DigitsDataset("val", transform=val_tf, **kwargs)
+
+
+@register_dataset("fake")
+def _fake(data_cfg: Any, train_tf: Any, val_tf: Any, seed: int) -> tuple[Dataset, Dataset]:
+    if data_cfg.num_classes is None:
+        raise ValueError("data=fake draws random labels: set the class count, e.g. data.num_classes=1000.")
+    kwargs = dict(img_size=data_cfg.img_size, in_chans=data_cfg.in_chans, num_classes=data_cfg.num_classes)
+    return (
+        FakeDataset(data_cfg.fake_train_size, seed=seed, transform=train_tf, **kwargs),
+        FakeDataset(data_cfg.fake_val_size, seed=seed + 10**9, transform=val_tf, **kwargs),
+    )
+
+
+@register_dataset("folder")
+def _folder(data_cfg: Any, train_tf: Any, val_tf: Any, seed: int) -> tuple[Dataset, Dataset]:
+    _check_folder_root(data_cfg.root)
+    mode = "L" if data_cfg.in_chans == 1 else "RGB"
+    datasets = []
+    for split, tf, training in ((data_cfg.train_split, train_tf, True), (data_cfg.val_split, val_tf, False)):
+        try:
+            ds = create_dataset(
+                data_cfg.dataset, root=data_cfg.root, split=split, is_training=training, input_img_mode=mode
+            )
+        except (RuntimeError, FileNotFoundError) as err:  # timm: "Found 0 images in subfolders of ..."
+            raise FileNotFoundError(
+                f"could not read split {split!r} under data.root {data_cfg.root!r} ({err}); "
+                + FOLDER_LAYOUT.format(root=data_cfg.root)
+            ) from err
+        if len(ds) == 0:
+            raise FileNotFoundError(
+                f"split {split!r} under {data_cfg.root!r} is empty; {FOLDER_LAYOUT.format(root=data_cfg.root)}"
+            )
+        ds.transform = tf
+        datasets.append(ds)
+    return datasets[0], datasets[1]
 
 
 def train_batches(
