@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from .ops import compute_dtype
 from .ops.ssd import quasiseparable
 from .registry import register_mixer
-from .ssm_layers import GatedRMSNorm, init_dt_bias, inner_heads, same_conv1d
+from .ssm_layers import GatedRMSNorm, conv1d_silu, init_dt_bias, inner_heads, same_conv1d
 
 __all__ = ["Hydra"]
 
@@ -94,7 +94,7 @@ class Hydra(nn.Module):
         fp32 = compute_dtype(dt.dtype)  # decays in float32 (float64 stays)
         dt = F.softplus(dt.to(fp32).unflatten(-1, (2, h)) + self.dt_bias.to(fp32))  # (B, L, 2, h): dt_f, dt_b
         A = -torch.exp(self.A_log.to(fp32))  # (h,)
-        xbc = F.silu(self.conv1d(xbc.transpose(1, 2)).transpose(1, 2))  # non-causal depthwise conv, (B, L, .)
+        xbc = conv1d_silu(xbc, self.conv1d)  # non-causal depthwise conv + SiLU, (B, L, .)
         xs, B_f, C_f, B_b, C_b = xbc.split([self.d_inner, gn, gn, gn, gn], dim=-1)
         B_f, C_f, B_b, C_b = (t.unflatten(-1, (self.ngroups, self.d_state)) for t in (B_f, C_f, B_b, C_b))
         diag = F.linear(xs, self.fc_D.weight, self.D)  # (B, L, h): δ = D + W_D x

@@ -53,7 +53,7 @@ from .grid import GridMismatchError
 from .ops import autocast_off, compute_dtype
 from .ops.ssd import quasiseparable, quasiseparable_matrix
 from .registry import register_mixer
-from .ssm_layers import GatedRMSNorm, init_dt_bias, inner_heads, same_conv1d
+from .ssm_layers import GatedRMSNorm, conv1d_silu, init_dt_bias, inner_heads, same_conv1d
 
 __all__ = [
     "STRUCTURES",
@@ -135,11 +135,11 @@ class MatrixMixer(nn.Module):
         """u (B, L, C) -> z (B, L, d_inner), v (B, L, d_inner), the conv'd branch (B, L, branch), raw dt or None."""
         dt_dim = self.in_proj.out_features - 2 * self.d_inner - self.branch
         z, vb, dt = self.in_proj(u).split([self.d_inner, self.d_inner + self.branch, dt_dim], dim=-1)
-        vb = self.conv1d(vb.transpose(1, 2)).transpose(1, 2)
         if self.silu_on_branch:
-            vb = F.silu(vb)
+            vb = conv1d_silu(vb, self.conv1d)
             v, extra = vb[..., : self.d_inner], vb[..., self.d_inner :]
         else:
+            vb = self.conv1d(vb.transpose(1, 2)).transpose(1, 2)
             v, extra = F.silu(vb[..., : self.d_inner]), vb[..., self.d_inner :]
         return z, v, extra, (dt if dt_dim else None)
 

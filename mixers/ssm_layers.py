@@ -7,7 +7,8 @@
   at ``dt_init_floor``, so that ``softplus(0 + dt_bias)`` starts in [dt_min, dt_max].
 - ``s4d_real_A_log``: Mamba-1's S4D-real init, ``A[..., n] = -(n + 1)`` stored as ``log(n + 1)``.
 - ``inner_heads``: ``d_inner = expand · dim`` cut into heads of ``head_dim`` (one narrower head if d_inner is less).
-- ``same_conv1d``: the non-causal depthwise Conv1d of Hydra's layers ("same" length: odd kernels only).
+- ``same_conv1d``: the non-causal depthwise Conv1d of Hydra's layers ("same" length: odd kernels only), and
+  ``conv1d_silu``, SiLU(conv(x)) on tokens-last input with that layer's parameters and a written-out backward.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from .ops import compute_dtype
 
-__all__ = ["GatedRMSNorm", "init_dt_bias", "inner_heads", "s4d_real_A_log", "same_conv1d"]
+__all__ = ["GatedRMSNorm", "conv1d_silu", "init_dt_bias", "inner_heads", "s4d_real_A_log", "same_conv1d"]
 
 
 class GatedRMSNorm(nn.Module):
@@ -77,3 +78,44 @@ def same_conv1d(name: str, channels: int, kernel_size: int, bias: bool = True) -
     if kernel_size % 2 != 1:
         raise ValueError(f"{name}: d_conv must be odd for a same-length non-causal conv, got {kernel_size}.")
     return nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias)
+
+
+class _DepthwiseConv1dSiLU(torch.autograd.Function):
+    """SiLU(conv1d(x)) for a depthwise "same" conv, x tokens-last (b, L, C) in, (b, L, C) out (a transposed view).
+
+    The forward pass is ``F.silu(F.conv1d(...))``, as ``nn.Conv1d`` computes it. The backward pass is written out
+    because the generic depthwise-convolution backward on CPU is slow for the weight gradient (mkldnn: ~2 ms for
+    1024 channels x 196 tokens, 4x the forward): grad_input is the conv with the flipped kernel, grad_weight a
+    depthwise conv of the padded input with the output gradient as its L-tap kernel (batch folded into channels),
+    and the SiLU gradient is taken on contiguous (b, C, L) tensors."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding: int):
+        xc = x.transpose(1, 2).contiguous()  # (b, C, L), the layout the conv reads
+        pre = F.conv1d(xc, weight, bias, padding=padding, groups=weight.shape[0])  # autocast applies as usual
+        if not any(ctx.needs_input_grad):
+            return F.silu(pre, inplace=True).transpose(1, 2)
+        ctx.save_for_backward(xc, weight, pre)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        return F.silu(pre).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xc, weight, pre = ctx.saved_tensors
+        pad, dtype = ctx.padding, pre.dtype  # pre's dtype is the one the conv ran in (autocast or not)
+        batch, channels, length = pre.shape
+        g = torch.ops.aten.silu_backward(grad.transpose(1, 2).contiguous().to(dtype), pre)  # (b, C, L)
+        dx = F.conv1d(g, weight.to(dtype).flip(-1), padding=pad, groups=channels).transpose(1, 2)
+        dw = db = None
+        if ctx.needs_input_grad[1]:  # dw[c, k] = sum_{b, l} g[b, c, l] xpad[b, c, l + k]
+            xpad = F.pad(xc.to(dtype), (pad, pad)).reshape(1, batch * channels, length + 2 * pad)
+            dw = F.conv1d(xpad, g.reshape(batch * channels, 1, length), groups=batch * channels)
+            dw = dw.view(batch, channels, 1, -1).sum(0).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = g.sum((0, 2)).to(weight.dtype)
+        return dx, dw, db, None
+
+
+def conv1d_silu(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """SiLU(conv(x)) for tokens-last x (b, L, C) and a ``same_conv1d`` layer; returns (b, L, C)."""
+    return _DepthwiseConv1dSiLU.apply(x, conv.weight, conv.bias, conv.padding[0])

@@ -174,6 +174,18 @@ def fused_ssd_available() -> bool:
     return torch.cuda.is_available() and _fused_kernel() is not None
 
 
+def _use_fused(backend: str, x: torch.Tensor) -> bool:
+    """The backend dispatch (``ops.use_fused``). The import of mamba_ssm is only tried for CUDA tensors (or to word
+    the error of ``backend="fused"``), so CPU graphs trace through ``torch.compile`` without a break."""
+    fusable = x.is_cuda and _fused_kernel() is not None
+    needs = ""
+    if backend == "fused" and not fusable:
+        mamba_ssm = "importable" if _fused_kernel() else "not importable"
+        needs = "CUDA tensors and mamba_ssm (mamba_chunk_scan_combined); "
+        needs += f"got {x.device.type} tensors, mamba_ssm {mamba_ssm}"
+    return use_fused(backend, "SSD", fusable, needs)
+
+
 @torch.compiler.disable
 def _ssd_fused(x, dt, A, B, C, chunk_size, initial_state, return_final_state):
     out = _fused_kernel()(
@@ -201,12 +213,7 @@ def ssd(
     backend: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The SSD scan in float32 (float64 kept) with autocast off; returns x's dtype. See the module docstring."""
-    fusable = x.is_cuda and _fused_kernel() is not None
-    mamba_ssm = "importable" if _fused_kernel() else "not importable"
-    needs = (
-        f"CUDA tensors and mamba_ssm (mamba_chunk_scan_combined); got {x.device.type} tensors, mamba_ssm {mamba_ssm}"
-    )
-    fused = use_fused(backend, "SSD", fusable, needs)
+    fused = _use_fused(backend, x)
     dtype = x.dtype
     compute = compute_dtype(dtype)
     with autocast_off(x.device.type):
@@ -226,6 +233,122 @@ def _directions(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
     return torch.cat([forward, backward.flip(1)])
 
 
+DENSE_MAX_TOKENS = 256  # quasiseparable: up to this many tokens, one dense L x L product (the fused kernel's chunk)
+
+
+class _TriangularDecayMix(torch.autograd.Function):
+    """``y = W x`` per (batch, head), with the rows cut into nb blocks of Q = L / nb rows (I = i // Q):
+
+        W_ij = exp(p_i + q_Ij) K_ij  (i > j),   exp(r_i + s_Ij) K_ij  (i < j),   d_i  (i = j).
+
+    x (b, h, L, P); p, r, d (b, h, L); q, s (b, h, nb, L), all contiguous; K (b, g, L, L), shared by the h / g
+    heads of a group. Splitting each exponent at its row block keeps the row terms as small as one block's decay
+    (see ``_quasiseparable_dense``). Forward and backward are written out so that W is built in place in one
+    (b, h, L, L) buffer (two when training) instead of one per elementwise op. Backward: dx = Wᵀ dy, dW = dy xᵀ,
+    dK = Σ_heads dW ⊙ exp(.), and the gradient of an exponent, dW ⊙ W, summed over its triangle's rows (p, r) or
+    over each row block's columns (q, s). Saved: x, d, K and exp(.) (one (b, h, L, L) tensor)."""
+
+    @staticmethod
+    def forward(ctx, x, p, q, r, s, d, K):
+        b, h, L, _ = x.shape
+        nb = q.shape[2]
+        lower, upper = _triangles(L, x)
+        E = (p.view(b, h, nb, L // nb, 1) + q[..., None, :]).reshape(b, h, L, L)  # the exponent, built in place
+        E.mul_(lower).addcmul_(upper, r[..., :, None])  # lower: p_i + q_Ij; upper: r_i ...
+        E.view(b, h, nb, L // nb, L).addcmul_(upper.view(nb, L // nb, L), s[..., None, :])  # ... + s_Ij
+        E.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
+        E.exp_()
+        training = any(ctx.needs_input_grad)
+        W = (E * _per_head(K, h)).contiguous() if training else E.mul_(_per_head(K, h))
+        W.diagonal(dim1=-2, dim2=-1).copy_(d)
+        if training:
+            ctx.save_for_backward(x, d, K, E)
+            ctx.blocks = nb
+        return torch.matmul(W, x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, d, K, E = ctx.saved_tensors
+        b, h, L, P = x.shape
+        g, nb = K.shape[1], ctx.blocks
+        dy = dy.contiguous()
+        W = torch.mul(E, _per_head(K, h), out=torch.empty_like(E))
+        W.diagonal(dim1=-2, dim2=-1).copy_(d)
+        dx = torch.matmul(W.transpose(-1, -2), dy)
+        dW = torch.bmm(dy.view(b * h, L, P), x.view(b * h, L, P).transpose(1, 2), out=W.view(b * h, L, L))
+        H = dW.view(b, h, L, L).mul_(E)  # dW ⊙ exp(.), zero on the diagonal
+        dK = H.view(b, g, h // g, L, L).sum(2)
+        lower, upper = _triangles(L, x)
+        G_lower = H * _per_head(K * lower, h)  # dW ⊙ W below the diagonal ...
+        G_upper = H.mul_(_per_head(K * upper, h))  # ... and above it
+        dp, dq = G_lower.sum(-1), G_lower.view(b, h, nb, L // nb, L).sum(3)
+        dr, ds = G_upper.sum(-1), G_upper.view(b, h, nb, L // nb, L).sum(3)
+        return dx, dp, dq, dr, ds, (dy * x).sum(-1), dK
+
+
+def _triangles(L: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, L) masks in like's dtype: 1 strictly below, and strictly above, the diagonal."""
+    ones = torch.ones(L, L, dtype=like.dtype, device=like.device)
+    return ones.tril(-1), ones.triu(1)
+
+
+def _per_head(K: torch.Tensor, heads: int) -> torch.Tensor:
+    """(b, g, L, L) -> (b, heads, L, L), each group's matrix for its heads (a view when g = 1)."""
+    b, g, L, _ = K.shape
+    return K[:, :, None].expand(b, g, heads // g, L, L).reshape(b, heads, L, L)
+
+
+def _quasiseparable_dense(
+    x: torch.Tensor,
+    dt: tuple[torch.Tensor, torch.Tensor],
+    A: torch.Tensor,
+    B: tuple[torch.Tensor, torch.Tensor],
+    C: tuple[torch.Tensor, torch.Tensor],
+    diag: torch.Tensor,
+    initial_state: torch.Tensor | None,
+) -> torch.Tensor:
+    """``quasiseparable`` as one dense L x L product per head (no flips, no chunk states), for short sequences.
+
+    With cs the cumulative sums of a = dt A in token order, the entries of ``quasiseparable_matrix`` are
+    i > j: exp(cs^f_{i-1} - cs^f_j + log dt^f_j) (C^f_{i-1}·B^f_j); i < j: exp(cs^b_{j-1} - cs^b_i + log dt^b_j)
+    (C^b_{i+1}·B^b_j); i = j: δ_i. Precision: the cumulative sums are taken in float64 and each exponent is split
+    at the start of its row's block of Q = ``default_chunk_size(L)`` rows (one block if Q does not divide L), into
+    a row term (the decay inside the block) and a column term, both rounded to the compute dtype; so an exponent
+    is as exact as in the chunked scan, whose cumulative sums are chunk-local, not a difference of two sums over
+    the whole sequence. dt is floored at the smallest normal float so that log dt is finite."""
+    batch, L, h, _ = x.shape
+    (dt_f, dt_b), (B_f, B_b), (C_f, C_b) = dt, B, C
+    dtype, wide = x.dtype, torch.float64
+    Q = default_chunk_size(L)
+    Q = Q if L % Q == 0 else L
+    a_f, a_b = ((t.to(wide) * A.to(wide)).transpose(1, 2) for t in (dt_f, dt_b))  # (b, h, L)
+    log_f, log_b = (torch.log(t.clamp_min(torch.finfo(dtype).tiny)).to(wide).transpose(1, 2) for t in (dt_f, dt_b))
+    cs_f, cs_b = torch.cumsum(a_f, -1), torch.cumsum(a_b, -1)
+    into_row_f = cs_f - a_f  # cs^f_{i-1}, the forward decay from the start up to row i
+    ref_f, ref_b = into_row_f[..., ::Q], cs_b[..., ::Q]  # (b, h, nb): each row block's reference
+    p = into_row_f.unflatten(-1, (-1, Q)) - ref_f[..., None]  # (b, h, nb, Q)
+    q = ref_f[..., None] - (cs_f - log_f)[..., None, :]  # (b, h, nb, L)
+    r = ref_b[..., None] - cs_b.unflatten(-1, (-1, Q))
+    s = (cs_b - a_b + log_b)[..., None, :] - ref_b[..., None]
+    p, r = p.flatten(-2), r.flatten(-2)
+    C_f = F.pad(C_f[:, :-1], (0, 0, 0, 0, 1, 0))  # row i reads C^f_{i-1} (row 0: nothing below the diagonal)
+    C_b = F.pad(C_b[:, 1:], (0, 0, 0, 0, 0, 1))  # row i reads C^b_{i+1}
+    lower = torch.ones(L, L, dtype=torch.bool, device=x.device).tril(-1)
+    K = torch.where(lower, torch.einsum("bign,bjgn->bgij", C_f, B_f), torch.einsum("bign,bjgn->bgij", C_b, B_b))
+    terms = (t.to(dtype).contiguous() for t in (p, q, r, s))
+    y = _TriangularDecayMix.apply(x.transpose(1, 2).contiguous(), *terms, diag.transpose(1, 2).contiguous(), K)
+    y = y.transpose(1, 2)  # (b, L, h, P)
+    if initial_state is not None:  # the states entering each scan, decayed to row i: C^f_{i-1} exp(cs^f_{i-1}) s0^f
+        g = B_f.shape[2]  # and C^b_{i+1} exp(cs^b_{L-1} - cs^b_i) s0^b
+        s0 = initial_state.unflatten(1, (g, h // g))  # (2b, g, h/g, P, N)
+        decay_f = into_row_f.exp().to(dtype).transpose(1, 2)[..., None]  # (b, L, h, 1)
+        decay_b = (cs_b[..., -1:] - cs_b).exp().to(dtype).transpose(1, 2)[..., None]
+        into_f = torch.einsum("blgn,bgzpn->blgzp", C_f, s0[:batch]).flatten(2, 3) * decay_f
+        into_b = torch.einsum("blgn,bgzpn->blgzp", C_b, s0[batch:]).flatten(2, 3) * decay_b
+        y = y + into_f + into_b
+    return y
+
+
 def quasiseparable(
     x: torch.Tensor,
     dt: tuple[torch.Tensor, torch.Tensor],
@@ -237,15 +360,31 @@ def quasiseparable(
     initial_state: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Hydra's quasiseparable matrix times x by two SSD passes (Prop. 3.7: QS(X) = shift(SS(X)) +
-    flip(shift(SS(flip X))) + D X), with the entries given in ``quasiseparable_matrix``.
+    """Hydra's quasiseparable matrix times x (Prop. 3.7: QS(X) = shift(SS(X)) + flip(shift(SS(flip X))) + D X),
+    with the entries given in ``quasiseparable_matrix``.
 
     x (b, l, h, p); dt = (forward, backward) each (b, l, h), positive; B, C = (forward, backward) each (b, l, g, n);
     all in token order. A (h,); diag (b, l, h), the diagonal δ; initial_state (2b, h, p, n) or None, the forward
-    then the backward pass's. Both passes run as one SSD over 2b sequences. Returns (b, l, h, p).
+    then the backward pass's. Returns (b, l, h, p), in x's dtype, computed in float32 (float64 kept).
+
+    Two forms. Sequences of at most ``DENSE_MAX_TOKENS`` tokens (or of at most ``chunk_size``, when given) take one
+    dense L x L product per head (``_quasiseparable_dense``: the two triangles and the diagonal in one matrix, no
+    flips); longer ones, and the fused kernel, two SSD passes (forward, and backward on the flipped sequence) run as
+    one SSD over 2b sequences, each shifted by one token, plus the diagonal term.
     """
+    fused = _use_fused(backend, x)
+    length = x.shape[1]
+    if not fused and (length <= chunk_size if chunk_size else length <= DENSE_MAX_TOKENS):
+        dtype = x.dtype
+        compute = compute_dtype(dtype)
+        with autocast_off(x.device.type):
+            dt, B, C = ((u.to(compute), v.to(compute)) for u, v in (dt, B, C))
+            state = None if initial_state is None else initial_state.to(compute)
+            y = _quasiseparable_dense(x.to(compute), dt, A.to(compute), B, C, diag.to(compute), state)
+        return y.to(dtype)
     batch = x.shape[0]
     dt2, B2, C2 = _directions(*dt), _directions(*B), _directions(*C)
+    backend = "fused" if fused else "torch"
     y = ssd(_directions(x, x), dt2, A, B2, C2, chunk_size, initial_state, backend=backend)  # (2b, l, h, p)
     y = F.pad(y[:, :-1], (0, 0, 0, 0, 1, 0))  # shift by one token, zero first row: roll(y, 1); y[:, 0] = 0
     return y[:batch] + y[batch:].flip(1) + x * diag[..., None]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from mixerzoo.mixers import create_mixer
 from mixerzoo.mixers.hydra_mixer import Hydra
 from mixerzoo.mixers.matrix_mixer import STRUCTURES, MatrixMixer
-from mixerzoo.mixers.ssm_layers import GatedRMSNorm, init_dt_bias
+from mixerzoo.mixers.ssm_layers import GatedRMSNorm, conv1d_silu, init_dt_bias, same_conv1d
 from tests.conftest import build_model
 
 
@@ -30,6 +30,28 @@ def test_gated_rms_norm_is_the_reference_formula(norm_before_gate: bool) -> None
     expected = expected * F.silu(z) if norm_before_gate else expected
     torch.testing.assert_close(norm(y, z), expected)
     assert norm(y.bfloat16(), z.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv1d_silu_is_silu_of_the_conv_layer_forward_and_backward(bias: bool) -> None:
+    conv = same_conv1d("test", 12, 5, bias=bias).double()
+    proj = torch.randn(3, 9, 20, dtype=torch.float64, requires_grad=True)
+    x = proj[..., 4:16]  # a strided slice of a projection, as in the mixers
+    expected = F.silu(conv(x.transpose(1, 2)).transpose(1, 2))
+    out = conv1d_silu(x, conv)
+    torch.testing.assert_close(out, expected)
+    weights = torch.randn_like(out)
+    leaves = [proj, *conv.parameters()]
+    for g, g_ref in zip(
+        torch.autograd.grad((out * weights).sum(), leaves), torch.autograd.grad((expected * weights).sum(), leaves)
+    ):
+        torch.testing.assert_close(g, g_ref)
+    conv.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the conv runs in bf16 under autocast, as nn.Conv1d does
+        out = conv1d_silu(x.float(), conv)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert conv.weight.grad.dtype == torch.float32 and proj.grad.dtype == torch.float64
 
 
 def test_dt_bias_init_starts_softplus_in_the_dt_range() -> None:
@@ -91,9 +113,10 @@ def _perturbed_hydra(dim: int, **options) -> Hydra:
     return mixer
 
 
+@pytest.mark.parametrize("chunk_size", [4, None], ids=["chunked", "dense"])
 @pytest.mark.parametrize("grid", [(4, 4), (3, 5), (5, 2), (1, 7)], ids=lambda g: f"{g[0]}x{g[1]}")
-def test_hydra_equals_materialised_quasiseparable_matrix(grid: tuple[int, int]) -> None:
-    mixer = _perturbed_hydra(16, d_state=6, head_dim=8, chunk_size=4)
+def test_hydra_equals_materialised_quasiseparable_matrix(grid: tuple[int, int], chunk_size: int | None) -> None:
+    mixer = _perturbed_hydra(16, d_state=6, head_dim=8, chunk_size=chunk_size)
     u = torch.randn(2, *grid, 16, dtype=torch.float64)
     q = _hydra_branches(mixer, u.reshape(2, -1, 16))
     M = _hydra_matrix(mixer, q)
@@ -102,6 +125,26 @@ def test_hydra_equals_materialised_quasiseparable_matrix(grid: tuple[int, int]) 
     y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + 1e-5) * mixer.norm.weight * F.silu(q["z"])
     expected = (y @ mixer.out_proj.weight.T).reshape(u.shape)
     torch.testing.assert_close(mixer(u), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("learnable_init_states", [False, True])
+def test_hydra_dense_and_chunked_forms_agree_on_outputs_and_every_gradient(learnable_init_states: bool) -> None:
+    """The default dense L x L form (short sequences) and the chunked two-scan form are the same layer."""
+    options = dict(d_state=6, head_dim=8, ngroups=2, learnable_init_states=learnable_init_states)
+    dense, chunked = _perturbed_hydra(32, **options), _perturbed_hydra(32, chunk_size=5, **options)
+    chunked.load_state_dict(dense.state_dict())
+    if learnable_init_states:
+        with torch.no_grad():
+            dense.init_states.normal_()
+            chunked.init_states.copy_(dense.init_states)
+    u = torch.randn(2, 3, 7, 32, dtype=torch.float64)
+    weights = torch.randn_like(u)
+    y_dense, y_chunked = dense(u), chunked(u)
+    torch.testing.assert_close(y_dense, y_chunked, rtol=1e-10, atol=1e-10)
+    (y_dense * weights).sum().backward()
+    (y_chunked * weights).sum().backward()
+    for (name, p), q in zip(dense.named_parameters(), chunked.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-9, msg=name)
 
 
 def test_hydra_shift_keeps_both_scans_off_the_diagonal() -> None:
@@ -140,18 +183,22 @@ def test_hydra_parameter_count_at_768_is_the_official_one() -> None:
     torch.testing.assert_close(-torch.exp(mixer.A_log), -torch.ones(24))
 
 
-def test_hydra_bf16_autocast_keeps_shape_dtype_and_scans_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("chunk_size", [None, 8], ids=["dense", "chunked"])
+def test_hydra_bf16_autocast_keeps_shape_dtype_and_scans_in_float32(
+    monkeypatch: pytest.MonkeyPatch, chunk_size: int | None
+) -> None:
     import mixerzoo.mixers.ops.ssd as ssd_module
 
     seen = []
-    original = ssd_module.ssd_chunked
+    kernel = "_quasiseparable_dense" if chunk_size is None else "ssd_chunked"  # 30 tokens: dense unless chunked
+    original = getattr(ssd_module, kernel)
 
     def spy(x, *args, **kwargs):
         seen.append((x.dtype, torch.is_autocast_enabled("cpu")))
         return original(x, *args, **kwargs)
 
-    monkeypatch.setattr(ssd_module, "ssd_chunked", spy)
-    mixer = create_mixer({"name": "hydra", "d_state": 16, "head_dim": 16}, 32)
+    monkeypatch.setattr(ssd_module, kernel, spy)
+    mixer = create_mixer({"name": "hydra", "d_state": 16, "head_dim": 16, "chunk_size": chunk_size}, 32)
     x = torch.randn(2, 5, 6, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = mixer(x)
