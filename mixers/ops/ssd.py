@@ -246,7 +246,8 @@ class _TriangularDecayMix(torch.autograd.Function):
     (see ``_quasiseparable_dense``). Forward and backward are written out so that W is built in place in one
     (b, h, L, L) buffer (two when training) instead of one per elementwise op. Backward: dx = Wᵀ dy, dW = dy xᵀ,
     dK = Σ_heads dW ⊙ exp(.), and the gradient of an exponent, dW ⊙ W, summed over its triangle's rows (p, r) or
-    over each row block's columns (q, s). Saved: x, d, K and exp(.) (one (b, h, L, L) tensor)."""
+    over each row block's columns (q, s), taken blockwise (``_triangle_sums``) so that the backward pass needs one
+    (b, h, L, L) buffer. Saved: x, d, K and exp(.) (one (b, h, L, L) tensor)."""
 
     @staticmethod
     def forward(ctx, x, p, q, r, s, d, K):
@@ -278,12 +279,30 @@ class _TriangularDecayMix(torch.autograd.Function):
         dW = torch.bmm(dy.view(b * h, L, P), x.view(b * h, L, P).transpose(1, 2), out=W.view(b * h, L, L))
         H = dW.view(b, h, L, L).mul_(E)  # dW ⊙ exp(.), zero on the diagonal
         dK = H.view(b, g, h // g, L, L).sum(2)
-        lower, upper = _triangles(L, x)
-        G_lower = H * _per_head(K * lower, h)  # dW ⊙ W below the diagonal ...
-        G_upper = H.mul_(_per_head(K * upper, h))  # ... and above it
-        dp, dq = G_lower.sum(-1), G_lower.view(b, h, nb, L // nb, L).sum(3)
-        dr, ds = G_upper.sum(-1), G_upper.view(b, h, nb, L // nb, L).sum(3)
-        return dx, dp, dq, dr, ds, (dy * x).sum(-1), dK
+        G = H.mul_(_per_head(K, h))  # dW ⊙ W, zero on the diagonal
+        return dx, *_triangle_sums(G, nb), (dy * x).sum(-1), dK
+
+
+def _triangle_sums(G: torch.Tensor, nb: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For G (b, h, L, L) with a zero diagonal and its rows and columns cut into nb blocks of Q: the row sums of its
+    strictly lower and strictly upper triangles (b, h, L), and their column sums over each row block (b, h, nb, L),
+    as (lower rows, lower columns, upper rows, upper columns): sums over whole blocks, plus the masked nb diagonal
+    Q x Q blocks, the only ones that straddle the diagonal (nothing of G's size is allocated)."""
+    b, h, L, _ = G.shape
+    Q = L // nb
+    by_col_block = G.view(b, h, nb, Q, nb, Q).sum(-1)  # [I, i, J]: row sums over column block J
+    by_row_block = G.view(b, h, nb, Q, L).sum(3).view(b, h, nb, nb, Q)  # [I, J, j]: column sums over row block I
+    on_diag = G.view(b, h, nb, Q, nb, Q).diagonal(dim1=2, dim2=4).permute(0, 1, 4, 2, 3)  # (b, h, nb, Q, Q)
+    before, after = _triangles(nb, G)  # J < I, J > I
+    lower_Q, upper_Q = _triangles(Q, G)
+    sums = []
+    for outside, inside in ((before, lower_Q), (after, upper_Q)):
+        part = on_diag * inside  # [I, i, j], the diagonal blocks' part of this triangle
+        rows = (by_col_block * outside[:, None, :]).sum(-1) + part.sum(-1)  # (b, h, nb, Q)
+        cols = by_row_block * outside[..., None]
+        cols.diagonal(dim1=2, dim2=3).add_(part.sum(-2).transpose(-1, -2))  # the diagonal block's own columns
+        sums += [rows.reshape(b, h, L), cols.reshape(b, h, nb, L)]
+    return sums[0], sums[1], sums[2], sums[3]
 
 
 def _triangles(L: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

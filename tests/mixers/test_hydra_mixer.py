@@ -127,9 +127,12 @@ def test_hydra_equals_materialised_quasiseparable_matrix(grid: tuple[int, int], 
     torch.testing.assert_close(mixer(u), expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("learnable_init_states", [False, True])
-def test_hydra_dense_and_chunked_forms_agree_on_outputs_and_every_gradient(learnable_init_states: bool) -> None:
-    """The default dense L x L form (short sequences) and the chunked two-scan form are the same layer."""
+@pytest.mark.parametrize(("grid", "learnable_init_states"), [((3, 7), False), ((3, 7), True), ((8, 12), True)])
+def test_hydra_dense_and_chunked_forms_agree_on_outputs_and_every_gradient(
+    grid: tuple[int, int], learnable_init_states: bool
+) -> None:
+    """The default dense L x L form (short sequences; 96 tokens: exponents in two row blocks) and the chunked
+    two-scan form are the same layer."""
     options = dict(d_state=6, head_dim=8, ngroups=2, learnable_init_states=learnable_init_states)
     dense, chunked = _perturbed_hydra(32, **options), _perturbed_hydra(32, chunk_size=5, **options)
     chunked.load_state_dict(dense.state_dict())
@@ -137,7 +140,7 @@ def test_hydra_dense_and_chunked_forms_agree_on_outputs_and_every_gradient(learn
         with torch.no_grad():
             dense.init_states.normal_()
             chunked.init_states.copy_(dense.init_states)
-    u = torch.randn(2, 3, 7, 32, dtype=torch.float64)
+    u = torch.randn(2, *grid, 32, dtype=torch.float64)
     weights = torch.randn_like(u)
     y_dense, y_chunked = dense(u), chunked(u)
     torch.testing.assert_close(y_dense, y_chunked, rtol=1e-10, atol=1e-10)
