@@ -12,20 +12,29 @@ One loop for every setting: one process on CPU or GPU, or one process per GPU un
 GPU, gloo on CPU; works across nodes unchanged). Everything else is timm or torch: ``create_transform``,
 ``Mixup``, ``create_optimizer_v2``, ``create_scheduler_v2``, ``ModelEmaV3``, autocast/GradScaler, DDP.
 
-Outputs in the run directory: ``last.pth`` (every epoch, and on SIGTERM/SIGUSR1 mid-epoch) and ``best.pth``,
-both written atomically; ``metrics.csv`` / ``metrics.jsonl`` (one row per epoch); ``summary.json``;
+Outputs in the run directory: ``last.pth`` (every epoch, and on SIGTERM/SIGUSR1 mid-epoch), ``best.pth`` and,
+with ``checkpoint_every_steps=N``, ``step_<step>.pth`` every N optimizer steps (the newest ``checkpoint_keep``
+kept), all written atomically; ``metrics.csv`` / ``metrics.jsonl`` (one row per epoch); ``summary.json``;
 ``train.log``; ``.hydra/`` (the composed config); ``tensorboard/`` with ``logger=tensorboard``.
+
+Resuming (``resume=auto`` or a checkpoint path) is sample-exact with any number of processes: a checkpoint keeps
+its position as the samples of the epoch's global order already trained on, and the lr schedule is rebuilt for the
+new run's updates per epoch at that position. The writes are ordered (``best.pth``, then ``last.pth``, then the
+metrics files, then ``summary.json``) and every checkpoint carries the metrics history, so a crash at any point
+leaves a consistent set and a resume rewrites what is missing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -38,7 +47,8 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -50,13 +60,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 import mixerzoo  # registers the zoo's models in timm (also used: mixerzoo.load_checkpoint)
+from mixerzoo.models.checkpoint import CheckpointError, read_checkpoint
 from mixerzoo.training.config import register_configs, validate_config
-from mixerzoo.training.data import EpochBatchSampler, create_datasets, eval_loader, train_batches, train_loader
+from mixerzoo.training.data import EpochBatchSampler, create_datasets, eval_loader, train_loader
 
 _logger = logging.getLogger("train")
 register_configs()
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: position in samples (any process count), metrics history; 1 is still read
 _stop_signal: str | None = None  # set by the SIGTERM/SIGUSR1 handler, read after every optimizer step
 
 
@@ -147,8 +158,9 @@ class EvalState:
 
 @dataclass
 class TrainState(EvalState):
-    """Everything the loop reads and updates. ``epoch`` is the epoch in progress and ``batch_in_epoch`` the
-    batches of it already trained on (both 0-based counts, restored from a checkpoint)."""
+    """Everything the loop reads and updates. ``epoch`` is the epoch in progress (0-based) and
+    ``samples_in_epoch`` the samples of its global order that all ranks together have trained on: a position that
+    means the same with any number of processes or batch size (restored from a checkpoint)."""
 
     model: nn.Module  # what trains: ``net``, compiled and/or wrapped in DDP
     eval_model: nn.Module  # ``net``, compiled, not DDP-wrapped
@@ -160,13 +172,29 @@ class TrainState(EvalState):
     mixup: Mixup | None
     criterion: nn.Module
     train_loader: Any
-    num_batches: int  # per epoch and rank: a whole number of updates
+    updates_per_epoch: int  # optimizer steps of a whole epoch
     num_epochs: int  # cfg.epochs plus the schedule's cooldown
-    global_batch: int
+    global_batch: int  # samples per optimizer step: batch_size x processes x grad_accum_steps
     epoch: int = 0
-    batch_in_epoch: int = 0
-    global_step: int = 0
+    samples_in_epoch: int = 0
+    global_step: int = 0  # optimizer steps taken since the run began (across resumes)
+    epoch_loss_sum: float = 0.0  # the epoch's summed step losses, kept across a mid-epoch resume
+    epoch_updates: int = 0
+    stop_requested: bool = False  # a stop signal reached some rank: all ranks stop after the same step
+    history: list[dict[str, Any]] = field(default_factory=list)  # one metrics row per finished epoch
     best: dict[str, Any] = field(default_factory=lambda: {"top1": -1.0, "epoch": -1})
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.updates_per_epoch * self.global_batch
+
+    @property
+    def schedule_position(self) -> float:
+        """Where the run stands in optimizer steps of this configuration: the lr schedule's ``t``. Fractional
+        when a resume with another global batch started between two of this run's steps."""
+        done, rest = divmod(self.samples_in_epoch, self.global_batch)
+        position = self.epoch * self.updates_per_epoch + done
+        return position + rest / self.global_batch if rest else position
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
@@ -200,86 +228,195 @@ def all_rng_states(world_size: int) -> list[dict[str, Any]]:
 
 
 def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    """``torch.save`` to a temporary file, synced, then renamed: a crash never leaves a half-written checkpoint, and a
+    failed write (disk full, no permission) removes its temporary file, leaves the previous ``path`` as it was and
+    says which path could not be written and why."""
     tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # a Python file: a failed write is an OSError with its reason (ENOSPC, EACCES)
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, so a power cut cannot leave an empty checkpoint
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        folder = os.path.dirname(os.path.abspath(path))
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        with contextlib.suppress(OSError):
+            reason += f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free on its file system"
+        raise OSError(
+            f"Could not write checkpoint {path!r} ({reason}). Its temporary file was removed and the previous "
+            f"{os.path.basename(path)} (if any) is unchanged. Free space in {folder!r} (or make it writable), then "
+            "continue with resume=auto."
+        ) from err
+
+
+STEP_PREFIX = "step_"  # step checkpoints: step_<optimizer step, 8 digits>.pth
+RUN_OUTPUTS = ("last.pth", "best.pth", "metrics.csv", "metrics.jsonl", "summary.json")
+
+
+def step_checkpoints(output_dir: str) -> list[str]:
+    """The run's step checkpoints, oldest written first."""
+    if not os.path.isdir(output_dir):
+        return []
+    names = [n for n in os.listdir(output_dir) if n.startswith(STEP_PREFIX) and n.endswith(".pth")]
+    return sorted((os.path.join(output_dir, n) for n in names), key=os.path.getmtime)
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """``resume=auto``: the most recently written readable checkpoint of the run (``last.pth`` or a step
+    checkpoint; by write time, so a run resumed from an older checkpoint continues its own line). Unreadable ones
+    are skipped with a warning; if there are checkpoints and none can be read, that is an error, not a fresh start
+    over them."""
+    last = os.path.join(output_dir, "last.pth")
+    candidates = step_checkpoints(output_dir) + ([last] if os.path.isfile(last) else [])
+    problems = []
+    for path in sorted(candidates, key=os.path.getmtime, reverse=True):
+        try:
+            read_checkpoint(path, mmap=True)
+        except CheckpointError as err:
+            problems.append(str(err))
+            _logger.warning(f"resume=auto: skipping {path}: {err}")
+            continue
+        return path
+    if problems:
+        raise CheckpointError(
+            f"resume=auto: no readable checkpoint in {output_dir!r}:\n  " + "\n  ".join(problems) + "\nMove them "
+            "away to start this run from scratch, or resume from another file (resume=<path>)."
+        )
+    return None
 
 
 def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     if resume is None:
         return None
     if resume == "auto":
-        path = os.path.join(output_dir, "last.pth")
-        return path if os.path.isfile(path) else None
+        return latest_checkpoint(output_dir)
     if not os.path.isfile(resume):
         raise FileNotFoundError(f"resume={resume!r}: no such checkpoint file (use resume=auto or a path).")
     return resume
 
 
-def save(cfg: DictConfig, state: TrainState, is_best: bool = False) -> None:
-    """All ranks gather RNG states; rank 0 writes ``last.pth`` (and ``best.pth``), each atomically. The checkpoint
-    holds where to restart: the next epoch once all batches of ``state.epoch`` are trained on."""
-    rng = all_rng_states(state.world_size)
-    if not state.primary:
-        return
-    epoch, batch_in_epoch = state.epoch, state.batch_in_epoch
-    if batch_in_epoch >= state.num_batches:
-        epoch, batch_in_epoch = epoch + 1, 0
-    ckpt = {
+def check_unused_run_dir(output_dir: str) -> None:
+    """Training without ``resume`` into a directory that holds a run would overwrite its checkpoints and mix two
+    runs in its metrics: refused."""
+    found = [n for n in RUN_OUTPUTS if os.path.exists(os.path.join(output_dir, n))]
+    found += [os.path.basename(p) for p in step_checkpoints(output_dir)]
+    if found:
+        raise FileExistsError(
+            f"{output_dir!r} already holds a run ({', '.join(found[:6])}). Continue it with resume=auto, or start "
+            "a new run in another directory (hydra.run.dir=<new dir>, or leave hydra.run.dir unset for a fresh "
+            "timestamped one)."
+        )
+
+
+def checkpoint(cfg: DictConfig, state: TrainState, rng: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything a resume needs, as tensors and plain Python values (``weights_only=True`` loads it)."""
+    return {
         "model": state.net.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
         "scaler": state.scaler.state_dict(),
         "ema": state.ema.module.state_dict() if state.ema is not None else None,
-        "epoch": epoch,  # the epoch to (re)start at
-        "batch_in_epoch": batch_in_epoch,  # batches of that epoch already trained on (mid-epoch stop)
+        "epoch": state.epoch,  # the epoch in progress (0-based)
+        "samples_in_epoch": state.samples_in_epoch,  # of its global order, all ranks together
+        "epoch_loss_sum": state.epoch_loss_sum,
+        "epoch_updates": state.epoch_updates,
         "global_step": state.global_step,
+        "updates_per_epoch": state.updates_per_epoch,
+        "global_batch": state.global_batch,
+        "world_size": state.world_size,
         "best": state.best,
+        "history": state.history,
         "rng": rng,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "version": CHECKPOINT_VERSION,
     }
-    save_atomic(ckpt, os.path.join(state.output_dir, "last.pth"))
-    if is_best:
-        save_atomic(ckpt, os.path.join(state.output_dir, "best.pth"))
 
 
-def restore(cfg: DictConfig, state: TrainState) -> None:
-    """Continue from ``cfg.resume`` exactly where it stopped: weights, optimizer, schedule, scaler, EMA, position,
-    best score and every rank's RNGs. Nothing to do without a checkpoint."""
+def save(cfg: DictConfig, state: TrainState, *names: str) -> None:
+    """All ranks gather RNG states; rank 0 writes the checkpoint to each of ``names`` in order, each atomically.
+    A step checkpoint (``step_*.pth``) then drops the oldest beyond ``checkpoint_keep``."""
+    rng = all_rng_states(state.world_size)
+    if not state.primary:
+        return
+    ckpt = checkpoint(cfg, state, rng)
+    for name in names:
+        save_atomic(ckpt, os.path.join(state.output_dir, name))
+    if any(name.startswith(STEP_PREFIX) for name in names):
+        for old in step_checkpoints(state.output_dir)[: -cfg.checkpoint_keep]:
+            os.remove(old)
+
+
+def _position(ckpt: dict[str, Any]) -> tuple[int, int | None, int]:
+    """(samples of the epoch trained, updates per epoch or None if unknown, processes) of a checkpoint; version 1
+    counted batches per rank."""
+    if ckpt.get("version", 1) >= 2:
+        return ckpt["samples_in_epoch"], ckpt["updates_per_epoch"], ckpt["world_size"]
+    world_size = len(ckpt["rng"])
+    return ckpt["batch_in_epoch"] * ckpt["config"]["batch_size"] * world_size, None, world_size
+
+
+def restore(cfg: DictConfig, state: TrainState) -> bool:
+    """Continue from ``cfg.resume`` where it stopped: weights, optimizer, scaler, EMA, position, best score, metrics
+    history and (same process count) every rank's RNGs; the lr schedule is set for that position. With another
+    number of processes or batch size the run continues from the same sample of the epoch's global order, and the
+    schedule, rebuilt for the new updates per epoch, from the same fraction of training. Returns whether a
+    checkpoint was loaded."""
     path = resolve_resume(cfg.resume, state.output_dir)
     if path is None:
         if cfg.resume == "auto":
             _logger.info(f"resume=auto: no checkpoint in {state.output_dir}, starting from scratch")
-        return
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return False
+    ckpt = read_checkpoint(path)
+    if ckpt.get("version", 1) > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"Checkpoint {path!r} has format version {ckpt['version']}, newer than this train.py reads "
+            f"({CHECKPOINT_VERSION}): update the zoo."
+        )
     state.net.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler = state.scheduler
-    same_schedule = ckpt["config"]["epochs"] == cfg.epochs and ckpt["config"]["sched"] == dict(cfg.sched)
-    if scheduler is not None and ckpt["scheduler"] is not None and same_schedule:
-        scheduler.load_state_dict(ckpt["scheduler"])  # (what a plateau schedule has learnt cannot be replayed)
     state.scaler.load_state_dict(ckpt["scaler"])
     if state.ema is not None and ckpt["ema"] is not None:
         state.ema.module.load_state_dict(ckpt["ema"])
-    state.epoch, state.batch_in_epoch, state.global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
-    state.best = ckpt["best"]
-    if len(ckpt["rng"]) == state.world_size:
+    samples, updates_per_epoch, world_size = _position(ckpt)
+    same_schedule = (
+        ckpt["config"]["epochs"] == cfg.epochs
+        and ckpt["config"]["sched"] == OmegaConf.to_container(cfg.sched, resolve=True)
+        and updates_per_epoch == state.updates_per_epoch
+    )
+    if state.scheduler is not None and ckpt["scheduler"] is not None and same_schedule:
+        state.scheduler.load_state_dict(ckpt["scheduler"])  # (what a plateau schedule has learnt cannot be replayed)
+    state.epoch, state.samples_in_epoch, state.global_step = ckpt["epoch"], samples, ckpt["global_step"]
+    state.epoch_loss_sum, state.epoch_updates = ckpt.get("epoch_loss_sum", 0.0), ckpt.get("epoch_updates", 0)
+    state.best, state.history = ckpt["best"], ckpt.get("history", [])
+    if world_size == state.world_size:
         set_rng_state(ckpt["rng"][state.rank])
     else:
-        _logger.warning(f"checkpoint has RNG states for {len(ckpt['rng'])} ranks, not {state.world_size}: reseeded.")
+        _logger.warning(
+            f"checkpoint written by {world_size} process(es), resumed with {state.world_size}: the training order "
+            "continues from the same sample; augmentation RNGs are reseeded."
+        )
     if not same_schedule:
         _logger.warning(
-            f"epochs ({ckpt['config']['epochs']} -> {cfg.epochs}) or sched changed since the checkpoint: "
-            "the lr schedule is rebuilt from this config, at the checkpoint's step."
+            f"the lr schedule is rebuilt from this config (epochs {ckpt['config']['epochs']} -> {cfg.epochs}, "
+            f"updates per epoch {updates_per_epoch or 'unknown'} -> {state.updates_per_epoch}"
+            f"{', sched changed' if ckpt['config']['sched'] != OmegaConf.to_container(cfg.sched) else ''}), at step "
+            f"{state.schedule_position:g} of {state.num_epochs * state.updates_per_epoch}."
         )
-    if scheduler is not None:  # set the lr for where the run stands
-        scheduler.step(state.epoch)
-        scheduler.step_update(state.global_step)
-    _logger.info(
-        f"resumed from {path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.global_step}"
-    )
+    if samples > state.samples_per_epoch:
+        _logger.warning(
+            f"the checkpoint trained {samples} samples of epoch {state.epoch + 1}; an epoch of this configuration "
+            f"trains {state.samples_per_epoch}: that epoch ends now."
+        )
+    if state.scheduler is not None:  # set the lr for where the run stands
+        state.scheduler.step(state.epoch)
+        state.scheduler.step_update(state.schedule_position)
+    if state.primary and "history" in ckpt:
+        write_metrics(cfg, state.output_dir, state.history, repair=True)
+    _logger.info(f"resumed from {path}: epoch {state.epoch + 1}, {samples} samples into it, step {state.global_step}")
+    return True
 
 
 # --- one epoch -----------------------------------------------------------------------------------------------
@@ -317,8 +454,10 @@ class Progress:
 
 
 def train_one_epoch(cfg: DictConfig, state: TrainState) -> dict[str, float] | None:
-    """Train ``state.epoch`` from batch ``state.batch_in_epoch`` on, advancing that and ``state.global_step`` at
-    every update; returns the epoch's mean loss and global images/s, or None when a stop signal ended it early.
+    """Train the rest of ``state.epoch``, from sample ``state.samples_in_epoch`` of its global order on, advancing
+    that and ``state.global_step`` at every update (and writing a step checkpoint every ``checkpoint_every_steps``);
+    returns the epoch's mean loss (over all its steps, before a resume too) and this run's global images/s, or None
+    when a stop signal ended it before its last step.
 
     One host sync per optimizer update and none between forward and backward: the update's summed loss and the
     stop flag travel together (summed over ranks in the same all-reduce, which never runs inside ``no_sync``
@@ -328,15 +467,17 @@ def train_one_epoch(cfg: DictConfig, state: TrainState) -> dict[str, float] | No
     """
     model, optimizer, scaler, mixup_fn = state.model, state.optimizer, state.scaler, state.mixup
     device, world_size, accum = state.device, state.world_size, cfg.optim.grad_accum_steps
-    epoch, start_batch, loader = state.epoch, state.batch_in_epoch, state.train_loader
+    epoch, loader, every = state.epoch, state.train_loader, cfg.checkpoint_every_steps
     if mixup_fn is not None and cfg.aug.mixup_off_epoch and epoch >= cfg.aug.mixup_off_epoch:
         mixup_fn.mixup_enabled = False
-    loader.batch_sampler.set_epoch(epoch, start_batch)
-    progress = Progress(cfg, state.num_batches, start_batch, epoch, state.num_epochs, state.primary)
+    steps_left = max(state.samples_per_epoch - state.samples_in_epoch, 0) // state.global_batch
+    loader.batch_sampler.set_epoch(epoch, state.samples_in_epoch, steps_left * accum)
+    steps_done = state.updates_per_epoch - steps_left
+    progress = Progress(cfg, state.updates_per_epoch, steps_done, epoch, state.num_epochs, state.primary)
     model.train()
     update_loss = torch.zeros((), device=device)  # summed over the micro-steps of the current update
-    loss_sum, updates, images, start_time, stop = 0.0, 0, 0, time.time(), False
-    for i, (x, y) in enumerate(loader, start=start_batch):  # x: normalised float32 on the device
+    images, start_time, stop = 0, time.time(), False
+    for i, (x, y) in enumerate(loader):  # x: normalised float32 on the device
         if cfg.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if mixup_fn is not None:
@@ -358,13 +499,13 @@ def train_one_epoch(cfg: DictConfig, state: TrainState) -> dict[str, float] | No
         update_loss.zero_()
         step_loss /= world_size * accum
         if not math.isfinite(step_loss):
-            where = f"batch {i + 1}" if accum == 1 else f"batches {i + 2 - accum}-{i + 1}"
             raise FloatingPointError(
-                f"Loss is {step_loss} at epoch {epoch + 1}, {where}: stopping. Nothing of this step was applied; "
-                f"the last good checkpoint is {os.path.join(state.output_dir, 'last.pth')} (if one was written). "
-                "Try a lower optim.lr, optim.clip_grad=1.0, or runtime.precision=bf16/fp32."
+                f"Loss is {step_loss} at epoch {epoch + 1}, step {steps_done + i // accum + 1} of "
+                f"{state.updates_per_epoch}: stopping. Nothing of this step was applied; the last good checkpoint "
+                f"is {os.path.join(state.output_dir, 'last.pth')} (if one was written). Try a lower optim.lr, "
+                "optim.clip_grad=1.0, or runtime.precision=bf16/fp32."
             )
-        loss_sum, updates = loss_sum + step_loss, updates + 1
+        state.epoch_loss_sum, state.epoch_updates = state.epoch_loss_sum + step_loss, state.epoch_updates + 1
         if cfg.optim.clip_grad:
             scaler.unscale_(optimizer)
             dispatch_clip_grad(state.net.parameters(), cfg.optim.clip_grad, mode=cfg.optim.clip_mode)
@@ -372,24 +513,27 @@ def train_one_epoch(cfg: DictConfig, state: TrainState) -> dict[str, float] | No
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         state.global_step += 1
-        state.batch_in_epoch = i + 1
+        state.samples_in_epoch += state.global_batch
         if state.ema is not None:
             state.ema.update(state.net, step=state.global_step)
         if state.scheduler is not None:
-            state.scheduler.step_update(num_updates=state.global_step)
+            state.scheduler.step_update(num_updates=state.schedule_position)
         elapsed = time.time() - start_time
-        progress.update(i + 1, step_loss, optimizer.param_groups[-1]["lr"], images * world_size / max(elapsed, 1e-9))
+        lr, images_per_sec = optimizer.param_groups[-1]["lr"], images * world_size / max(elapsed, 1e-9)
+        progress.update(steps_done + (i + 1) // accum, step_loss, lr, images_per_sec)
+        if every and state.global_step % every == 0:
+            save(cfg, state, f"{STEP_PREFIX}{state.global_step:08d}.pth")
         if stop:
+            state.stop_requested = True
             break
     progress.close()
-    if stop:
-        return None
+    if stop and state.samples_in_epoch + state.global_batch <= state.samples_per_epoch:
+        return None  # stopped before the epoch's last step (after it: the epoch is evaluated and saved as usual)
     elapsed = time.time() - start_time
     return {
-        "train_loss": loss_sum / max(updates, 1),
+        "train_loss": state.epoch_loss_sum / max(state.epoch_updates, 1),
         "images_per_sec": images * world_size / max(elapsed, 1e-9),
         "train_time": elapsed,
-        "train_images": images * world_size,
     }
 
 
@@ -430,6 +574,10 @@ def setup(cfg: DictConfig) -> tuple[EvalState, Dataset]:
     """Runtime, datasets, the model (with ``cfg.checkpoint``'s weights) and the validation loader; returns them
     with the training set. The config is validated first (unknown keys added with ``+``, values like ``epochs=0``)."""
     validate_config(cfg)
+    if not cfg.eval_only and cfg.resume is None:
+        check_unused_run_dir(cfg.output_dir)
+    if cfg.eval_only:
+        use_checkpoint_model_config(cfg)
     info = setup_runtime(cfg)
     device, rank, world_size = info["device"], info["global_rank"], info["world_size"]
     if info["primary"]:
@@ -449,12 +597,40 @@ def setup(cfg: DictConfig) -> tuple[EvalState, Dataset]:
         f"{cfg.data.img_size}px | {world_size} process(es) on {device.type}, {cfg.runtime.precision}, "
         f"{torch.get_num_threads()} thread(s) each"
     )
-    if cfg.checkpoint:
-        layout = mixerzoo.load_checkpoint(net, cfg.checkpoint)
+    if cfg.checkpoint:  # fine-tuning onto another class count: the classifier that does not fit starts afresh
+        layout = mixerzoo.load_checkpoint(net, cfg.checkpoint, reset_classifier=not cfg.eval_only)
         _logger.info(f"loaded weights from {cfg.checkpoint} ({layout} layout)")
     eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
     loader = eval_loader(val_ds, eval_batch_size, cfg.data, device, rank=rank, world_size=world_size)
     return EvalState(net, loader, device, rank, world_size, cfg.output_dir, num_params), train_ds
+
+
+def command_overrides() -> list[str]:
+    """The overrides given on this command line (none when the config was composed in Python)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def use_checkpoint_model_config(cfg: DictConfig) -> None:
+    """``eval_only``: build the model as the checkpoint was trained (its stored ``model`` config), unless this
+    command sets the model (``model=...`` or ``model.<key>=...``); log which config is used."""
+    path = cfg.checkpoint or resolve_resume(cfg.resume, cfg.output_dir)
+    if path is None or not os.path.isfile(path):
+        return  # run_eval_only says what is missing
+    stored = read_checkpoint(path, mmap=True)
+    stored = stored.get("config") if isinstance(stored, dict) else None
+    stored_model = stored.get("model") if isinstance(stored, dict) else None
+    if stored_model is None:
+        _logger.info(f"eval_only: {path} stores no training config; the model is built from this command's config.")
+        return
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in command_overrides()]
+    overridden = [k for k in keys if k == "model" or k.startswith("model.")]
+    if overridden:
+        _logger.info(f"eval_only: model built from this command's config ({', '.join(overridden)}), not {path}'s.")
+        return
+    if stored_model != OmegaConf.to_container(cfg.model, resolve=True):
+        with open_dict(cfg):
+            cfg.model = OmegaConf.create(stored_model)
+    _logger.info(f"eval_only: model built from the config stored in {path} (override model=... to change it).")
 
 
 def build(cfg: DictConfig, evaluation: EvalState, train_ds: Dataset) -> TrainState:
@@ -474,16 +650,16 @@ def build(cfg: DictConfig, evaluation: EvalState, train_ds: Dataset) -> TrainSta
         layer_decay=cfg.optim.layer_decay,
         **opt_kwargs,
     )
-    num_batches = len(train_batches(len(train_ds), cfg.batch_size, 0, cfg.seed, rank, world_size))
+    num_batches = len(train_ds) // world_size // cfg.batch_size  # per rank; the last partial batch is dropped
     if cfg.limit_train_batches is not None:
         num_batches = min(num_batches, cfg.limit_train_batches)
-    num_batches -= num_batches % accum
-    if num_batches == 0:
+    updates_per_epoch = num_batches // accum
+    if updates_per_epoch == 0:
         raise ValueError(
             f"No full training step per epoch: {len(train_ds)} images over {world_size} process(es) with "
             f"batch_size={cfg.batch_size} x grad_accum_steps={accum}. Lower them."
         )
-    batch_sampler = EpochBatchSampler(len(train_ds), cfg.batch_size, num_batches, cfg.seed, rank, world_size)
+    batch_sampler = EpochBatchSampler(len(train_ds), cfg.batch_size, cfg.seed, rank, world_size)
     loader = train_loader(train_ds, batch_sampler, cfg.data, cfg.aug, device)
     scheduler, num_epochs = None, cfg.epochs
     if cfg.sched.sched != "none":
@@ -499,7 +675,7 @@ def build(cfg: DictConfig, evaluation: EvalState, train_ds: Dataset) -> TrainSta
             warmup_epochs=cfg.sched.warmup_epochs,
             warmup_prefix=cfg.sched.warmup_prefix,
             step_on_epochs=not cfg.sched.on_updates,
-            updates_per_epoch=num_batches // accum,
+            updates_per_epoch=updates_per_epoch,
         )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.runtime.precision == "fp16")
     ema = None
@@ -539,7 +715,7 @@ def build(cfg: DictConfig, evaluation: EvalState, train_ds: Dataset) -> TrainSta
             find_unused_parameters=cfg.runtime.distributed.find_unused_parameters,
         )
     _logger.info(
-        f"training {num_epochs} epochs x {num_batches // accum} steps, global batch {global_batch}, lr {lr:.3e}, "
+        f"training {num_epochs} epochs x {updates_per_epoch} steps, global batch {global_batch}, lr {lr:.3e}, "
         f"output {evaluation.output_dir}"
     )
     return TrainState(
@@ -554,30 +730,32 @@ def build(cfg: DictConfig, evaluation: EvalState, train_ds: Dataset) -> TrainSta
         mixup=mixup,
         criterion=criterion,
         train_loader=loader,
-        num_batches=num_batches,
+        updates_per_epoch=updates_per_epoch,
         num_epochs=num_epochs,
         global_batch=global_batch,
     )
 
 
-def fit(cfg: DictConfig, state: TrainState) -> tuple[dict[str, float], float | None]:
+def fit(cfg: DictConfig, state: TrainState) -> None:
     """Train from where ``state`` stands to ``state.num_epochs``, evaluating (model and EMA), checkpointing and
-    logging after every epoch; a SIGTERM/SIGUSR1 checkpoints and stops. Returns the last epoch's metrics and the
-    training throughput (global images/s) of this run."""
+    logging after every epoch; a SIGTERM/SIGUSR1 checkpoints and stops.
+
+    After an epoch the writes go in this order: ``best.pth`` (if it is the best), ``last.pth``, the metrics files.
+    A crash between any two leaves a consistent set: ``last.pth`` never names a best epoch that ``best.pth`` does
+    not hold, and a resume from it rewrites metrics rows that were not written (the checkpoint carries them)."""
     previous_handlers = {s: signal.signal(s, _on_stop_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
     writer = open_tensorboard(cfg, state.output_dir) if state.primary else None
-    last_metrics, train_images, train_time = {}, 0, 0.0
     try:
         while state.epoch < state.num_epochs:
             train_metrics = train_one_epoch(cfg, state)
             if train_metrics is None:
-                save(cfg, state)
+                save(cfg, state, "last.pth")
                 _logger.warning(
-                    f"stopped by {_stop_signal} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}: "
-                    "checkpoint written."
+                    f"stopped by {_stop_signal or 'a stop signal on another process'} at epoch {state.epoch + 1}, "
+                    f"{state.samples_in_epoch} samples into it (step {state.global_step}): checkpoint written."
                 )
                 break
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            state.epoch, state.samples_in_epoch, state.epoch_loss_sum, state.epoch_updates = state.epoch + 1, 0, 0.0, 0
             if state.scheduler is not None:
                 state.scheduler.step(state.epoch)
             metrics = {"epoch": state.epoch, **train_metrics, "lr": state.optimizer.param_groups[-1]["lr"]}
@@ -590,26 +768,32 @@ def fit(cfg: DictConfig, state: TrainState) -> tuple[dict[str, float], float | N
             is_best = score > state.best["top1"]
             if is_best:
                 state.best = {"top1": score, "epoch": state.epoch}
-            save(cfg, state, is_best)
-            train_images, train_time = train_images + metrics.pop("train_images"), train_time + metrics["train_time"]
-            last_metrics = metrics
+            state.history.append(metrics)
+            save(cfg, state, *(["best.pth"] if is_best else []), "last.pth")
             if state.primary:
-                log_epoch(cfg, metrics, writer, state.best)
-            if _stop_signal is not None:
-                _logger.warning(f"stopped by {_stop_signal} after epoch {state.epoch}: checkpoint written.")
+                log_epoch(cfg, metrics, writer, state)
+            if state.stop_requested or stop_signal_anywhere(state):
+                state.stop_requested = True
+                _logger.warning(f"stopped by a stop signal after epoch {state.epoch}: checkpoint written.")
                 break
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         if writer is not None:
             writer.close()
-    return last_metrics, train_images / train_time if train_time else None
 
 
-def summarise(
-    cfg: DictConfig, state: TrainState, last_metrics: dict[str, float], images_per_sec: float | None
-) -> float:
-    """Write ``summary.json`` (with, under DDP, whether the ranks' weights ended equal); returns the best top-1."""
+def stop_signal_anywhere(state: TrainState) -> bool:
+    """Whether a stop signal reached any rank (a collective: every rank calls it, once per epoch)."""
+    flag = torch.tensor(float(_stop_signal is not None), device=state.device)
+    if state.world_size > 1:
+        dist.all_reduce(flag)
+    return bool(flag.item())
+
+
+def summarise(cfg: DictConfig, state: TrainState) -> float:
+    """Write ``summary.json`` from the run's metrics history (with, under DDP, whether the ranks' weights ended
+    equal); returns the best top-1. Training throughput covers every epoch of the run, resumes included."""
     ranks_in_sync = None
     if state.world_size > 1:  # DDP keeps replicas equal; prove it with a per-parameter fingerprint from every rank
         fingerprint = torch.stack([p.detach().double().sum() for p in state.net.parameters()])
@@ -618,16 +802,19 @@ def summarise(
         ranks_in_sync = all(torch.equal(g, gathered[0]) for g in gathered)
         if not ranks_in_sync:
             _logger.warning("model weights differ between ranks at the end of training")
+    last = state.history[-1] if state.history else {}
+    train_time = sum(row["train_time"] for row in state.history)
+    train_images = sum(row["images_per_sec"] * row["train_time"] for row in state.history)
     summary = {
         "best_top1": state.best["top1"],
         "best_epoch": state.best["epoch"],
-        "final_top1": last_metrics.get("ema_top1", last_metrics.get("top1")),
-        "final_top5": last_metrics.get("ema_top5", last_metrics.get("top5")),
-        "final_top1_model": last_metrics.get("top1"),
+        "final_top1": last.get("ema_top1", last.get("top1")),
+        "final_top5": last.get("ema_top5", last.get("top5")),
+        "final_top1_model": last.get("top1"),
         "epochs_completed": state.epoch,
         "epochs_total": state.num_epochs,
-        "stopped_by": _stop_signal,
-        "train_images_per_sec": images_per_sec,
+        "stopped_by": _stop_signal if state.stop_requested else None,
+        "train_images_per_sec": train_images / train_time if train_time else None,
         "params": state.num_params,
         "global_batch": state.global_batch,
         "world_size": state.world_size,
@@ -646,9 +833,14 @@ def run(cfg: DictConfig) -> float:
     if cfg.eval_only:
         return run_eval_only(cfg, evaluation)
     state = build(cfg, evaluation, train_ds)
-    restore(cfg, state)
-    last_metrics, images_per_sec = fit(cfg, state)
-    return summarise(cfg, state, last_metrics, images_per_sec)
+    resumed = restore(cfg, state)
+    finished = resumed and state.epoch >= state.num_epochs
+    if finished and os.path.isfile(os.path.join(state.output_dir, "summary.json")):
+        _logger.info(f"the run in {state.output_dir} has finished all {state.num_epochs} epochs: nothing to do.")
+        return state.best["top1"]
+    if not finished:
+        fit(cfg, state)
+    return summarise(cfg, state)
 
 
 def run_eval_only(cfg: DictConfig, evaluation: EvalState) -> float:
@@ -660,7 +852,7 @@ def run_eval_only(cfg: DictConfig, evaluation: EvalState) -> float:
     if not cfg.checkpoint:
         if resume_path is None:
             raise ValueError("eval_only=true needs checkpoint=<path> (or resume=<path> / resume=auto with a last.pth).")
-        ckpt = torch.load(resume_path, map_location="cpu", weights_only=True)
+        ckpt = read_checkpoint(resume_path)
         mixerzoo.load_checkpoint(net, ckpt)
         ema_weights = ckpt.get("ema")
         results["checkpoint"] = resume_path
@@ -687,29 +879,51 @@ def open_tensorboard(cfg: DictConfig, output_dir: str) -> Any:
     return SummaryWriter(os.path.join(output_dir, "tensorboard"))
 
 
-def log_epoch(cfg: DictConfig, metrics: dict[str, float], writer: Any, best: dict[str, Any]) -> None:
-    """Console line, metrics.csv / metrics.jsonl rows, TensorBoard scalars."""
+def log_epoch(cfg: DictConfig, metrics: dict[str, float], writer: Any, state: TrainState) -> None:
+    """Console line, metrics.csv / metrics.jsonl (rewritten from the history), TensorBoard scalars."""
+    best = state.best
     _logger.info(
         f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.4f} | val loss {metrics['val_loss']:.4f} "
         f"top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f}"
         + (f" | ema top1 {metrics['ema_top1']:.2f}" if "ema_top1" in metrics else "")
         + f" | {metrics['images_per_sec']:.0f} img/s | best {best['top1']:.2f} (epoch {best['epoch']})"
     )
-    if cfg.logger.csv:
-        path = os.path.join(cfg.output_dir, "metrics.csv")
-        new = not os.path.isfile(path)
-        with open(path, "a", newline="") as f:
-            csv_writer = csv.DictWriter(f, fieldnames=list(metrics))
-            if new:
-                csv_writer.writeheader()
-            csv_writer.writerow(metrics)
-    if cfg.logger.json:
-        with open(os.path.join(cfg.output_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+    write_metrics(cfg, state.output_dir, state.history)
     if writer is not None:
         for key, value in metrics.items():
             if key != "epoch":
                 writer.add_scalar(key, value, metrics["epoch"])
+
+
+def write_metrics(cfg: DictConfig, output_dir: str, history: list[dict[str, Any]], repair: bool = False) -> None:
+    """``metrics.csv`` / ``metrics.jsonl``: one row per epoch of ``history``, each file rewritten atomically (a
+    few hundred rows at most), so they always match the checkpoint they follow. ``repair``: only where a file
+    differs (a crash after a checkpoint and before its row), saying so."""
+    rendered = {}
+    if cfg.logger.csv:
+        lines = io.StringIO()
+        fields = list(dict.fromkeys(key for row in history for key in row))
+        csv_writer = csv.DictWriter(lines, fieldnames=fields)
+        if history:
+            csv_writer.writeheader()
+            csv_writer.writerows(history)
+        rendered["metrics.csv"] = lines.getvalue()
+    if cfg.logger.json:
+        rendered["metrics.jsonl"] = "".join(json.dumps(row) + "\n" for row in history)
+    for name, text in rendered.items():
+        path = os.path.join(output_dir, name)
+        if repair:
+            if not os.path.isfile(path):
+                if history:
+                    _logger.info(f"{name}: the checkpoint's {len(history)} epoch(s) written to the new run directory.")
+            else:
+                with open(path, newline="") as f:
+                    if f.read() == text:
+                        continue
+                _logger.warning(f"{name} did not match the checkpoint's {len(history)} epoch(s): rewritten from it.")
+        with open(f"{path}.tmp", "w", newline="") as f:
+            f.write(text)
+        os.replace(f"{path}.tmp", path)
 
 
 def write_json(path: str, result: dict[str, Any], label: str) -> None:

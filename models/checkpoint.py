@@ -5,22 +5,38 @@
 - timm's layout (``timm.create_model(...).state_dict()``; its 1x1 convs become our Linear layers),
 - an official repository's layout (auto-detected: see ``OFFICIAL_LAYOUTS``).
 
-Files are read with ``torch.load(weights_only=True)``; loading is strict and a mismatch raises an error that
-names the missing, unexpected and mis-shaped keys. ``checkpoint_filter_fn`` is the same conversion in the form
-timm's ``build_model_with_cfg(pretrained_filter_fn=...)`` calls it.
+Files are read by ``read_checkpoint``: ``torch.load(weights_only=True)`` only, and a file that cannot be read
+(empty, truncated, not a checkpoint, or a pickle of arbitrary Python objects) is a ``CheckpointError`` naming the
+file and the problem; it never suggests an unsafe load. Loading is strict and a mismatch raises an error that
+names the missing, unexpected and mis-shaped keys, except that ``reset_classifier=True`` (fine-tuning) keeps the
+model's own freshly initialised classifier where the checkpoint's was made for another class count.
+``checkpoint_filter_fn`` is the same conversion in the form timm's ``build_model_with_cfg(pretrained_filter_fn=...)``
+calls it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["OFFICIAL_LAYOUTS", "checkpoint_filter_fn", "load_checkpoint", "read_state_dict"]
+__all__ = [
+    "OFFICIAL_LAYOUTS",
+    "CheckpointError",
+    "checkpoint_filter_fn",
+    "load_checkpoint",
+    "read_checkpoint",
+    "read_state_dict",
+]
+
+_logger = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -175,13 +191,50 @@ _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "module")
 _PREFIXES = ("module.", "_orig_mod.")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read safely: its path and what is wrong with it."""
+
+
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with an error that names the file and the problem.
+
+    ``mmap=True`` maps the file instead of reading it: cheap when only a few plain values are needed (the
+    position of a training checkpoint), as tensors are not read until touched."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint file not found: {path!r}.")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(
+            f"Checkpoint {path!r} is empty (0 bytes): its write was interrupted (or the disk was full). "
+            "Use another checkpoint (the run directory keeps last.pth, best.pth and step checkpoints)."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        # torch's message here invites a load with weights_only=False, i.e. running whatever the file holds: it is
+        # not passed on. A GLOBAL it refused means the pickle names Python objects; anything else, bad bytes.
+        globals_named = re.findall(r"GLOBAL ([\w.]+)", str(err))
+        if globals_named:
+            problem = (
+                f"it holds Python objects ({', '.join(sorted(set(globals_named)))}), not only tensors and plain "
+                "containers; unpickling those could run arbitrary code, so it is refused. Only checkpoints of "
+                "tensors (state dicts, train.py's checkpoints) are read"
+            )
+        else:
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+            problem = "it is corrupt or not a PyTorch checkpoint" + (f" ({detail[1].strip()})" if detail else "")
+    except (EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile) as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        problem = f"it is truncated, corrupt or not a PyTorch checkpoint ({type(err).__name__}: {first_line})"
+    raise CheckpointError(f"Cannot read checkpoint {path!r} ({size} bytes): {problem}.") from None
+
+
 def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> StateDict:
-    """A plain state dict from a path (``weights_only=True``) or a mapping, unwrapping training checkpoints
+    """A plain state dict from a path (``read_checkpoint``) or a mapping, unwrapping training checkpoints
     (``{"model": ...}``, ``{"state_dict": ...}``) and DDP/compile prefixes (``module.``, ``_orig_mod.``)."""
     if isinstance(source, (str, os.PathLike)):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"Checkpoint file not found: {os.fspath(source)!r}.")
-        source = torch.load(source, map_location="cpu", weights_only=True)
+        source = read_checkpoint(source)
     if not isinstance(source, Mapping):
         raise TypeError(f"A checkpoint must be a path or a state dict (a mapping); got {type(source).__name__}.")
     for key in _WRAPPER_KEYS:
@@ -221,13 +274,53 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Sta
     return _convert(read_state_dict(state_dict), model)[0]
 
 
-def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]) -> str:
+def _classifier_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the model's classifier (timm's ``get_classifier()``), e.g. ``head.fc.weight``."""
+    get_classifier = getattr(model, "get_classifier", None)
+    classifier = get_classifier() if get_classifier is not None else None
+    if not isinstance(classifier, nn.Module):
+        return set()
+    ids = {id(t) for t in (*classifier.parameters(), *classifier.buffers())}
+    named = (*model.named_parameters(), *model.named_buffers())
+    return {name for name, tensor in named if id(tensor) in ids}
+
+
+def _keep_new_classifier(state_dict: StateDict, model: nn.Module) -> list[str]:
+    """The classifier tensors of ``model`` to keep as initialised: those the checkpoint has with another shape
+    (another class count), or all of them where the checkpoint has none (saved with ``num_classes=0``). The
+    misfitting ones are dropped from ``state_dict``."""
+    own = model.state_dict()
+    classifier = _classifier_keys(model)
+    misfit = {k for k in classifier if k in state_dict and state_dict[k].shape != own[k].shape}
+    missing = {k for k in classifier if k not in state_dict}
+    if missing and not misfit and len(missing) < len(classifier):
+        return []  # part of a head missing is not a class-count change: the strict check reports it
+    for key in misfit:
+        del state_dict[key]
+    return sorted(misfit | missing)
+
+
+def load_checkpoint(
+    model: nn.Module, source: str | os.PathLike | Mapping[str, Any], reset_classifier: bool = False
+) -> str:
     """Load ``source`` into ``model`` strictly; returns the layout that was detected.
+
+    ``reset_classifier=True`` is for fine-tuning onto another class count (timm's ``pretrained`` with
+    ``num_classes``): where the checkpoint's classifier (``model.get_classifier()``: e.g. ``head.fc``; for an MLP
+    head only its layers whose shape differs) has another shape, or is absent, the model keeps its freshly
+    initialised one and a warning says so. Everything else still has to fit exactly.
 
     Raises ``ValueError`` naming every missing, unexpected and mis-shaped key if the checkpoint does not fit.
     """
     state_dict, layout = _convert(read_state_dict(source), model)
     own = model.state_dict()
+    if reset_classifier and (kept := _keep_new_classifier(state_dict, model)):
+        shapes = ", ".join(f"{k} {tuple(own[k].shape)}" for k in kept)
+        _logger.warning(
+            f"the checkpoint's classifier does not fit this model's class count: kept the new {shapes} "
+            "(fine-tuning onto other classes); every other weight is loaded from the checkpoint."
+        )
+        state_dict.update({k: own[k] for k in kept})
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = [

@@ -261,9 +261,9 @@ def check_loader(s: Settings) -> dict[str, Any]:
         aug = OmegaConf.structured(AugConfig(re_prob=0.25))
         train_ds, _ = create_datasets(data, aug)
         num_batches = len(train_ds) // s.batch_size
-        sampler = EpochBatchSampler(len(train_ds), s.batch_size, num_batches, seed=0)
+        sampler = EpochBatchSampler(len(train_ds), s.batch_size, seed=0)
         ours = train_loader(train_ds, sampler, data, aug, device)
-        ours_img_s = _images_per_second(ours, device, 2, lambda epoch: sampler.set_epoch(epoch))
+        ours_img_s = _images_per_second(ours, device, 2, lambda epoch: sampler.set_epoch(epoch, 0, num_batches))
         dataset = create_dataset("", root=str(root), split="train", is_training=True)
         theirs = create_loader(
             dataset,

@@ -48,6 +48,11 @@ class DataConfig:
     val_fraction: float = 0.2  # digits: held-out share of the 1797 images (fixed stratified split)
     fake_train_size: int = 1024  # fake: images per epoch
     fake_val_size: int = 256
+    pathfinder_difficulty: str = "hard"  # pathfinder: easy | medium | hard contour length (training/pathfinder.py)
+    pathfinder_train_size: int = 20000  # pathfinder: images in the train split
+    pathfinder_val_size: int = 2000
+    pathfinder_seed: int = 0  # pathfinder: the images' seed (the run's seed does not change them)
+    cache_dir: str | None = None  # generated datasets (pathfinder): .npy cache folder; null: in memory only
 
 
 @dataclass
@@ -161,8 +166,10 @@ class TrainConfig:
     batch_size: int = 64  # per process and per micro-step; global = batch_size * world_size * grad_accum_steps
     eval_batch_size: int | None = None  # default: 2 * batch_size
     seed: int = 0
-    resume: str | None = None  # auto (last.pth in output_dir, if any) | a checkpoint path | null
-    checkpoint: str | None = None  # weights to start from (fine-tuning) or to evaluate with eval_only
+    resume: str | None = None  # auto (newest of last.pth / step checkpoints in output_dir, if any) | a path | null
+    checkpoint: str | None = None  # weights to start from (fine-tuning: another class count gets a new head) or eval
+    checkpoint_every_steps: int | None = None  # also write step_<N>.pth every N optimizer steps (resumable mid-epoch)
+    checkpoint_keep: int = 2  # step checkpoints kept (the newest); last.pth and best.pth are always kept
     eval_only: bool = False
     limit_train_batches: int | None = None  # cap on batches per epoch (smoke and throughput runs)
     limit_val_batches: int | None = None
@@ -178,6 +185,8 @@ _LOWER_BOUNDS: dict[str, tuple[int, str]] = {
     "eval_batch_size": (1, "eval_batch_size=1 or more, or null for 2 x batch_size"),
     "limit_train_batches": (1, "limit_train_batches=1 or more, or null for whole epochs"),
     "limit_val_batches": (1, "limit_val_batches=1 or more, or null for the whole validation set"),
+    "checkpoint_every_steps": (1, "checkpoint_every_steps=1 or more (optimizer steps), or null for epoch ends only"),
+    "checkpoint_keep": (1, "checkpoint_keep=1 or more (step checkpoints kept)"),
     "optim.grad_accum_steps": (1, "optim.grad_accum_steps=1 (no accumulation) or more"),
     "data.num_classes": (1, "data.num_classes=1 or more, or null to take it from the data (digits, folder)"),
     "data.in_chans": (1, "data.in_chans=3 (RGB) or 1 (grey)"),

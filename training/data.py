@@ -9,12 +9,13 @@ augment to **uint8** tensors (``create_transform(use_prefetcher=True)`` + timm's
 ``PrefetchLoader`` copies each batch to the device on a side stream (CUDA), converts it to float, normalises it and
 applies random erasing there. Mixup/CutMix run on the device in ``train.py``.
 
-The training order comes from ``EpochBatchSampler``, a stateful batch sampler: an epoch's batches depend only on
-``(seed, epoch)`` and the rank, and ``set_epoch(epoch, start_batch)`` skips the batches already trained on, so a
-run resumes in the middle of an epoch without rebuilding the loader. In loader workers each sample's augmentation
-RNGs are seeded from ``(seed, epoch, index)`` (``SeededSamples``), so the augmentation a sample gets does not depend
-on which worker loads it or on whether the run was resumed; without workers the main process's RNGs (saved in
-every checkpoint) drive it.
+The training order comes from ``EpochBatchSampler``, a stateful batch sampler: each epoch has one global order of
+the samples, a function of ``(seed, epoch)`` only; the ranks consume it in contiguous stretches, and
+``set_epoch(epoch, start_sample, num_batches)`` starts at any position of it, so a run resumes in the middle of an
+epoch, with the same or another number of processes, without skipping or repeating a sample. In loader workers each
+sample's augmentation RNGs are seeded from ``(seed, epoch, index)`` (``SeededSamples``), so the augmentation a
+sample gets does not depend on which worker loads it or on whether the run was resumed; without workers the main
+process's RNGs (saved in every checkpoint) drive it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from PIL import Image
 from timm.data import auto_augment, create_dataset, create_transform
 from timm.data.loader import PrefetchLoader, fast_collate
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 _logger = logging.getLogger(__name__)
 
@@ -40,10 +41,11 @@ __all__ = [
     "EpochBatchSampler",
     "SeededSamples",
     "create_datasets",
+    "epoch_order",
     "eval_loader",
     "fix_posterize_for_pillow13",
+    "rank_batches",
     "register_dataset",
-    "train_batches",
     "train_loader",
 ]
 
@@ -318,45 +320,62 @@ def _folder(data_cfg: Any, train_tf: Any, val_tf: Any, seed: int) -> tuple[Datas
     return datasets[0], datasets[1]
 
 
-def train_batches(
-    num_samples: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1
+def epoch_order(num_samples: int, epoch: int, seed: int) -> list[int]:
+    """The epoch's global sample order: a permutation of the training set that depends on ``(seed, epoch)`` only,
+    not on the number of processes (the same draw as torch's ``DistributedSampler``)."""
+    generator = torch.Generator()
+    generator.manual_seed(seed + epoch)
+    return torch.randperm(num_samples, generator=generator).tolist()
+
+
+def rank_batches(
+    order: list[int], start: int, num_batches: int, batch_size: int, rank: int = 0, world_size: int = 1
 ) -> list[list[int]]:
-    """This rank's shuffled batches for ``epoch``: a function of (seed, epoch, rank) only; last partial dropped."""
-    sampler = DistributedSampler(
-        range(num_samples), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
-    )
-    sampler.set_epoch(epoch)
-    indices = list(sampler)
-    return [indices[i : i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
+    """This rank's ``num_batches`` batches of ``order`` from position ``start`` on.
+
+    Micro-step k of all ranks together takes the ``batch_size * world_size`` positions from
+    ``start + k * batch_size * world_size`` on, rank r every ``world_size``-th of them from the r-th. So the ranks
+    always consume a contiguous stretch of the global order, and a run that stopped after ``start`` samples
+    continues from position ``start`` with any number of processes and any batch size: no sample is skipped or
+    repeated. (From ``start=0`` these are exactly ``DistributedSampler(drop_last=True)``'s shards, batched.)"""
+    step = batch_size * world_size
+    end = start + num_batches * step
+    if end > len(order):
+        raise ValueError(f"{num_batches} batches of {step} samples from position {start} overrun {len(order)} samples.")
+    return [order[i + rank : i + step : world_size] for i in range(start, end, step)]
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
-    """The training batch sampler: this rank's batches of the current epoch (``train_batches``, at most
-    ``num_batches`` of them), from ``start_batch`` on. Each item is ``(epoch, index)``, read by ``SeededSamples``.
+    """The training batch sampler: this rank's batches of the current epoch (``rank_batches`` of
+    ``epoch_order``). ``set_epoch(epoch, start_sample, num_batches)`` picks the epoch, the position in its global
+    order to start from (the samples all ranks already trained on) and how many batches to give. Each item is
+    ``(epoch, index)``, read by ``SeededSamples``.
 
     The loader iterates the sampler in the main process, so ``set_epoch`` between epochs takes effect with
     persistent workers.
     """
 
-    def __init__(
-        self, num_samples: int, batch_size: int, num_batches: int, seed: int, rank: int = 0, world_size: int = 1
-    ) -> None:
-        self.num_samples, self.batch_size, self.num_batches = num_samples, batch_size, num_batches
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.num_samples, self.batch_size = num_samples, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch, self.start_batch = 0, 0
+        self.epoch, self.start_sample, self.num_batches = 0, 0, 0
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if not 0 <= start_batch <= self.num_batches:
-            raise ValueError(f"start_batch {start_batch} outside the epoch's {self.num_batches} batches.")
-        self.epoch, self.start_batch = epoch, start_batch
+    def set_epoch(self, epoch: int, start_sample: int, num_batches: int) -> None:
+        if start_sample + num_batches * self.batch_size * self.world_size > self.num_samples or start_sample < 0:
+            raise ValueError(
+                f"{num_batches} batches of {self.batch_size} x {self.world_size} process(es) from sample "
+                f"{start_sample} do not fit the {self.num_samples} training samples."
+            )
+        self.epoch, self.start_sample, self.num_batches = epoch, start_sample, num_batches
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        batches = train_batches(self.num_samples, self.batch_size, self.epoch, self.seed, self.rank, self.world_size)
-        for batch in batches[self.start_batch : self.num_batches]:
+        order = epoch_order(self.num_samples, self.epoch, self.seed)
+        batches = rank_batches(order, self.start_sample, self.num_batches, self.batch_size, self.rank, self.world_size)
+        for batch in batches:
             yield [(self.epoch, index) for index in batch]
 
     def __len__(self) -> int:
-        return self.num_batches - self.start_batch
+        return self.num_batches
 
 
 class SeededSamples(Dataset):

@@ -229,7 +229,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
 ) -> None:
     build_model = train.build_model
     monkeypatch.setattr(train, "build_model", lambda cfg: NanAfter(build_model(cfg), after=6 + 2))
-    with pytest.raises(FloatingPointError, match=r"Loss is nan at epoch 2, batch 3.*last good checkpoint"):
+    with pytest.raises(FloatingPointError, match=r"Loss is nan at epoch 2, step 3 of 6.*last good checkpoint"):
         run(tmp_path, "epochs=2")
     ckpt = load(tmp_path / "last.pth")
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 6  # epoch 1's checkpoint, untouched
@@ -253,7 +253,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert proc.returncode == 0, log
     assert "SIGTERM received" in log and "checkpoint written" in log
     ckpt = load(tmp_path / "last.pth")
-    assert ckpt["epoch"] == 0 and 5 <= ckpt["batch_in_epoch"] < 40, log  # mid-epoch, after a whole step
+    assert ckpt["epoch"] == 0 and 5 * 8 <= ckpt["samples_in_epoch"] < 40 * 8, log  # mid-epoch, after a whole step
     resumed = subprocess.run(
         [*cmd, "resume=auto"], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300
     )

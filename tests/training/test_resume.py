@@ -1,0 +1,372 @@
+"""Resume anywhere and fail clearly: resume with another number of processes (sample-exact, the lr of an
+uninterrupted run), step checkpoints, unreadable checkpoints, a full disk, the order of the run's writes, a used
+run directory, a finished run, eval_only's model config, and fine-tuning onto another class count.
+
+In-process runs use ``train.run`` on composed configs; the N -> M resumes run ``torchrun`` with 2 processes (gloo
+on the CPU)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+from hydra import compose, initialize_config_dir
+
+import mixerzoo
+from mixerzoo import train
+from mixerzoo.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "configs"
+# 6 steps of 32 digits per epoch; no random augmentation, so runs with 1 and 2 processes see the same pixels
+TINY = ["limit_train_batches=6", "logger.progress_bar=false", "runtime.num_threads=1", "aug.no_aug=true"]
+TINY += ["logger.log_interval=1"]
+
+
+def compose_train(output_dir: Path, *overrides: str) -> Any:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"output_dir={output_dir}", "batch_size=32", *TINY, *overrides])
+
+
+def run(output_dir: Path, *overrides: str) -> float:
+    return train.run(compose_train(output_dir, *overrides))
+
+
+def load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
+
+
+def metric_columns(path: Path, *columns: str) -> list[tuple[float, ...]]:
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    return [tuple(row[c] for c in columns) for row in rows]
+
+
+def metric_column(path: Path, column: str) -> list[float]:
+    return [row[0] for row in metric_columns(path, column)]
+
+
+# --- N -> M processes -----------------------------------------------------------------------------------------
+def cli(run_dir: Path, processes: int, *overrides: str) -> str:
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
+    args = [sys.executable, *launcher, "train.py", "epochs=2", *TINY, f"hydra.run.dir={run_dir}", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def step_lrs(log: str) -> dict[tuple[int, int], str]:
+    """(epoch, step) -> the lr logged after that optimizer step."""
+    return {(int(e), int(s)): lr for e, s, lr in re.findall(r"epoch (\d)/\d step (\d+)/\d+ loss \S+ lr (\S+)", log)}
+
+
+@pytest.mark.slow
+def test_resume_on_another_number_of_processes_is_sample_exact(tmp_path: Path) -> None:
+    """Reference: 1 process x batch 32, 2 epochs of 6 steps, a step checkpoint every 3 steps. A 2-process x 16 run
+    (the same global batch, so the same samples per step) is stopped mid-epoch (step 3) and at an epoch's end
+    (step 6) and resumed with 1 process; the reference is resumed with 2 processes from step 6 and mid-epoch (step
+    9). Every resumed run ends with the reference's weights (float rounding of the gradient all-reduce) and logs
+    the reference's lr at every step: no sample skipped or trained twice, the schedule at the right step."""
+    steps = ["checkpoint_every_steps=3", "checkpoint_keep=4"]
+    reference_log = cli(tmp_path / "one", 1, "batch_size=32", *steps)
+    two_log = cli(tmp_path / "two", 2, "batch_size=16", *steps)
+    reference = load(tmp_path / "one" / "last.pth")
+    two = load(tmp_path / "two" / "last.pth")
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True and len(two["rng"]) == 2
+    assert_same_weights(two["model"], reference["model"])
+    lrs = step_lrs(reference_log)
+    assert len(lrs) == 12 and step_lrs(two_log) == lrs
+    for source, processes, batch, step in (("two", 1, 32, 3), ("two", 1, 32, 6), ("one", 2, 16, 6), ("one", 2, 16, 9)):
+        run_dir = tmp_path / f"{source}_to_{processes}_at_{step}"
+        log = cli(run_dir, processes, f"batch_size={batch}", f"resume={tmp_path / source / f'step_{step:08d}.pth'}")
+        resumed = load(run_dir / "last.pth")
+        assert resumed["global_step"] == 12 and resumed["world_size"] == processes
+        assert_same_weights(resumed["model"], reference["model"])
+        later = {key: lr for key, lr in lrs.items() if (key[0] - 1) * 6 + key[1] > step}
+        assert step_lrs(log) == later, run_dir.name
+        assert metric_columns(run_dir, "epoch", "lr", "top1") == metric_columns(tmp_path / "one", "epoch", "lr", "top1")
+        # the epoch's train loss covers all its steps, before and after the resume
+        assert metric_column(run_dir, "train_loss") == pytest.approx(metric_column(tmp_path / "one", "train_loss"))
+
+
+def test_resume_with_another_global_batch_continues_the_schedule_at_the_same_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch-32 run stopped 128 samples into epoch 2 and resumed with batch 64 (what a 2-process run resumed
+    with 1 process and the same per-process batch does): the schedule continues at step 5 of the batch-64 run
+    (3 steps per epoch, +2), with the lr an uninterrupted batch-64 run has there, and trains the epoch's remaining
+    64 samples: one step, not the 6 the old run had per epoch."""
+    schedule = ["epochs=2", "sched.warmup_epochs=0.5"]
+    run(tmp_path / "small", *schedule, "checkpoint_every_steps=2")
+    caplog.set_level(logging.INFO, logger="train")
+    run(tmp_path / "straight", *schedule, "batch_size=64", "limit_train_batches=3")
+    straight_lrs = step_lrs(caplog.text)
+    positions = []
+    fit = train.fit
+
+    def record(cfg: Any, state: Any) -> None:
+        positions.append((state.epoch, state.samples_in_epoch, state.schedule_position))
+        positions.append(state.optimizer.param_groups[-1]["lr"])
+        fit(cfg, state)
+
+    monkeypatch.setattr(train, "fit", record)
+    resume = f"resume={tmp_path / 'small' / 'step_00000010.pth'}"  # step 10: 4 steps (128 samples) into epoch 2
+    run(tmp_path / "resumed", *schedule, "batch_size=64", "limit_train_batches=3", resume)
+    assert positions[0] == (1, 128, 5)
+    assert f"{positions[1]:.3e}" == straight_lrs[(2, 2)]  # the lr after the uninterrupted run's 5th step
+    resumed = load(tmp_path / "resumed" / "last.pth")
+    assert resumed["global_step"] == 11 and resumed["epoch"] == 2
+    lr = resumed["optimizer"]["param_groups"][0]["lr"]
+    assert lr == load(tmp_path / "straight" / "last.pth")["optimizer"]["param_groups"][0]["lr"]
+
+
+# --- step checkpoints -----------------------------------------------------------------------------------------
+class Killed(BaseException):
+    """Stands for kill -9: nothing after it runs (not even ``finally`` writes of a checkpoint)."""
+
+
+class DieAtForward(nn.Module):
+    def __init__(self, model: nn.Module, at: int) -> None:
+        super().__init__()
+        self.model, self.at, self.calls = model, at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                raise Killed
+        return self.model(x)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # the checkpoints hold the bare model
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.load_state_dict(*args, **kwargs)
+
+
+def test_step_checkpoints_rotate_and_a_kill_loses_only_the_steps_since_the_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = ["epochs=2", "checkpoint_every_steps=2", "checkpoint_keep=2", "ema.enabled=true"]
+    run(tmp_path / "straight", *extra)
+    assert sorted(p.name for p in (tmp_path / "straight").glob("step_*.pth")) == [
+        "step_00000010.pth",
+        "step_00000012.pth",
+    ]
+    build_model = train.build_model
+    monkeypatch.setattr(train, "build_model", lambda cfg: DieAtForward(build_model(cfg), at=6 + 5))  # epoch 2
+    with pytest.raises(Killed):
+        run(tmp_path / "killed", *extra)
+    assert load(tmp_path / "killed" / "last.pth")["global_step"] == 6  # epoch 1's end: a whole epoch behind
+    monkeypatch.setattr(train, "build_model", build_model)
+    run(tmp_path / "killed", *extra, "resume=auto")  # picks step_00000010.pth, written after last.pth
+    straight, resumed = load(tmp_path / "straight" / "last.pth"), load(tmp_path / "killed" / "last.pth")
+    assert resumed["global_step"] == straight["global_step"] == 12
+    assert_same_weights(resumed["model"], straight["model"])
+    assert_same_weights(resumed["ema"], straight["ema"])
+    assert metric_column(tmp_path / "killed", "train_loss") == pytest.approx(
+        metric_column(tmp_path / "straight", "train_loss")
+    )
+
+
+# --- unreadable checkpoints and failed writes -------------------------------------------------------------------
+class Payload:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("echo this should never run",))
+
+
+def bad_checkpoints(folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, a pattern its error must match)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = folder / "good.pth"
+    torch.save({"model": {"w": torch.ones(2)}}, good)
+    files = {
+        "empty": (b"", r"is empty \(0 bytes\)"),
+        "random bytes": (bytes(range(256)) * 8, r"corrupt or not a PyTorch checkpoint"),
+        "truncated": (good.read_bytes()[:200], r"truncated, corrupt or not a PyTorch checkpoint"),
+    }
+    out = {}
+    for name, (data, pattern) in files.items():
+        path = folder / f"{name.replace(' ', '_')}.pth"
+        path.write_bytes(data)
+        out[name] = (path, pattern)
+    pickled = folder / "pickled_code.pth"
+    torch.save({"model": Payload()}, pickled)
+    out["pickled code"] = (pickled, r"holds Python objects .*refused")
+    return out
+
+
+def assert_clear(err: BaseException, path: Path, pattern: str) -> None:
+    message = str(err)
+    assert str(path) in message and re.search(pattern, message), message
+    assert "weights_only" not in message and "False" not in message, message  # never an invitation to load unsafely
+
+
+def test_unreadable_checkpoints_name_the_file_and_the_problem_everywhere(tmp_path: Path) -> None:
+    """The reader, the model loader, and train.py's three entries (resume, fine-tuning, eval_only), the last only
+    for two of the files: they share the reader."""
+    model = mixerzoo.create_model("metaformer_tiny", num_classes=10)
+    for name, (path, pattern) in bad_checkpoints(tmp_path / "bad").items():
+        calls = [lambda p=path: read_checkpoint(p), lambda p=path: load_checkpoint(model, p)]
+        if name in ("empty", "pickled code"):
+            calls += [
+                lambda p=path: run(tmp_path / "resume", "epochs=1", f"resume={p}"),
+                lambda p=path: run(tmp_path / "finetune", "epochs=1", f"checkpoint={p}"),
+                lambda p=path: run(tmp_path / "eval", "eval_only=true", f"checkpoint={p}"),
+            ]
+        for call in calls:
+            with pytest.raises(CheckpointError) as info:
+                call()
+            assert_clear(info.value, path, pattern)
+
+
+def test_resume_auto_skips_an_unreadable_newest_checkpoint_and_refuses_when_none_is_readable(tmp_path: Path) -> None:
+    run(tmp_path, "epochs=1", "checkpoint_every_steps=4")
+    (tmp_path / "step_00000099.pth").write_bytes(b"")  # the newest file, empty
+    assert train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "last.pth")
+    for path in (tmp_path / "last.pth", tmp_path / "step_00000004.pth"):
+        path.write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+        train.latest_checkpoint(str(tmp_path))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to fill a disk")
+def test_a_full_disk_removes_the_temporary_file_keeps_the_last_checkpoint_and_says_where(tmp_path: Path) -> None:
+    run(tmp_path, "epochs=1")
+    before = (tmp_path / "last.pth").read_bytes()
+    (tmp_path / "last.pth.tmp").symlink_to("/dev/full")  # every write to it fails with ENOSPC
+    with pytest.raises(OSError, match=r"Could not write checkpoint .*last\.pth.*No space left on device") as info:
+        run(tmp_path, "epochs=2", "resume=auto")
+    assert "previous last.pth (if any) is unchanged" in str(info.value)
+    assert not (tmp_path / "last.pth.tmp").exists() and (tmp_path / "last.pth").read_bytes() == before
+
+
+# --- the run directory ----------------------------------------------------------------------------------------
+def test_crash_between_the_writes_leaves_a_consistent_run_that_resume_repairs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after epoch 2's last.pth and before its metrics rows: the resume writes them; killed after epoch
+    2's best.pth and before last.pth: the resume trains epoch 2 again and best.pth matches what last.pth says."""
+    run(tmp_path / "straight", "epochs=3")
+    write_metrics = train.write_metrics
+
+    def die_at_epoch_2(cfg: Any, output_dir: str, history: list[dict[str, Any]], repair: bool = False) -> None:
+        if len(history) == 2 and not repair:
+            raise Killed
+        write_metrics(cfg, output_dir, history, repair)
+
+    monkeypatch.setattr(train, "write_metrics", die_at_epoch_2)
+    with pytest.raises(Killed):
+        run(tmp_path / "a", "epochs=3")
+    assert len(metric_columns(tmp_path / "a", "epoch")) == 1 and load(tmp_path / "a" / "last.pth")["epoch"] == 2
+    monkeypatch.setattr(train, "write_metrics", write_metrics)
+    run(tmp_path / "a", "epochs=3", "resume=auto")
+    assert metric_columns(tmp_path / "a", "epoch", "top1") == metric_columns(tmp_path / "straight", "epoch", "top1")
+
+    save_atomic = train.save_atomic
+
+    def die_before_last(obj: dict[str, Any], path: str) -> None:
+        if path.endswith("last.pth") and obj["epoch"] == 2:
+            raise Killed
+        save_atomic(obj, path)
+
+    monkeypatch.setattr(train, "save_atomic", die_before_last)
+    with pytest.raises(Killed):
+        run(tmp_path / "b", "epochs=3")
+    monkeypatch.setattr(train, "save_atomic", save_atomic)
+    run(tmp_path / "b", "epochs=3", "resume=auto")
+    last, best = load(tmp_path / "b" / "last.pth"), load(tmp_path / "b" / "best.pth")
+    assert best["epoch"] == last["best"]["epoch"]  # best.pth holds the epoch last.pth calls the best
+    assert metric_columns(tmp_path / "b", "epoch", "top1") == metric_columns(tmp_path / "straight", "epoch", "top1")
+
+
+def test_a_used_run_directory_is_refused_without_resume(tmp_path: Path) -> None:
+    run(tmp_path, "epochs=1")
+    before = (tmp_path / "metrics.csv").read_text()
+    with pytest.raises(FileExistsError, match=r"already holds a run \(last\.pth.*resume=auto.*hydra\.run\.dir"):
+        run(tmp_path, "epochs=1")
+    assert (tmp_path / "metrics.csv").read_text() == before
+
+
+def test_a_finished_run_stays_finished(tmp_path: Path) -> None:
+    run(tmp_path, "epochs=1")
+    summary = (tmp_path / "summary.json").read_text()
+    assert json.loads(summary)["final_top1"] is not None
+    run(tmp_path, "epochs=1", "resume=auto")
+    assert (tmp_path / "summary.json").read_text() == summary
+    (tmp_path / "summary.json").unlink()  # killed before its summary: the resume writes it from the history
+    run(tmp_path, "epochs=1", "resume=auto")
+    rewritten = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("best_top1", "final_top1", "final_top5", "train_images_per_sec", "epochs_completed"):
+        assert rewritten[key] == pytest.approx(json.loads(summary)[key]), key
+
+
+# --- eval_only and fine-tuning ----------------------------------------------------------------------------------
+def test_eval_only_builds_the_model_of_the_checkpoints_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run(tmp_path / "train", "epochs=1", "model.mixer=sepconv")
+    trained = json.loads((tmp_path / "train" / "summary.json").read_text())
+    top1 = run(tmp_path / "eval", "eval_only=true", f"checkpoint={tmp_path / 'train' / 'last.pth'}")
+    assert top1 == pytest.approx(trained["final_top1"])
+    # a model set on the command line wins (here: the pooling default, which does not fit the sepconv weights)
+    monkeypatch.setattr(train, "command_overrides", lambda: ["model.mixer=pooling"])
+    with pytest.raises(ValueError, match="unexpected keys"):
+        run(tmp_path / "eval2", "eval_only=true", f"checkpoint={tmp_path / 'train' / 'last.pth'}")
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "classifier"),
+    [
+        ("metaformer_s12", {"mixer": "attention"}, {"head.fc.weight", "head.fc.bias"}),  # a builder config
+        ("caformer_s18", {}, {"head.fc.fc2.weight", "head.fc.fc2.bias"}),  # MLP head: only its last layer
+        ("poolformer_s12", {}, {"head.fc.weight", "head.fc.bias"}),  # a timm name
+    ],
+)
+def test_fine_tuning_onto_another_class_count_keeps_a_new_classifier(
+    name: str, overrides: dict[str, Any], classifier: set[str]
+) -> None:
+    source = mixerzoo.create_model(name, num_classes=1000, **overrides).state_dict()
+    target = mixerzoo.create_model(name, num_classes=7, **overrides)
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ValueError, match="shape mismatches"):
+        load_checkpoint(target, source)
+    load_checkpoint(target, source, reset_classifier=True)
+    assert {k for k, v in source.items() if v.shape != fresh[k].shape} == classifier
+    for key, value in target.state_dict().items():
+        torch.testing.assert_close(value, fresh[key] if key in classifier else source[key], rtol=0, atol=0, msg=key)
+    headless = mixerzoo.create_model(name, num_classes=0, **overrides).state_dict()  # a feature extractor's
+    load_checkpoint(target, headless, reset_classifier=True)
+    torch.testing.assert_close(target.state_dict()["head.norm.weight"], headless["head.norm.weight"])
+    with pytest.raises(ValueError, match="missing keys: stages"):  # anything else must still fit
+        load_checkpoint(target, {k: v for k, v in headless.items() if not k.startswith("stages.0.")}, True)
+
+
+def test_fine_tuning_a_run_onto_another_dataset(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run(tmp_path / "digits", "epochs=1")
+    caplog.clear()
+    run(
+        tmp_path / "tuned",
+        "epochs=1",
+        "data=fake",
+        "data.num_classes=3",
+        "data.img_size=32",
+        "data.in_chans=1",
+        f"checkpoint={tmp_path / 'digits' / 'best.pth'}",
+    )
+    assert "classifier does not fit" in caplog.text and "head.fc.weight (3, 128)" in caplog.text
+    assert load(tmp_path / "tuned" / "last.pth")["model"]["head.fc.weight"].shape == (3, 128)
