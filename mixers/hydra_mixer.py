@@ -17,13 +17,15 @@ term; gated RMSNorm with the norm *before* the gate, ``RMSNorm(y) w ⊙ SiLU(z)`
 order); ``out_proj``. Parameters keep the official names (``in_proj``, ``conv1d``, ``dt_bias``, ``A_log``, ``D``,
 ``fc_D``, ``norm.weight``, ``out_proj``), so an official layer's state dict loads as it is.
 
-Tokens: ``(B, H, W, C)`` is read row-major (a reshape, no copy) as a sequence of L = H W tokens; any grid works.
-The 1-D conv therefore mixes horizontal neighbours and wraps across row ends, as in the paper's ViT ("Hydra simply
-flattens images"). The two SSD passes (``mixers.ops.ssd.quasiseparable``) run in float32 under autocast: chunked
-PyTorch on CPU, the fused mamba_ssm kernel on CUDA when installed. Options keep the official names but for
-``head_dim`` (official ``headdim``; the zoo's name in every mixer). Deviations: no ``dt_limit`` clamping (the official
-default is none) and no ``seq_idx``; the gated norm is plain PyTorch in float32, as mamba_ssm's ``rms_norm_ref``; a
-layer with ``expand * dim < head_dim`` gets one head of width ``expand * dim`` (the official code asserts it).
+Tokens: ``(B, H, W, C)`` is read row-major (a reshape, no copy) as a sequence of L = H W tokens; any grid works. The 1-D
+conv therefore mixes horizontal neighbours and wraps across row ends, as in the paper's ViT ("Hydra simply flattens
+images"). The quasiseparable product (``mixers.ops.ssd.quasiseparable``) runs in float32 under autocast: in PyTorch one
+dense L x L product per head up to 256 tokens (the 14 x 14 grid of a ViT) and two chunked SSD passes beyond, the fused
+mamba_ssm kernel on CUDA when installed. The conv + SiLU is ``ssm_layers.conv1d_silu``. Options keep the official names
+but for ``head_dim`` (official ``headdim``; the zoo's name in every mixer). Deviations: no ``dt_limit`` clamping (the
+official default is none) and no ``seq_idx``; the gated norm is plain PyTorch in float32, as mamba_ssm's
+``rms_norm_ref``; a layer with ``expand * dim < head_dim`` gets one head of width ``expand * dim`` (the official code
+asserts it).
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ B, C (b, l, g, n) with h % g == 0, initial_state (b, h, p, n). Output y (b, l, h
   ``ssd`` computes in float32 (float64 stays float64) with autocast off, and returns x's dtype.
 - ``quasiseparable`` / ``quasiseparable_matrix``: Hydra's bidirectional matrix (Prop. 3.7 of arXiv 2407.09941) as
   two ``ssd`` passes (forward, and backward on the flipped sequence, batched), each shifted by one token, plus a
-  diagonal; and the same matrix materialised. Used by ``hydra`` and ``matrix_mixer(structure="quasiseparable")``.
+  diagonal, or, up to ``DENSE_MAX_TOKENS`` tokens, as one dense L x L product per head built in place (faster
+  on CPU at these lengths: no flips, no chunk states, half the MACs at L = 196); and the same matrix
+  materialised (the test reference). Used by ``hydra`` and ``matrix_mixer(structure="quasiseparable")``.
 """
 
 from __future__ import annotations
