@@ -24,18 +24,28 @@ D % G == 0 (channel d uses group d // (D / G)); D_skip, Δ_bias (D,). Output (b,
   (checked against autograd of the reference in float64, and by ``gradcheck``). Without gradients only the running
   state is kept. Large batches are scanned in independent (batch, group) blocks of ≤ ``TILE_ELEMENTS`` state
   elements per chunk (cache-sized on CPU; on CUDA a bound on the workspace).
+- ``_scan_traced``: the same chunked scan for graphs (``torch.compile``, ``torch.export``, ONNX), taken whenever
+  ``torch.compiler.is_compiling()``. The chunk loop is one ``scan`` higher-order op (``torch._higher_order_ops``,
+  a prototype API) whose body is one chunk: the loop is not unrolled, so the graph has no break and its size does
+  not grow with L (inductor lowers it to a while loop; ONNX export gives a ``Scan`` node). The body is functional
+  (no buffers, no ``out=``): decays and inputs in bulk, the entry state folded in, the same pairwise tree as
+  ``_linear_scan`` (``_linear_scan_functional``), the readout einsum; the chunk's last state is the carry. L is
+  padded to a multiple of Q with Δ = 0 (decay 1, input 0: the state passes unchanged, the outputs are dropped).
+  Gradients come from the op's own autograd, which keeps the carry entering each chunk, as the eager Function
+  does. No (batch, group) blocks here: a chunk holds Q b D N state elements at once.
   Stability in float32: every exponent is Δ_t A ≤ 0 (Δ ≥ 0 after softplus, A < 0), so every decay is in [0, 1];
   the tree only multiplies decays together and adds inputs, so no exp of a positive (cumulative) sum, no division
   and no difference of cumulative sums ever appears: products of decays can only underflow towards 0, exactly
   where the true decay is negligible. (Segment-sum decays exp(A (S_t - S_τ)) would be stable too, but with a
   different A per (d, n) they need Q² / 2 exps per (d, n) and chunk instead of Q: the SSD trick pays only for
-  Mamba-2's scalar A per head.) Control flow depends on shapes only, but the chunk loop is a declared compile
-  boundary (``torch.compiler.disable``, one graph break per scan): unrolled, inductor took over 25 minutes on a
-  one-block model; the code around the scan still compiles.
+  Mamba-2's scalar A per head.) Control flow depends on shapes only; graphs take ``_scan_traced`` instead (below):
+  this loop unrolled took inductor over 25 minutes on a one-block model.
 - ``selective_scan``: dispatch. ``backend="auto"`` runs the fused kernel when ``mamba_ssm`` imports and the tensors
   are on CUDA with d_state ≤ 256, else the torch path; ``"torch"``/``"fused"`` force one. The scan computes in
   float32 (float64 stays float64) with autocast off and returns u's dtype; the fused kernel gets D and Δ_bias in
-  float32, as it requires, and is wrapped in ``torch.compiler.disable`` (same conventions as ``ops/ssd.py``).
+  float32, as it requires, and is wrapped in ``torch.compiler.disable``: the one declared graph break, on CUDA only
+  (same conventions as ``ops/ssd.py``). Whether ``mamba_ssm`` imports is asked through ``_fused_importable``, a
+  constant for ``torch.compile`` (tracing the import itself would break the graph).
 """
 
 from __future__ import annotations
@@ -49,7 +59,6 @@ import torch.nn.functional as F
 from . import autocast_off, compute_dtype, use_fused
 
 __all__ = [
-    "ChunkedSelectiveScan",
     "fused_selective_scan_available",
     "selective_scan",
     "selective_scan_ref",
@@ -108,15 +117,6 @@ def selective_scan_ref(
     return _finish(torch.stack(ys, dim=-1), u, D, z)
 
 
-def _addcmul_into(out: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``out[...] = x + a ⊙ b`` for a strided ``out``: written in place eagerly; through a temporary under
-    ``torch.compile``, which rejects non-contiguous ``out=`` arguments."""
-    if torch.compiler.is_compiling():
-        out.copy_(torch.addcmul(x, a, b))
-    else:
-        torch.addcmul(x, a, b, out=out)
-
-
 def _linear_scan(a: torch.Tensor, x: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor, reverse: bool) -> None:
     """Writes into ``out`` the first-order linear recurrence along dim 0 (length m), by pairwise tree reduction:
 
@@ -143,7 +143,7 @@ def _linear_scan(a: torch.Tensor, x: torch.Tensor, out: torch.Tensor, scratch: t
         _linear_scan(a2, x2, out[hi], rest, reverse)
         out[0].copy_(x[0])
         if m > 2:  # the even steps from their solved predecessors
-            _addcmul_into(out[2::2], x[2::2], a[2::2], out[1 : m - 1 : 2])
+            torch.addcmul(x[2::2], a[2::2], out[1 : m - 1 : 2], out=out[2::2])
     else:  # pairs counted from the end: (m-2, m-1), (m-4, m-3), ...; each pair's first step is solved
         r = m - 2 * p
         lo, hi = slice(r, m - 1, 2), slice(r + 1, m, 2)
@@ -153,7 +153,7 @@ def _linear_scan(a: torch.Tensor, x: torch.Tensor, out: torch.Tensor, scratch: t
         _linear_scan(a2, x2, out[lo], rest, reverse)
         out[m - 1].copy_(x[m - 1])
         if m > 2:  # the remaining steps from their solved successors
-            _addcmul_into(out[1 - r : m - 1 : 2], x[1 - r : m - 1 : 2], a[1 - r : m - 1 : 2], out[2 - r : m : 2])
+            torch.addcmul(x[1 - r : m - 1 : 2], a[1 - r : m - 1 : 2], out[2 - r : m : 2], out=out[1 - r : m - 1 : 2])
 
 
 def _chunks(length: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -227,66 +227,153 @@ def _scan_forward(u, dt, A, B, C, chunk_size: int, tile_elements: int | None, ke
     return y, starts
 
 
-class ChunkedSelectiveScan(torch.autograd.Function):
+# The eager chunked scan as a pair of custom ops (forward, backward) with autograd: opaque to torch.compile (no graph
+# break, no unrolled loop: this loop unrolled is O(L / Q · log Q) slicing ops, which inductor spent over 25 minutes
+# simplifying on a one-block model at 224²), run by inductor as they run eagerly.
+@torch.library.custom_op("mixerzoo::chunked_selective_scan", mutates_args=())
+def _chunked_scan_op(
+    u: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    tile_elements: int | None,
+    keep_states: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The S6 core ``y_t = Σ_n h_t[n] C_t[n]``, ``h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t`` in chunks of Q tokens, in
-    the token-major layout of ``_scan_forward``. Saves only the states entering each chunk; the backward walks the
+    the token-major layout of ``_scan_forward``: y, and the states entering each chunk if ``keep_states`` (for the
+    backward; else an empty tensor)."""
+    y, starts = _scan_forward(u, dt, A, B, C, chunk_size, tile_elements, keep_states=keep_states)
+    return y, starts if keep_states else u.new_empty(0)
+
+
+@_chunked_scan_op.register_fake
+def _(u, dt, A, B, C, chunk_size, tile_elements, keep_states):
+    n_chunks = -(-u.shape[0] // min(chunk_size, u.shape[0]))
+    return torch.empty_like(u), u.new_empty((n_chunks, *u.shape[1:], A.shape[-1]) if keep_states else (0,))
+
+
+@torch.library.custom_op("mixerzoo::chunked_selective_scan_backward", mutates_args=())
+def _chunked_scan_backward_op(
+    dy: torch.Tensor,
+    u: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    starts: torch.Tensor,
+    chunk_size: int,
+    tile_elements: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (du, dΔ, dA, dB, dC) of ``_chunked_scan_op`` from only the states entering each chunk: walks the
     chunks from the last, recomputes the chunk's states from its entry state, and runs the adjoint recurrence
 
         g_t = C_t dy_t + exp(Δ_{t+1} A) g_{t+1}      (g carried into the previous chunk as exp(Δ_s A) g_s)
 
     giving dB_t = Σ_d g_t Δ_t u_t, d(Δu)_t = Σ_n g_t B_t, dC_t = Σ_d dy_t h_t, and through the decays
     w_t = g_t ⊙ exp(Δ_t A) h_{t-1}: dΔ_t += Σ_n w_t A, dA = Σ_{b,t} w_t Δ_t."""
-
-    @staticmethod
-    def forward(ctx, u, dt, A, B, C, chunk_size: int, tile_elements: int | None):
-        y, starts = _scan_forward(u, dt, A, B, C, chunk_size, tile_elements, keep_states=True)
-        ctx.save_for_backward(u, dt, A, B, C, starts)
-        ctx.blocks = chunk_size, tile_elements
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        u, dt, A, B, C, starts = ctx.saved_tensors
-        chunks, tiles, chunk = _blocks(u, A, *ctx.blocks)
-        dtu = dt * u
-        du, ddt, dB, dC = (torch.empty_like(t) for t in (u, dt, B, C))
-        dA = torch.zeros_like(A)
-        ws = None
-        for bs, gs in tiles:
-            u_, dt_, dtu_, B_, C_, dy_ = (t[:, bs, gs] for t in (u, dt, dtu, B, C, dy))
-            A_ = A[gs]
-            ws = _workspace(ws, u, chunk, (*dt_.shape[1:], A.shape[-1]), ("x", "h", "g"))
-            carry = torch.zeros_like(ws.h0)  # exp(Δ_s A) g_s of the chunk after this one
-            for c, (s, e) in reversed(list(enumerate(chunks))):
-                q = e - s
-                ws.h0.copy_(starts[c, bs, gs])
-                hs = ws.states(dt_, dtu_, A_, B_, s, e)
-                a, g, dh = ws.a[: q + 1], ws.g[:q], ws.x[:q]  # the inputs x are not needed any more
-                a[q].zero_()
-                dC[s:e, bs, gs] = torch.matmul(dy_[s:e, :, :, None, :], hs).squeeze(-2)
-                torch.mul(dy_[s:e, ..., None], C_[s:e, :, :, None, :], out=dh)
-                dh[q - 1] += carry
-                _linear_scan(a[1:], dh, g, ws.scratch, reverse=True)
-                torch.mul(a[0], g[0], out=carry)
-                dB[s:e, bs, gs] = torch.matmul(dtu_[s:e, :, :, None, :], g).squeeze(-2)
-                ddtu = torch.einsum("qbgdn,qbgn->qbgd", g, B_[s:e])  # d(Δu)
-                w = dh  # w_t = g_t ⊙ a_t h_{t-1}
-                torch.mul(a[1:q], hs[:-1], out=w[1:])
-                torch.mul(a[0], ws.h0, out=w[0])
-                w.mul_(g)
-                dA[gs] += torch.mul(w, dt_[s:e, ..., None], out=g).sum((0, 1))
-                ddt[s:e, bs, gs] = torch.addcmul(w.mul_(A_).sum(-1), ddtu, u_[s:e])
-                du[s:e, bs, gs] = ddtu * dt_[s:e]
-        return du, ddt, dA, dB, dC, None, None
+    chunks, tiles, chunk = _blocks(u, A, chunk_size, tile_elements)
+    dtu = dt * u
+    du, ddt, dB, dC = (torch.empty_like(t) for t in (u, dt, B, C))
+    dA = torch.zeros_like(A)
+    ws = None
+    for bs, gs in tiles:
+        u_, dt_, dtu_, B_, C_, dy_ = (t[:, bs, gs] for t in (u, dt, dtu, B, C, dy))
+        A_ = A[gs]
+        ws = _workspace(ws, u, chunk, (*dt_.shape[1:], A.shape[-1]), ("x", "h", "g"))
+        carry = torch.zeros_like(ws.h0)  # exp(Δ_s A) g_s of the chunk after this one
+        for c, (s, e) in reversed(list(enumerate(chunks))):
+            q = e - s
+            ws.h0.copy_(starts[c, bs, gs])
+            hs = ws.states(dt_, dtu_, A_, B_, s, e)
+            a, g, dh = ws.a[: q + 1], ws.g[:q], ws.x[:q]  # the inputs x are not needed any more
+            a[q].zero_()
+            dC[s:e, bs, gs] = torch.matmul(dy_[s:e, :, :, None, :], hs).squeeze(-2)
+            torch.mul(dy_[s:e, ..., None], C_[s:e, :, :, None, :], out=dh)
+            dh[q - 1] += carry
+            _linear_scan(a[1:], dh, g, ws.scratch, reverse=True)
+            torch.mul(a[0], g[0], out=carry)
+            dB[s:e, bs, gs] = torch.matmul(dtu_[s:e, :, :, None, :], g).squeeze(-2)
+            ddtu = torch.einsum("qbgdn,qbgn->qbgd", g, B_[s:e])  # d(Δu)
+            w = dh  # w_t = g_t ⊙ a_t h_{t-1}
+            torch.mul(a[1:q], hs[:-1], out=w[1:])
+            torch.mul(a[0], ws.h0, out=w[0])
+            w.mul_(g)
+            dA[gs] += torch.mul(w, dt_[s:e, ..., None], out=g).sum((0, 1))
+            ddt[s:e, bs, gs] = torch.addcmul(w.mul_(A_).sum(-1), ddtu, u_[s:e])
+            du[s:e, bs, gs] = ddtu * dt_[s:e]
+    return du, ddt, dA, dB, dC
 
 
-@torch.compiler.disable
+@_chunked_scan_backward_op.register_fake
+def _(dy, u, dt, A, B, C, starts, chunk_size, tile_elements):
+    return tuple(torch.empty_like(t) for t in (u, dt, A, B, C))
+
+
+def _chunked_scan_setup_context(ctx, inputs, output) -> None:
+    u, dt, A, B, C, chunk_size, tile_elements, _ = inputs
+    ctx.save_for_backward(u, dt, A, B, C, output[1])
+    ctx.blocks = chunk_size, tile_elements
+
+
+def _chunked_scan_backward(ctx, dy, _dstarts):
+    grads = _chunked_scan_backward_op(dy, *ctx.saved_tensors, *ctx.blocks)
+    return (*grads, None, None, None)
+
+
+_chunked_scan_op.register_autograd(_chunked_scan_backward, setup_context=_chunked_scan_setup_context)
+
+
 def _chunked_scan(u, dt, A, B, C, chunk_size: int, tile_elements: int | None) -> torch.Tensor:
-    """The chunk loop, kept out of ``torch.compile`` graphs: unrolled, it is O(L / Q · log Q) slicing ops, and
-    inductor spends minutes (tens of minutes at 224²) simplifying their index expressions."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C)):
-        return ChunkedSelectiveScan.apply(u, dt, A, B, C, chunk_size, tile_elements)
-    return _scan_forward(u, dt, A, B, C, chunk_size, tile_elements, keep_states=False)[0]
+    """The chunked scan, keeping the chunk-entry states only when a gradient will be asked for."""
+    keep_states = torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C))
+    return _chunked_scan_op(u, dt, A, B, C, chunk_size, tile_elements, keep_states)[0]
+
+
+def _linear_scan_functional(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``_linear_scan`` (forward) without buffers, for graphs: returns h with h[t] = a[t] ⊙ h[t-1] + x[t]
+    (h[-1] = 0) along dim 0, by the same pairwise tree: pairs (0, 1), (2, 3), ... composed, the half-length
+    recurrence solved recursively (the odd steps), the even steps filled in from their solved predecessors, and
+    the two halves interleaved by a stack."""
+    m = x.shape[0]
+    if m == 1:
+        return x
+    p = m // 2
+    lo, hi = slice(0, 2 * p, 2), slice(1, 2 * p, 2)
+    h_odd = _linear_scan_functional(a[hi] * a[lo], torch.addcmul(x[hi], a[hi], x[lo]))  # steps 1, 3, ..., 2p-1
+    h_even = torch.cat([x[:1], torch.addcmul(x[2::2], a[2::2], h_odd[: (m - 1) // 2])])  # steps 0, 2, 4, ...
+    h = torch.stack([h_even[:p], h_odd], dim=1).flatten(0, 1)  # (2p, ...)
+    return h if m % 2 == 0 else torch.cat([h, h_even[p:]])
+
+
+def _scan_traced(u, dt, A, B, C, chunk_size: int) -> torch.Tensor:
+    """The chunked scan as one ``scan`` op over chunks (module docstring), same layout as ``_scan_forward``:
+    u, Δ (L, b, G, Dg); A (G, Dg, N); B, C (L, b, G, N) -> y (L, b, G, Dg)."""
+    from torch._higher_order_ops.scan import scan, scan_op
+
+    length = u.shape[0]
+    q = min(chunk_size, length)
+    n_chunks = -(-length // q)
+    pad = n_chunks * q - length
+
+    def chunked(t: torch.Tensor) -> torch.Tensor:  # (L, ...) -> (n_chunks, Q, ...), padded with zeros
+        return F.pad(t, (0, 0) * (t.dim() - 1) + (0, pad)).unflatten(0, (n_chunks, q))
+
+    def chunk_step(h0, dt_c, dtu_c, B_c, C_c, A):  # (b, G, Dg, N); (Q, b, G, Dg) x2; (Q, b, G, N) x2; (G, Dg, N)
+        a = torch.exp(dt_c[..., None] * A)  # (Q, b, G, Dg, N); Δ ≥ 0, A < 0: decays in [0, 1]
+        x = dtu_c[..., None] * B_c[:, :, :, None, :]  # (Q, b, G, Dg, N)
+        x = torch.cat([torch.addcmul(x[:1], a[:1], h0[None]), x[1:]])  # the entry state folded into token 0
+        hs = _linear_scan_functional(a, x)  # (Q, b, G, Dg, N)
+        return [hs[-1].clone(), (hs * C_c[:, :, :, None, :]).sum(-1)]  # y_t = Σ_n h_t[n] C_t[n]
+
+    h0 = u.new_zeros((*u.shape[1:], A.shape[-1]))  # (b, G, Dg, N)
+    xs = [chunked(dt), chunked(dt * u), chunked(B), chunked(C)]
+    if torch.compiler.is_dynamo_compiling():  # torch.compile, strict export: dynamo traces the public API
+        _, y = scan(lambda h, chunk: tuple(chunk_step(h, *chunk, A)), h0, xs)
+    else:  # non-strict export: the op itself, traced by make_fx at the real shapes
+        _, y = scan_op(chunk_step, [h0], xs, (A,))
+    return y.flatten(0, 1)[:length]  # (L, b, G, Dg)
 
 
 def selective_scan_torch(
@@ -323,7 +410,10 @@ def selective_scan_torch(
         B.permute(3, 0, 1, 2).contiguous(),  # (L, b, G, N), N innermost for the per-chunk products
         C.permute(3, 0, 1, 2).contiguous(),
     )
-    y = _chunked_scan(*args, chunk_size, tile_elements)
+    if torch.compiler.is_exporting():  # torch.export (and so ONNX): a graph of standard ops
+        y = _scan_traced(*args, chunk_size)
+    else:
+        y = _chunked_scan(*args, chunk_size, tile_elements)
     y = y.reshape(length, batch, dim).permute(1, 2, 0).contiguous()  # (b, D, L)
     return _finish(y, u, D, z)
 
@@ -338,8 +428,15 @@ def _fused_kernel():
     return selective_scan_fn
 
 
+@torch.compiler.assume_constant_result
+def _fused_importable() -> bool:
+    """Whether ``mamba_ssm``'s kernel imports: a constant for ``torch.compile``, which would otherwise trace into the
+    import and break the graph there."""
+    return _fused_kernel() is not None
+
+
 def fused_selective_scan_available() -> bool:
-    return torch.cuda.is_available() and _fused_kernel() is not None
+    return torch.cuda.is_available() and _fused_importable()
 
 
 @torch.compiler.disable
@@ -370,8 +467,8 @@ def selective_scan(
     backend: str = "auto",
 ) -> torch.Tensor:
     """The S6 scan in float32 (float64 kept) with autocast off; returns u's dtype. See the module docstring."""
-    fusable = u.is_cuda and A.shape[-1] <= MAX_FUSED_D_STATE and _fused_kernel() is not None
-    mamba_ssm = "importable" if _fused_kernel() else "not importable"
+    fusable = u.is_cuda and A.shape[-1] <= MAX_FUSED_D_STATE and _fused_importable()
+    mamba_ssm = "importable" if _fused_importable() else "not importable"
     needs = (
         "CUDA tensors, d_state <= 256 and mamba_ssm (selective_scan_fn); got "
         f"{u.device.type} tensors, d_state {A.shape[-1]}, mamba_ssm {mamba_ssm}"
