@@ -5,3 +5,5 @@ if not __name__.startswith("mixerzoo."):  # the repository folder imported as a 
     raise ImportError(
         f"`import {__name__}` is the old path: the zoo installs as one package, use `import mixerzoo.{__name__}`."
     )
+
+from mixerzoo.training import pathfinder as _pathfinder  # noqa: F401  (registers data.name=pathfinder)
