@@ -3,13 +3,20 @@
     python train.py -m model=metaformer_s12 model.mixer=pooling,attention,aff data.root=/imagenet   # or sweep=...
     python collect_results.py multirun/train/<run id>            # every job below that directory
     python collect_results.py outputs/digits_mixers --csv mixers.csv
+    python collect_results.py multirun/pathfinder/<run id> --by-mixer   # one row per mixer, mean ± std over seeds
 
 One row per job: the job directory (its Hydra overrides), the model (config name or timm name), the mixer (the
 model's ``mixer`` spec; per-stage lists joined with ``/``), params (from ``summary.json``), forward GMACs of one
 image at the job's ``data.img_size`` (counted as in ``benchmark.py``: FlopCounterMode on the meta device with the
 FFT and scan rules), training images/s (``train_images_per_sec``, measured by the run on its own device), best and
-final top-1, and the epochs completed. The model is rebuilt from the job's ``.hydra/config.yaml``; a job without one
-(or whose model cannot be built) gets ``n/a`` MACs.
+final top-1, and the epochs completed; on request (``--columns``, always in the CSV) the dataset, image size, seed
+and the job's wall time in minutes (from its ``.hydra/config.yaml`` being written to its ``summary.json``). The model
+is rebuilt from the job's ``.hydra/config.yaml``; a job without one (or whose model cannot be built) gets ``n/a``
+MACs.
+
+``--by-mixer`` groups the jobs by model and mixer instead: one row per mixer with params and, per image size, GMACs,
+training images/s and top-1 (``--metric``, default ``final_top1``) as mean ± standard deviation over the seeds (the
+job count in brackets when there are several).
 """
 
 from __future__ import annotations
@@ -17,15 +24,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmark import count_macs
+from mixerzoo.benchmark import count_macs
 
 COLUMNS = ["job", "model", "mixer", "params_m", "gmacs", "train_img_s", "best_top1", "final_top1", "epochs"]
+EXTRA_COLUMNS = ["data", "img_size", "seed", "wall_min"]
 
 
 def _mixer_label(spec: Any) -> str:
@@ -73,6 +82,8 @@ def job_row(summary_file: Path, root: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(config_file)
+    row.update(data=cfg.data.get("name"), img_size=cfg.data.get("img_size"), seed=cfg.get("seed"))
+    row["wall_min"] = max(0.0, summary_file.stat().st_mtime - config_file.stat().st_mtime) / 60
     row["model"] = _model_label(cfg.model, job_dir)
     row["mixer"] = _mixer_label(cfg.model.get("mixer"))
     try:
@@ -104,6 +115,8 @@ def _format(column: str, value: Any) -> str:
     if value is None or value == "":
         return "n/a" if column in ("params_m", "gmacs", "train_img_s", "best_top1", "final_top1") else ""
     if isinstance(value, float):
+        if column == "wall_min":
+            return f"{value:.1f}"
         if column == "gmacs":
             return f"{value:.3g}"
         return f"{value:.0f}" if column == "train_img_s" else f"{value:.2f}"
@@ -116,17 +129,56 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLU
     return "\n".join(lines)
 
 
+def _mean_std(values: Sequence[float], digits: int) -> str:
+    """``mean ± std (n)`` over several values, the value alone for one, ``n/a`` for none."""
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} ({len(values)})"
+
+
+def by_mixer_table(rows: Sequence[dict[str, Any]], metric: str = "final_top1") -> str:
+    """One row per (model, mixer): params, then per image size GMACs, training images/s and ``metric`` as mean ±
+    standard deviation over the jobs (seeds). Rows in the order the mixers first appear."""
+    groups: dict[tuple[str, str], dict[Any, list[dict[str, Any]]]] = {}
+    for row in rows:
+        key = (row.get("model") or "", row.get("mixer") or "")
+        groups.setdefault(key, {}).setdefault(row.get("img_size"), []).append(row)
+    sizes = sorted({size for jobs in groups.values() for size in jobs}, key=lambda s: (s is None, s or 0))
+    header = ["model", "mixer", "params_m"]
+    for size in sizes:
+        at = f" @{size}" if size is not None else ""
+        header += [f"gmacs{at}", f"train_img_s{at}", f"{metric}{at}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    for (model, mixer), jobs in groups.items():
+        params = [r["params_m"] for size_jobs in jobs.values() for r in size_jobs if r.get("params_m") is not None]
+        cells = [model, mixer, _format("params_m", params[0] if params else None)]
+        for size in sizes:
+            at = jobs.get(size, [])
+            gmacs = [r["gmacs"] for r in at if r.get("gmacs") is not None]
+            speed = [r["train_img_s"] for r in at if r.get("train_img_s") is not None]
+            scores = [r[metric] for r in at if r.get(metric) is not None]
+            cells += [_format("gmacs", gmacs[0] if gmacs else None), _mean_std(speed, 0), _mean_std(scores, 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a multirun directory (or a single run's directory)")
-    parser.add_argument("--csv", help="also write the rows to this CSV file")
-    parser.add_argument("--columns", nargs="+", default=COLUMNS, choices=COLUMNS, help="columns to show, in order")
+    parser.add_argument("--csv", help="also write the rows (one per job, every column) to this CSV file")
+    parser.add_argument(
+        "--columns", nargs="+", default=COLUMNS, choices=COLUMNS + EXTRA_COLUMNS, help="columns to show, in order"
+    )
+    parser.add_argument("--by-mixer", action="store_true", help="one row per mixer: mean ± std over seeds, per size")
+    parser.add_argument("--metric", default="final_top1", choices=["final_top1", "best_top1"], help="for --by-mixer")
     args = parser.parse_args(argv)
     rows = collect(args.run_dir)
-    print(markdown_table(rows, args.columns))
+    print(by_mixer_table(rows, args.metric) if args.by_mixer else markdown_table(rows, args.columns))
     if args.csv:
         with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=COLUMNS + EXTRA_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
     return rows

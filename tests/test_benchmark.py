@@ -189,3 +189,14 @@ def test_selective_scan_state_updates_are_counted_for_the_mamba_mixers() -> None
     count = benchmark.count_macs(token_mixer, x)
     # batch 2 x 4 scan directions x E inner channels x 20 tokens x 16 states
     assert count.scan == 2 * 4 * token_mixer.ssm.d_inner * 20 * 16 > 0
+
+
+def test_collector_groups_seeds_by_mixer_with_mean_and_std(tmp_path: Path) -> None:
+    for i, (mixer, seed, top1) in enumerate((("pooling", 0, 80.0), ("pooling", 1, 84.0), ("sepconv", 0, 90.0))):
+        _fake_job(tmp_path, f"{i}_model.mixer={mixer},seed={seed}", mixer, top1)
+    rows = collect_results.collect(tmp_path)
+    assert rows[0]["img_size"] == 32 and rows[0]["wall_min"] >= 0
+    table = collect_results.by_mixer_table(rows, "final_top1").splitlines()
+    assert table[0] == "| model | mixer | params_m | gmacs @32 | train_img_s @32 | final_top1 @32 |"
+    assert table[2].endswith("| 500 ± 0 (2) | 81.00 ± 2.83 (2) |")  # final = best - 1 in _fake_job
+    assert table[3].endswith("| 500 | 89.00 |") and len(table) == 4
