@@ -1,0 +1,105 @@
+"""tools/erf.py (effective receptive fields) and tools/plots.py (figures from the CSV tables)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mixerzoo import MetaFormer
+from mixerzoo.tools import erf
+
+
+def one_block(mixer: str) -> MetaFormer:
+    """One stage of one block on a 4x4 patchify stem: token (i, j) sees pixels 4i..4i+3 before the mixer. LayerNorm
+    blocks (per token), so nothing but the mixer moves information between tokens."""
+    return MetaFormer(
+        depths=[1],
+        dims=[16],
+        mixer=mixer,
+        block={"name": "metaformer", "norm": "layernorm"},
+        stem={"name": "conv", "kernel_size": 4, "stride": 4, "padding": 0},
+        num_classes=0,
+        in_chans=1,
+        img_size=32,
+    )
+
+
+@pytest.mark.parametrize(("mixer", "first", "last"), [("identity", 16, 19), ("pooling", 12, 23)])
+def test_local_mixer_erf_is_confined_to_its_theoretical_receptive_field(mixer: str, first: int, last: int) -> None:
+    """The centre token (4, 4) of an 8x8 grid: identity sees its own 4x4 patch, 3x3 pooling the 3x3 patches around
+    it (pixels 12..23); outside, the gradient is exactly 0, inside it is not."""
+    torch.manual_seed(0)
+    field = erf.effective_receptive_field(one_block(mixer), torch.randn(4, 1, 32, 32), level=0)
+    inside = torch.zeros_like(field, dtype=torch.bool)
+    inside[first : last + 1, first : last + 1] = True
+    assert field[~inside].abs().max() == 0
+    assert (field[inside] > 0).all()
+
+
+def test_attention_erf_is_global() -> None:
+    torch.manual_seed(0)
+    field = erf.effective_receptive_field(one_block("attention"), torch.randn(4, 1, 32, 32), level=0)
+    assert (field > 0).all()
+    _, r90 = erf.mass_radii(field)
+    pooling = erf.effective_receptive_field(one_block("pooling"), torch.randn(4, 1, 32, 32), level=0)
+    assert r90 > erf.mass_radii(pooling)[1] and r90 > 12
+
+
+def test_mass_radii_of_known_maps() -> None:
+    point = np.zeros((9, 9))
+    point[4, 4] = 1.0
+    assert erf.mass_radii(point) == [0.0, 0.0]
+    square = np.zeros((9, 9))
+    square[3:6, 3:6] = 1.0  # 9 pixels: the centre, 4 at distance 1, 4 at sqrt(2)
+    assert erf.mass_radii(square, (0.5, 0.9)) == [1.0, pytest.approx(2**0.5)]
+
+
+def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 5_000 < path.stat().st_size < 400_000
+
+
+def test_plots_are_written_without_a_display(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    from mixerzoo.tools import plots
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    bench = [
+        {"model": f"config:metaformer_s12@mixer={m}", "img_size": s, "gmacs": g * (s / 224) ** e, "infer_img_s": 3 / g}
+        for m, g, e in (("pooling", 1.8, 2), ("attention", 5.6, 3))
+        for s in (224, 448, 896)
+    ]
+    bench[-1]["infer_img_s"] = ""  # not timed (too many GMACs): no point
+    assert_png(plots.cost([write_csv(tmp_path / "bench.csv", bench)], tmp_path / "cost.png", note="noisy CPU"))
+    jobs = [
+        {"mixer": m, "img_size": s, "seed": seed, "gmacs": g, "train_img_s": 500 / g, "best_top1": 60 + 10 * g + seed}
+        for m, g in (("pooling", 0.004), ("attention", 0.006))
+        for s in (32, 64)
+        for seed in (0, 1)
+    ]
+    assert_png(plots.accuracy(write_csv(tmp_path / "results.csv", jobs), tmp_path / "accuracy.png"))
+    for i, mixer in enumerate(("pooling", "attention")):
+        job = tmp_path / "run" / f"{i}_job"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "config.yaml").write_text(f"model: {{mixer: {mixer}}}\ndata: {{img_size: 32}}\n")
+        write_csv(job / "metrics.csv", [{"epoch": e, "top1": 50 + e * (i + 1)} for e in range(1, 4)])
+    assert_png(plots.curves(tmp_path / "run", tmp_path / "curves.png"))
+    records = [
+        dict(mixer=m, state=s, level=0, r50=2.0, r90=5.0, map=np.random.rand(32, 32).tolist())
+        for m in ("pooling", "attention")
+        for s in ("init", "trained")
+    ]
+    erf.plot(records, tmp_path / "erf.png", 32)
+    assert_png(tmp_path / "erf.png")
