@@ -204,5 +204,5 @@ def test_torch_compile_matches_eager(kind: str, name: str) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         eager = model(x)
-        compiled = torch.compile(model, backend="inductor")(x)
+        compiled = torch.compile(model, backend="inductor", fullgraph=True)(x)  # one graph, no break
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
