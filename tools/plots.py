@@ -57,8 +57,9 @@ def _style(i: int) -> dict[str, Any]:
 
 def _plain_log_axis(axis: Any) -> None:
     """Log scale with plain numbers on the major ticks and none on the minor ones (they collide)."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(ScalarFormatter())
     axis.set_minor_formatter(NullFormatter())
 
@@ -110,12 +111,13 @@ def samples(
 
 def cost(csv_files: Sequence[str | Path], out: str | Path, note: str = "") -> Path:
     """GMACs and inference images/s against tokens (log-log), one line per model, from ``benchmark.py`` CSVs
-    (rows of later files replace earlier ones for the same model and size)."""
+    (for the same model and size, a later file's non-empty values replace an earlier file's)."""
     plt = pyplot()
     rows: dict[tuple[str, int], dict[str, str]] = {}
     for path in csv_files:
         for row in read_csv(path):
-            rows[(row["model"], int(row["img_size"]))] = {**rows.get((row["model"], int(row["img_size"])), {}), **row}
+            key = (row["model"], int(row["img_size"]))
+            rows[key] = {**rows.get(key, {}), **{k: v for k, v in row.items() if v not in ("", None)}}
     models = sorted({m for m, _ in rows}, key=_mixer_of)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for i, model in enumerate(models):
@@ -134,8 +136,9 @@ def cost(csv_files: Sequence[str | Path], out: str | Path, note: str = "") -> Pa
         ax.set_xlabel("stage-1 tokens (224 / 448 / 896 px: 56² / 112² / 224²)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
+    _plain_log_axis(right.yaxis)
     left.legend(fontsize=7, ncol=2)
-    left.set_title("cost per image (exact, meta-device count; * rebuilt for each size)", fontsize=9)
+    left.set_title("GMACs (exact, meta-device count; * rebuilt per size)", fontsize=9)
     right.set_title("speed" + (f" ({note})" if note else ""), fontsize=9)
     return save(fig, out)
 
