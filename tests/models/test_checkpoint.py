@@ -11,7 +11,7 @@ import timm
 import torch
 
 import mixerzoo
-from mixerzoo.models.checkpoint import read_state_dict
+from mixerzoo.models.checkpoint import CheckpointError, read_state_dict
 from tests.conftest import build_model
 
 
@@ -145,8 +145,9 @@ def test_training_checkpoint_files_unwrap_and_strip_prefixes(tmp_path: Path) -> 
 def test_files_are_read_with_weights_only(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "payload": Path("/")}, path)  # an arbitrary pickled object
-    with pytest.raises(Exception, match=r"[Ww]eights only load failed|weights_only"):
+    with pytest.raises(CheckpointError, match=r"holds Python objects \(pathlib\.PosixPath\).*refused") as info:
         read_state_dict(path)
+    assert "weights_only=False" not in str(info.value)  # never suggest the unsafe load
 
 
 def test_mismatched_checkpoints_name_missing_unexpected_and_misshaped_keys() -> None:
