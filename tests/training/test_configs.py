@@ -49,6 +49,17 @@ def test_every_group_option_composes_with_the_schema(group: str, option: str) ->
     assert OmegaConf.get_type(cfg, group) is not dict  # still the typed schema node
 
 
+@pytest.mark.parametrize("group", [*GROUPS, "debug", "sweep"])
+def test_readme_configuration_table_lists_every_option_of_the_group(group: str) -> None:
+    """The README's Configuration table is where users look for a group's options: none may be missing."""
+    readme = (CONFIG_DIR.parent / "README.md").read_text()
+    row = re.search(rf"^\| `{group}/` \| (.*?) \|", readme, re.M)
+    assert row, f"README's Configuration table has no row for `{group}/`"
+    listed = set(re.findall(r"`([^`]+)`", row.group(1)))
+    missing = [option for _, option in _options(group) if option not in listed]
+    assert not missing, f"README's `{group}/` row does not list {missing}"
+
+
 def test_defaults_are_the_digits_job() -> None:
     cfg = compose_train()
     assert cfg.data.name == "digits" and cfg.data.num_classes == 10
