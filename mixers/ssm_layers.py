@@ -117,5 +117,10 @@ class _DepthwiseConv1dSiLU(torch.autograd.Function):
 
 
 def conv1d_silu(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """SiLU(conv(x)) for tokens-last x (b, L, C) and a ``same_conv1d`` layer; returns (b, L, C)."""
+    """SiLU(conv(x)) for tokens-last x (b, L, C) and a ``same_conv1d`` layer; returns (b, L, C).
+
+    The written-out backward is a CPU (mkldnn) optimisation; on other devices the conv's own autograd runs (cuDNN's
+    depthwise weight gradient, not a grouped conv with batch x channels groups)."""
+    if x.device.type != "cpu":
+        return F.silu(conv(x.transpose(1, 2))).transpose(1, 2)
     return _DepthwiseConv1dSiLU.apply(x, conv.weight, conv.bias, conv.padding[0])
