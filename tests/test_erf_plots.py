@@ -49,6 +49,30 @@ def test_attention_erf_is_global() -> None:
     assert r90 > erf.mass_radii(pooling)[1] and r90 > 12
 
 
+def test_trained_maps_use_the_images_the_run_trained_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --run, the images come from the run's own Pathfinder difficulty and seed (not a fixed default), and both
+    the init and the trained model of the mixer are measured on them; --difficulty overrides the difficulty."""
+    from omegaconf import OmegaConf
+
+    overrides = ["model=metaformer_tiny", "model.mixer=pooling", "data=pathfinder", "output_dir=/tmp/unused"]
+    cfg = erf.compose_train_config([*overrides, "data.pathfinder_difficulty=easy", "data.pathfinder_seed=3"])
+    job = tmp_path / "0_job"
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, job / ".hydra" / "config.yaml")
+    torch.save({"model": erf.build_for(cfg).state_dict()}, job / "last.pth")
+    asked = []
+
+    def fake_images(count: int, img_size: int, difficulty: str, seed: int) -> torch.Tensor:
+        asked.append((difficulty, seed))
+        return torch.randn(count, 1, img_size, img_size)
+
+    monkeypatch.setattr(erf, "pathfinder_images", fake_images)
+    records = erf.compute(["pooling"], 32, [0], 2, run_dir=str(tmp_path))
+    assert asked == [("easy", 3)] and [r["state"] for r in records] == ["init", "trained"]
+    erf.compute(["pooling"], 32, [0], 2, run_dir=str(tmp_path), difficulty="hard")
+    assert asked[-1] == ("hard", 3)
+
+
 def test_mass_radii_of_known_maps() -> None:
     point = np.zeros((9, 9))
     point[4, 4] = 1.0

@@ -77,11 +77,11 @@ def build_for(cfg: Any) -> nn.Module:
     return build_model(cfg)
 
 
-def pathfinder_images(count: int, img_size: int, difficulty: str = "hard") -> torch.Tensor:
+def pathfinder_images(count: int, img_size: int, difficulty: str = "hard", seed: int = 0) -> torch.Tensor:
     """``count`` Pathfinder validation images, normalised as ``data=pathfinder`` does ((x / 255 - 0.5) / 0.5)."""
     from mixerzoo.training.pathfinder import generate
 
-    images, _ = generate(count, img_size, difficulty, seed=0, split="val")
+    images, _ = generate(count, img_size, difficulty, seed=seed, split="val")
     return (torch.from_numpy(images).float()[:, None] / 255 - 0.5) / 0.5
 
 
@@ -103,6 +103,15 @@ def trained_checkpoints(run_dir: str | Path, img_size: int) -> dict[str, list[tu
     return found
 
 
+def _init_config(
+    mixer: str, trained: dict[str, list[tuple[Path, Any]]], model: str, img_size: int, overrides: Sequence[str]
+) -> Any:
+    if mixer in trained:
+        return trained[mixer][0][1]
+    base = [f"model={model}", f"model.mixer={mixer}", "data=pathfinder", f"data.img_size={img_size}"]
+    return compose_train_config([*base, *overrides])
+
+
 def compute(
     mixers: Sequence[str],
     img_size: int,
@@ -111,18 +120,22 @@ def compute(
     run_dir: str | None = None,
     model: str = "metaformer_tiny",
     overrides: Sequence[str] = (),
+    difficulty: str | None = None,
 ) -> list[dict[str, Any]]:
     """One record per (mixer, state, level): ``map`` (H x W list), ``r50``, ``r90``, ``models`` averaged. The init
     model of a mixer trained in ``run_dir`` is built from its first job's config (the same backbone, fresh weights);
-    otherwise from ``model`` with ``overrides``."""
+    otherwise from ``model`` with ``overrides``. Every mixer sees the same images: the Pathfinder difficulty and seed
+    the run trained on (its first job's ``data``), else those of ``data=pathfinder`` with ``overrides``;
+    ``difficulty`` overrides the difficulty."""
     import mixerzoo
 
-    images = pathfinder_images(num_images, img_size)
     trained = trained_checkpoints(run_dir, img_size) if run_dir else {}
+    configs = {mixer: _init_config(mixer, trained, model, img_size, overrides) for mixer in mixers}
+    data = next(iter(configs.values())).data
+    images = pathfinder_images(num_images, img_size, difficulty or data.pathfinder_difficulty, data.pathfinder_seed)
     records = []
     for mixer in mixers:
-        base = [f"model={model}", f"model.mixer={mixer}", "data=pathfinder", f"data.img_size={img_size}"]
-        cfg = trained[mixer][0][1] if mixer in trained else compose_train_config([*base, *overrides])
+        cfg = configs[mixer]
         torch.manual_seed(0)
         states: list[tuple[str, list[nn.Module]]] = [("init", [build_for(cfg)])]
         if mixer in trained:
@@ -217,12 +230,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         default=[],
         help="Hydra overrides of the init models without --run (model.block.norm=...)",
     )
+    parser.add_argument(
+        "--difficulty",
+        choices=["easy", "medium", "hard"],
+        help="Pathfinder images to average over (default: the run's training difficulty, else data=pathfinder's)",
+    )
     parser.add_argument("--out", default="outputs/erf", help="folder for erf.png, erf.json, erf.md")
     parser.add_argument("--no-plot", action="store_true", help="numbers only (no matplotlib needed)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     mixers = args.mixers or list_mixers()
-    records = compute(mixers, args.img_size, args.levels, args.images, args.run, args.model, args.override)
+    records = compute(
+        mixers, args.img_size, args.levels, args.images, args.run, args.model, args.override, args.difficulty
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "erf.json").write_text(json.dumps(dict(img_size=args.img_size, records=records)))
