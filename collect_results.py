@@ -10,7 +10,8 @@ model's ``mixer`` spec; per-stage lists joined with ``/``), params (from ``summa
 image at the job's ``data.img_size`` (counted as in ``benchmark.py``: FlopCounterMode on the meta device with the
 FFT and scan rules), training images/s (``train_images_per_sec``, measured by the run on its own device), best and
 final top-1, and the epochs completed; on request (``--columns``, always in the CSV) the dataset, image size, seed
-and the job's wall time in minutes (from its ``.hydra/config.yaml`` being written to its ``summary.json``). The model
+and the job's wall time in minutes (from its ``.hydra/config.yaml`` being written to its ``summary.json``: Hydra
+rewrites the config at every launch, so for a resumed job this is its last launch only). The model
 is rebuilt from the job's ``.hydra/config.yaml``; a job without one (or whose model cannot be built) gets ``n/a``
 MACs.
 

@@ -127,3 +127,24 @@ def test_plots_are_written_without_a_display(tmp_path: Path, monkeypatch: pytest
     ]
     erf.plot(records, tmp_path / "erf.png", 32)
     assert_png(tmp_path / "erf.png")
+
+
+def test_a_mixer_has_one_colour_in_every_panel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The accuracy scatter styles series by mixer, not by their position among all (size, mixer) groups."""
+    pytest.importorskip("matplotlib")
+    from mixerzoo.tools import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda fig, out: figures.append(fig) or Path(out))
+    jobs = [
+        {"mixer": m, "img_size": s, "seed": 0, "gmacs": 0.004, "train_img_s": 100, "final_top1": 60}
+        for m, s in (("aff", 32), ("pooling", 32), ("sepconv", 32), ("pooling", 64), ("sepconv", 64))
+    ]
+    plots.accuracy(write_csv(tmp_path / "results.csv", jobs), tmp_path / "accuracy.png")
+    colours: dict[str, set] = {}
+    for ax in figures[0].axes:
+        for container, label in zip(ax.containers, ax.texts, strict=True):
+            colours.setdefault(label.get_text(), set()).add(tuple(container.lines[0].get_color()))
+    assert set(colours) == {"aff", "pooling", "sepconv"}
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len(set().union(*colours.values())) == 3

@@ -55,6 +55,11 @@ def _style(i: int) -> dict[str, Any]:
     return dict(color=pyplot().cm.tab20(i % 20), marker="os^Dv<>PX*h"[i % 11])
 
 
+def _styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """One style per name (sorted), so a mixer looks the same in every panel of a figure."""
+    return {name: _style(i) for i, name in enumerate(sorted(set(names)))}
+
+
 def _plain_log_axis(axis: Any) -> None:
     """Log scale with plain numbers on the major ticks and none on the minor ones (they collide)."""
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
@@ -161,16 +166,17 @@ def accuracy(csv_file: str | Path, out: str | Path, metric: str = "final_top1") 
     plt = pyplot()
     groups = _grouped(read_csv(csv_file))
     sizes = sorted({s for s, _ in groups})
+    styles = _styles([mixer for _, mixer in groups])
     fig, axes = plt.subplots(len(sizes), 2, figsize=(10, 3.6 * len(sizes)), squeeze=False)
     for row, size in enumerate(sizes):
         for col, column, label in ((0, "gmacs", "GMACs per image"), (1, "train_img_s", "training images/s")):
             ax = axes[row, col]
-            for i, ((s, mixer), values) in enumerate(sorted(groups.items())):
+            for (s, mixer), values in sorted(groups.items()):
                 if s != size or not values.get(metric) or not values.get(column):
                     continue
                 top1 = np.asarray(values[metric])
                 x = float(np.mean(values[column]))
-                style = _style(i)
+                style = styles[mixer]
                 yerr = top1.std(ddof=1) if len(top1) > 1 else None
                 ax.errorbar(x, top1.mean(), yerr=yerr, fmt=style["marker"], color=style["color"], capsize=3)
                 ax.annotate(mixer, (x, top1.mean()), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -202,16 +208,17 @@ def curves(run_dir: str | Path, out: str | Path, metric: str = "top1") -> Path:
             np.array([v for v in values if v is not None])
         )
     sizes = sorted({s for s, _ in series})
+    styles = _styles([mixer for _, mixer in series])
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
     for col, size in enumerate(sizes):
         ax = axes[0, col]
-        for i, ((s, mixer), runs) in enumerate(sorted(series.items())):
+        for (s, mixer), runs in sorted(series.items()):
             if s != size:
                 continue
             length = min(len(r) for r in runs)
             stacked = np.stack([r[:length] for r in runs])
             epochs = np.arange(1, length + 1)
-            (line,) = ax.plot(epochs, stacked.mean(0), **_style(i), label=f"{mixer} ({len(runs)})")
+            (line,) = ax.plot(epochs, stacked.mean(0), **styles[mixer], label=f"{mixer} ({len(runs)})")
             ax.fill_between(epochs, stacked.min(0), stacked.max(0), color=line.get_color(), alpha=0.15)
         ax.axhline(50, color="0.5", lw=0.8, ls=":")
         ax.set_xlabel("epoch")
