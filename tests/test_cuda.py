@@ -73,10 +73,12 @@ def test_mixer_under_autocast_on_cuda_matches_float32_on_cpu(name: str, dtype: t
         assert relative_error(param_grads_gpu, param_grads) < grad_bound
 
 
-@pytest.mark.parametrize("backend", ["torch", "fused"])
+@pytest.mark.parametrize("backend", ["torch", "fused", "triton"])
 def test_selective_scan_on_cuda_matches_the_reference(backend: str) -> None:
     if backend == "fused" and not s6.fused_selective_scan_available():
         pytest.skip("mamba_ssm's selective_scan_fn is not importable")
+    if backend == "triton" and not s6.triton_selective_scan_available():
+        pytest.skip("triton is not importable")
     b, d, n, length, groups = 2, 32, 16, 200, 2
     g = torch.Generator().manual_seed(0)
     u, delta, z = (torch.randn(b, d, length, generator=g) for _ in range(3))
@@ -95,6 +97,28 @@ def test_selective_scan_on_cuda_matches_the_reference(backend: str) -> None:
         grads[reference] = [out, *(t.grad for t in leaves)]
     for i, (actual, expected) in enumerate(zip(grads[False], grads[True])):
         assert relative_error(actual, expected) < 1e-4, f"tensor {i}"
+
+
+def test_triton_selective_scan_equals_the_torch_scan_at_vim2_t_stage_1_size() -> None:
+    """ViM2-T's first stage: b 2, 4 scan directions x 192 channels as 4 B/C groups, 56² = 3136 tokens, d_state 16;
+    output and every gradient of the Triton kernels against the chunked torch scan, both on the GPU in float32."""
+    if not s6.triton_selective_scan_available():
+        pytest.skip("triton is not importable")
+    b, d, n, length, groups = 2, 768, 16, 3136, 4
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    u, delta, z = (torch.randn(b, d, length, generator=g, device=CUDA) for _ in range(3))
+    A = -torch.rand(d, n, generator=g, device=CUDA) * 15 - 1  # -exp(A_log) with the S4D-real init's range
+    B, C = (torch.randn(b, groups, n, length, generator=g, device=CUDA) for _ in range(2))
+    D, delta_bias = torch.randn(d, generator=g, device=CUDA), torch.randn(d, generator=g, device=CUDA) - 4
+    weight = torch.randn(b, d, length, generator=g, device=CUDA)
+    results = {}
+    for backend in ("torch", "triton"):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (u, delta, A, B, C, D, z, delta_bias)]
+        out = s6.selective_scan(*leaves, delta_softplus=True, backend=backend)
+        (out * weight).sum().backward()
+        results[backend] = [out, *(t.grad for t in leaves)]
+    for i, (actual, expected) in enumerate(zip(results["triton"], results["torch"])):
+        assert torch.isfinite(actual).all() and relative_error(actual, expected) < 1e-4, f"tensor {i}"
 
 
 @pytest.mark.parametrize("backend", ["torch", "fused"])

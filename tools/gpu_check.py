@@ -6,16 +6,20 @@ breaks and the data path, as one table (printed as Markdown, written as JSON and
 
 Rows, in priority order (a row that would start after the budget is spent is reported as skipped):
 1. ``tests``: ``pytest -m "cuda and not slow"`` (``--full``: with the slow compile tests).
-2. ``train``: ``train.py`` on fake data for poolformerv2_s12, caformer_s18 and metaformer_s12 with the ``hydra`` and
+2. ``selective_scan``: the S6 scan alone at ViM2-T stage 1's size (b 2, D 768 as 4 B/C groups, L 3136, N 16; tiny
+   off CUDA): milliseconds per forward and per forward+backward, and the peak memory of the latter, of each backend
+   the device runs (the torch chunked scan; on CUDA the Triton kernels at 8, 16 and 32 channels per program, and
+   mamba_ssm's fused kernel where importable); each one's largest relative error against the torch scan.
+3. ``train``: ``train.py`` on fake data for poolformerv2_s12, caformer_s18 and metaformer_s12 with the ``hydra`` and
    ``mamba_mixer`` mixers (bf16 autocast, channels_last, EMA): one epoch with evaluation, then ``resume=auto`` to
    a second; eager, then compiled. Columns: training images/s of the run (data loading included), top-1 (noise
    on fake data: only finiteness matters), whether the resume continued at the right step.
-3. ``graph_breaks``: ``torch._dynamo.explain`` of each model's forward (0 expected outside fused-kernel
+4. ``graph_breaks``: ``torch._dynamo.explain`` of each model's forward (0 expected outside fused-kernel
    boundaries).
-4. ``throughput``: training and inference images/s of the zoo's PoolFormerV2-S12 and CAFormer-S18 (built from
+5. ``throughput``: training and inference images/s of the zoo's PoolFormerV2-S12 and CAFormer-S18 (built from
    ``configs/model``) against timm's same architecture in the same process (``benchmark.measure``: synthetic
    batches already on the device), eager and compiled; the ratio zoo / timm.
-5. ``loader``: images/s of the training loader alone (ours vs timm's ``create_loader``) over the same generated
+6. ``loader``: images/s of the training loader alone (ours vs timm's ``create_loader``) over the same generated
    image folder, same augmentation, one warm-up epoch.
 
 On a GPU every row runs in its own subprocess (a crash or a hung compile costs one row, not the table); with
@@ -47,6 +51,10 @@ TRAIN_MODELS = {  # row name -> train.py model overrides
     "caformer_s18": ["model=caformer_s18"],
     "metaformer_s12+hydra": ["model=metaformer_s12", "model.mixer=hydra"],
     "metaformer_s12+mamba_mixer": ["model=metaformer_s12", "model.mixer=mamba_mixer"],
+}
+SCAN_SIZES = {  # selective_scan row: (batch, D, B/C groups, L, d_state)
+    "vim2_t stage 1": (2, 768, 4, 3136, 16),  # 4 scan directions x 192 channels, 56² tokens
+    "tiny": (1, 32, 4, 64, 16),  # off CUDA: the row's code path in a second
 }
 TIMM_PEERS = ["poolformerv2_s12", "caformer_s18"]  # zoo configs whose architecture timm also has
 SHRUNK = {"depths": [1, 1, 1, 1], "dims": [32, 32, 64, 64]}  # --quick (attention heads of 32 channels divide all)
@@ -214,6 +222,76 @@ def check_throughput(s: Settings, arch: str, compiled: bool) -> dict[str, Any]:
     return values
 
 
+def check_selective_scan(s: Settings, size: str) -> dict[str, Any]:
+    import statistics
+    from functools import partial
+
+    import torch
+
+    from mixerzoo.mixers.ops import selective_scan as s6
+
+    device = torch.device(s.device)
+    batch, dim, groups, length, d_state = SCAN_SIZES[size]
+    gen = torch.Generator().manual_seed(0)
+    u, delta, z, weight = (torch.randn(batch, dim, length, generator=gen) for _ in range(4))
+    A = -torch.rand(dim, d_state, generator=gen) * 15 - 1  # the S4D-real init's range, -1 .. -16
+    B, C = (torch.randn(batch, groups, d_state, length, generator=gen) for _ in range(2))
+    D, delta_bias = torch.randn(dim, generator=gen), torch.randn(dim, generator=gen) - 4  # softplus: Δ ~ 0.02
+    inputs = [t.to(device) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    weight = weight.to(device)
+    scans = {"torch": partial(s6.selective_scan, backend="torch")}
+    if device.type == "cuda" and s6.triton_selective_scan_available():
+        from mixerzoo.mixers.ops.selective_scan_triton import selective_scan_triton
+
+        scans |= {f"triton{block}": partial(selective_scan_triton, block_d=block) for block in (8, 16, 32)}
+    if device.type == "cuda" and s6.fused_selective_scan_available():
+        scans["fused"] = partial(s6.selective_scan, backend="fused")
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def milliseconds(fn: Any) -> float:  # median after two warm-up calls (the first compiles Triton kernels)
+        times = []
+        for _ in range(2 + s.timing_runs):
+            synchronize()
+            start = time.perf_counter()
+            fn()
+            synchronize()
+            times.append(time.perf_counter() - start)
+        return round(1000 * statistics.median(times[2:]), 2)
+
+    values: dict[str, Any] = {}
+    reference = None
+    for name, scan in scans.items():
+        leaves = [t.detach().requires_grad_(True) for t in inputs]
+
+        def forward(scan: Any = scan) -> None:
+            with torch.no_grad():
+                scan(*inputs, delta_softplus=True)
+
+        def forward_backward(scan: Any = scan, leaves: list = leaves) -> torch.Tensor:
+            out = scan(*leaves, delta_softplus=True)
+            out.backward(weight)
+            return out
+
+        values[f"{name}_fwd_ms"] = milliseconds(forward)
+        values[f"{name}_fwdbwd_ms"] = milliseconds(forward_backward)
+        for t in leaves:
+            t.grad = None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        results = [forward_backward().detach(), *(t.grad for t in leaves)]
+        if device.type == "cuda":
+            values[f"{name}_fwdbwd_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+        if reference is None:
+            reference = results
+        else:
+            errors = [((a - e).norm() / e.norm().clamp_min(1e-30)).item() for a, e in zip(results, reference)]
+            values[f"{name}_max_rel_err"] = max(errors)
+    return values
+
+
 def _image_folder(root: Path, count: int, size: int) -> None:
     import numpy as np
     from PIL import Image
@@ -289,6 +367,7 @@ def check_loader(s: Settings) -> dict[str, Any]:
 
 CHECKS = {
     "tests": check_tests,
+    "selective_scan": check_selective_scan,
     "train": check_train,
     "graph_breaks": check_graph_breaks,
     "throughput": check_throughput,
@@ -302,6 +381,8 @@ def planned_rows(s: Settings, full: bool) -> list[tuple[Row, dict[str, Any]]]:
     rows: list[tuple[Row, dict[str, Any]]] = []
     if s.device.startswith("cuda"):
         rows.append((Row("tests", "tests/test_cuda.py", "full" if full else "not slow"), {"full": full}))
+    size = "vim2_t stage 1" if s.device.startswith("cuda") else "tiny"
+    rows.append((Row("selective_scan", size, "fwd, fwd+bwd"), {"size": size}))
     for compiled in (False, True):
         mode = "compiled" if compiled else "eager"
         if compiled:  # --quick: not the mamba model (its scans are compile boundaries; re-tracing takes 45 s)

@@ -41,10 +41,12 @@ D % G == 0 (channel d uses group d // (D / G)); D_skip, Δ_bias (D,). Output (b,
   Mamba-2's scalar A per head.) Control flow depends on shapes only; graphs take ``_scan_traced`` instead (below):
   this loop unrolled took inductor over 25 minutes on a one-block model.
 - ``selective_scan``: dispatch. ``backend="auto"`` runs the fused kernel when ``mamba_ssm`` imports and the tensors
-  are on CUDA with d_state ≤ 256, else the torch path; ``"torch"``/``"fused"`` force one. The scan computes in
-  float32 (float64 stays float64) with autocast off and returns u's dtype; the fused kernel gets D and Δ_bias in
-  float32, as it requires, and is wrapped in ``torch.compiler.disable``: the one declared graph break, on CUDA only
-  (same conventions as ``ops/ssd.py``). Whether ``mamba_ssm`` imports is asked through ``_fused_importable``, a
+  are on CUDA with d_state ≤ 256; else, on CUDA, the Triton kernels of ``selective_scan_triton.py`` when ``triton``
+  imports; else the torch path. ``"torch"``/``"fused"``/``"triton"`` force one (``"triton"`` takes CPU tensors only
+  in the Triton interpreter, ``TRITON_INTERPRET=1``, which the tests use). The scan computes in float32 (float64
+  stays float64) with autocast off and returns u's dtype; the fused kernel gets D and Δ_bias in float32, as it
+  requires. The fused and Triton calls are wrapped in ``torch.compiler.disable``: the declared graph breaks, on CUDA
+  only (same conventions as ``ops/ssd.py``). Whether a kernel imports is asked through ``_importable(name)``, a
   constant for ``torch.compile`` (tracing the import itself would break the graph).
 """
 
@@ -56,13 +58,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import autocast_off, compute_dtype, use_fused
+from . import BACKENDS, autocast_off, compute_dtype, use_fused
 
 __all__ = [
     "fused_selective_scan_available",
     "selective_scan",
     "selective_scan_ref",
     "selective_scan_torch",
+    "triton_selective_scan_available",
 ]
 
 MAX_FUSED_D_STATE = 256
@@ -419,29 +422,37 @@ def selective_scan_torch(
 
 
 @functools.cache
-def _fused_kernel():
-    """mamba_ssm's ``selective_scan_fn`` or None (imported on first use only)."""
+def _kernel(name: str):
+    """The optional kernel ``name`` or None where it does not import (imported on first use only): ``"fused"``,
+    mamba_ssm's ``selective_scan_fn``; ``"triton"``, ``selective_scan_triton`` (needs the ``triton`` package)."""
     try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        if name == "fused":
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as kernel
+        else:
+            from .selective_scan_triton import selective_scan_triton as kernel
     except Exception:  # ImportError, or a broken CUDA build (mamba-ssm >= 2.3 needs MAMBA_KEEP_CUDA_BUILD)
         return None
-    return selective_scan_fn
+    return kernel
 
 
 @torch.compiler.assume_constant_result
-def _fused_importable() -> bool:
-    """Whether ``mamba_ssm``'s kernel imports: a constant for ``torch.compile``, which would otherwise trace into the
+def _importable(name: str) -> bool:
+    """Whether the kernel ``name`` imports: a constant for ``torch.compile``, which would otherwise trace into the
     import and break the graph there."""
-    return _fused_kernel() is not None
+    return _kernel(name) is not None
 
 
 def fused_selective_scan_available() -> bool:
-    return torch.cuda.is_available() and _fused_importable()
+    return torch.cuda.is_available() and _importable("fused")
+
+
+def triton_selective_scan_available() -> bool:
+    return torch.cuda.is_available() and _importable("triton")
 
 
 @torch.compiler.disable
 def _selective_scan_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    return _fused_kernel()(
+    return _kernel("fused")(
         u.contiguous(),
         delta.contiguous(),
         A.contiguous(),
@@ -452,6 +463,43 @@ def _selective_scan_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         delta_bias=None if delta_bias is None else delta_bias.float(),
         delta_softplus=delta_softplus,
     )
+
+
+@torch.compiler.disable
+def _selective_scan_triton(*args):
+    return _kernel("triton")(*args)
+
+
+def _triton_runs_on(u: torch.Tensor) -> bool:
+    """Whether the Triton kernels take u: on CUDA, or on the CPU in the Triton interpreter (tests)."""
+    if not _importable("triton"):
+        return False
+    from .selective_scan_triton import INTERPRETED
+
+    return u.is_cuda or INTERPRETED
+
+
+def _choose(backend: str, u: torch.Tensor, A: torch.Tensor):
+    """The scan function for ``backend`` (module docstring: dispatch)."""
+    if backend == "triton":
+        if not _triton_runs_on(u):
+            triton = "importable" if _importable("triton") else "not importable"
+            raise RuntimeError(
+                "backend='triton' needs CUDA tensors (CPU tensors only under TRITON_INTERPRET=1) and triton; got "
+                f"{u.device.type} tensors, triton {triton}"
+            )
+        return _selective_scan_triton
+    fusable = u.is_cuda and A.shape[-1] <= MAX_FUSED_D_STATE and _importable("fused")
+    mamba_ssm = "importable" if _importable("fused") else "not importable"
+    needs = (
+        "CUDA tensors, d_state <= 256 and mamba_ssm (selective_scan_fn); got "
+        f"{u.device.type} tensors, d_state {A.shape[-1]}, mamba_ssm {mamba_ssm}"
+    )
+    if use_fused(backend, "selective-scan", fusable, needs, (*BACKENDS, "triton")):
+        return _selective_scan_fused
+    if backend == "auto" and u.is_cuda and _importable("triton"):
+        return _selective_scan_triton
+    return selective_scan_torch
 
 
 def selective_scan(
@@ -467,13 +515,7 @@ def selective_scan(
     backend: str = "auto",
 ) -> torch.Tensor:
     """The S6 scan in float32 (float64 kept) with autocast off; returns u's dtype. See the module docstring."""
-    fusable = u.is_cuda and A.shape[-1] <= MAX_FUSED_D_STATE and _fused_importable()
-    mamba_ssm = "importable" if _fused_importable() else "not importable"
-    needs = (
-        "CUDA tensors, d_state <= 256 and mamba_ssm (selective_scan_fn); got "
-        f"{u.device.type} tensors, d_state {A.shape[-1]}, mamba_ssm {mamba_ssm}"
-    )
-    scan = _selective_scan_fused if use_fused(backend, "selective-scan", fusable, needs) else selective_scan_torch
+    scan = _choose(backend, u, A)
     dtype = u.dtype
     compute = compute_dtype(dtype)
     with autocast_off(u.device.type):

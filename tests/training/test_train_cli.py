@@ -50,7 +50,7 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path: Path) -> None:
     run_cli([sys.executable, "tools/gpu_check.py", "--device", "cpu", "--quick", "--out", str(tmp_path)], timeout=600)
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = report["rows"]
-    assert {r["check"] for r in rows} == {"train", "graph_breaks", "throughput", "loader"}
+    assert {r["check"] for r in rows} == {"selective_scan", "train", "graph_breaks", "throughput", "loader"}
     assert all(r["status"] == "ok" for r in rows), [(r["name"], r["mode"], r["status"]) for r in rows]
     trained = [r for r in rows if r["check"] == "train"]
     assert len(trained) == 5 and all(r["values"]["resume_ok"] for r in trained)
