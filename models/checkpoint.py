@@ -199,7 +199,8 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with an error that names the file and the problem.
 
     ``mmap=True`` maps the file instead of reading it: cheap when only a few plain values are needed (the
-    position of a training checkpoint), as tensors are not read until touched."""
+    position of a training checkpoint), as tensors are not read until touched. Only the zip format (``torch.save``'s
+    default since 1.6) can be mapped; a file in the legacy format is read in full."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file not found: {path!r}.")
@@ -210,7 +211,7 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Any:
             "Use another checkpoint (the run directory keeps last.pth, best.pth and step checkpoints)."
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         # torch's message here invites a load with weights_only=False, i.e. running whatever the file holds: it is
         # not passed on. A GLOBAL it refused means the pickle names Python objects; anything else, bad bytes.

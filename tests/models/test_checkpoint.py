@@ -11,7 +11,7 @@ import timm
 import torch
 
 import mixerzoo
-from mixerzoo.models.checkpoint import CheckpointError, read_state_dict
+from mixerzoo.models.checkpoint import CheckpointError, read_checkpoint, read_state_dict
 from tests.conftest import build_model
 
 
@@ -174,3 +174,15 @@ def test_wrong_num_classes_is_a_clear_error() -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="Checkpoint file not found"):
         mixerzoo.load_checkpoint(build_model("poolformerv2_s12"), tmp_path / "nope.pth")
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_mapped_reads_take_both_file_formats(tmp_path: Path, zip_format: bool) -> None:
+    """``mmap=True`` maps zip-format files; a legacy-format one (``_use_new_zipfile_serialization=False``, which
+    ``torch.load(mmap=True)`` refuses) is read in full instead of being called corrupt."""
+    saved = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3}
+    path = tmp_path / "ckpt.pth"
+    torch.save(saved, path, _use_new_zipfile_serialization=zip_format)
+    for mmap in (False, True):
+        loaded = read_checkpoint(path, mmap=mmap)
+        assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], saved["model"]["w"])
