@@ -33,6 +33,13 @@ Every image is a deterministic function of ``(seed, split, index)`` (numpy ``See
 the index (balanced exactly), and the train and val splits are different random streams of the same seed, so they
 never share an image. ``PathfinderDataset`` keeps the split in memory as uint8 and, with ``cache_dir``, in an
 ``.npy`` file that later runs (e.g. the jobs of a sweep) load instead of generating again.
+
+Under ``torchrun`` (an initialised ``torch.distributed`` group) with ``cache_dir``, local rank 0 of each node
+generates a missing split (with all of ``processes``) and writes the cache; the node's other ranks wait for that
+file and read it. Per node rather than rank 0 only, so a node-local ``cache_dir`` works too; on a shared file system
+the nodes write identical files under unique temporary names and the last rename wins. The others poll for the
+file instead of waiting at a barrier, whose timeout (10 min by default with NCCL) a large split can exceed. Without
+``cache_dir`` every rank generates its own copy, sharing ``processes`` with the node's other ranks.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import functools
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -48,9 +56,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch.distributed as dist
 from PIL import Image, ImageDraw
+from timm.utils.distributed import world_info_from_env
 from torch.utils.data import Dataset
 
+from mixerzoo.training.atomic import atomic_write
 from mixerzoo.training.data import register_dataset
 
 __all__ = [
@@ -393,18 +404,21 @@ class PathfinderDataset(Dataset):
     ) -> np.ndarray:
         stem = f"pathfinder{img_size}_{difficulty}_seed{seed}_{split}_"
         path = Path(cache_dir) / f"{stem}{size}_v{GENERATOR_VERSION}.npy" if cache_dir else None
-        if path is not None:  # image i depends on i only: a cached split of at least ``size`` images serves
-            for cached in sorted(path.parent.glob(f"{stem}*_v{GENERATOR_VERSION}.npy")):
-                count = cached.name[len(stem) :].split("_")[0]
-                if count.isdigit() and int(count) >= size:
-                    return np.load(cached, mmap_mode="r")[:size].copy()
+        cached = _read_cache(path, stem, size) if path is not None else None
+        if cached is not None:
+            return cached
+        node = _node_ranks()
+        if node is not None:  # torch.distributed: local rank 0 fills the cache, the node's other ranks read it
+            local_rank, local_world_size = node
+            if path is None:
+                processes //= local_world_size  # every rank generates its own copy: share the node's CPUs
+            elif local_rank != 0:
+                return _wait_for_cache(path, stem, size)
         images, _ = generate(size, img_size, difficulty, seed, split, processes)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.tmp")
-            with open(partial, "wb") as f:
+            with atomic_write(path) as f:  # a concurrent job (or rank) reads a whole file or none
                 np.save(f, images)
-            os.replace(partial, path)  # atomic: a concurrent job reads a whole file or none
             _logger.info(f"pathfinder: cached {size} {split} images in {path}")
         return images
 
@@ -416,6 +430,36 @@ class PathfinderDataset(Dataset):
         if self.mode != "L":
             img = img.convert(self.mode)
         return (self.transform(img) if self.transform is not None else img), self.targets[index]
+
+
+def _read_cache(path: Path, stem: str, size: int) -> np.ndarray | None:
+    """The first ``size`` images of a cached split of at least ``size`` (image i depends on i only), or None."""
+    for cached in sorted(path.parent.glob(f"{stem}*_v{GENERATOR_VERSION}.npy")):
+        count = cached.name[len(stem) :].split("_")[0]
+        if count.isdigit() and int(count) >= size:
+            return np.load(cached, mmap_mode="r")[:size].copy()
+    return None
+
+
+def _node_ranks() -> tuple[int, int] | None:
+    """(local rank, processes on this node) under an initialised ``torch.distributed`` group of several processes;
+    None otherwise (one process: nothing to share)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    local_rank = world_info_from_env()[0]
+    return local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+
+
+def _wait_for_cache(path: Path, stem: str, size: int, poll_s: float = 0.5) -> np.ndarray:
+    """A non-leading rank: wait until local rank 0 has written the split, then read it."""
+    _logger.info(f"pathfinder: waiting for local rank 0 to generate {path}")
+    start = last_note = time.monotonic()
+    while (images := _read_cache(path, stem, size)) is None:
+        time.sleep(poll_s)
+        if time.monotonic() - last_note > 300:
+            last_note = time.monotonic()
+            _logger.info(f"pathfinder: still waiting for {path} ({(last_note - start) / 60:.0f} min)")
+    return images
 
 
 @register_dataset("pathfinder")

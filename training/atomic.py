@@ -1,0 +1,61 @@
+"""Atomic file writes: a reader (or a resume after a crash) sees the old file or the whole new one, never a part.
+
+``atomic_write(path)`` opens a temporary file beside ``path`` under a unique name, and when the ``with`` block
+succeeds flushes it, syncs it to disk, renames it over ``path`` and syncs the folder. If anything fails (a full
+disk, an exception in the block) the temporary file is removed and ``path`` is left as it was.
+
+Used for every file a run writes that a later run or tool reads: checkpoints, ``metrics.csv``/``metrics.jsonl``,
+``summary.json``/``eval.json`` (``train.py``) and the Pathfinder cache (``training/pathfinder.py``).
+
+The temporary name carries the host, the process id and a random token, so writers on several nodes of a shared
+file system never collide. It is created with ``O_EXCL`` and mode ``0o666`` less the umask, the permissions any
+other new file of the run gets (``tempfile.mkstemp`` would leave the file readable by its owner only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from typing import IO, Any
+
+__all__ = ["TMP_SUFFIX", "atomic_write"]
+
+TMP_SUFFIX = ".tmp"  # temporary files are ``<name>.<host>.<pid>.<token>.tmp`` in the target's folder
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable; a file system that cannot sync a folder is skipped."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
+    """``with atomic_write(path, "w", newline="") as f: ...``: ``f`` is a new temporary file beside ``path``
+    (``mode`` must be a write mode: ``"wb"`` or ``"w"``; ``open_kwargs`` go to ``open``); it replaces ``path``
+    only when the block ends without an exception."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}.")
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    host = socket.gethostname()[:32]
+    tmp = os.path.join(folder, f"{name}.{host}.{os.getpid()}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a power cut cannot leave an empty file under ``path``
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_folder(folder)
