@@ -14,14 +14,19 @@ GPU, gloo on CPU; works across nodes unchanged). Everything else is timm or torc
 
 Outputs in the run directory: ``last.pth`` (every epoch, and on SIGTERM/SIGUSR1 mid-epoch), ``best.pth`` and,
 with ``checkpoint_every_steps=N``, ``step_<step>.pth`` every N optimizer steps (the newest ``checkpoint_keep``
-kept), all written atomically; ``metrics.csv`` / ``metrics.jsonl`` (one row per epoch); ``summary.json``;
-``train.log``; ``.hydra/`` (the composed config); ``tensorboard/`` with ``logger=tensorboard``.
+kept); ``metrics.csv`` / ``metrics.jsonl`` (one row per epoch); ``summary.json``; ``train.log``; ``.hydra/`` (the
+composed config); ``tensorboard/`` with ``logger=tensorboard``. Checkpoints, metrics and summary are written
+atomically (``training/atomic.py``).
 
 Resuming (``resume=auto`` or a checkpoint path) is sample-exact with any number of processes: a checkpoint keeps
 its position as the samples of the epoch's global order already trained on, and the lr schedule is rebuilt for the
 new run's updates per epoch at that position. The writes are ordered (``best.pth``, then ``last.pth``, then the
 metrics files, then ``summary.json``) and every checkpoint carries the metrics history, so a crash at any point
-leaves a consistent set and a resume rewrites what is missing.
+leaves a consistent set and a resume rewrites what is missing. ``resume=auto`` takes the checkpoint furthest into
+training (rank 0 decides for all ranks).
+
+A SIGTERM/SIGUSR1 stops training after the current step; once ``last.pth`` and ``summary.json`` are written the
+process exits (status 0), so a multirun sweep does not start its next job in a process told to stop.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -61,6 +67,7 @@ from torch.utils.data import Dataset
 
 import mixerzoo  # registers the zoo's models in timm (also used: mixerzoo.load_checkpoint)
 from mixerzoo.models.checkpoint import CheckpointError, read_checkpoint
+from mixerzoo.training.atomic import atomic_write
 from mixerzoo.training.config import register_configs, validate_config
 from mixerzoo.training.data import EpochBatchSampler, create_datasets, eval_loader, train_loader
 
@@ -68,7 +75,17 @@ _logger = logging.getLogger("train")
 register_configs()
 
 CHECKPOINT_VERSION = 2  # 2: position in samples (any process count), metrics history; 1 is still read
-_stop_signal: str | None = None  # set by the SIGTERM/SIGUSR1 handler, read after every optimizer step
+_stop_signal: str | None = None  # set by the SIGTERM/SIGUSR1 handler, read after every optimizer step; reset by fit
+
+
+class StopSignalExit(SystemExit):
+    """Raised by ``run`` when a SIGTERM/SIGUSR1 reached any rank, after ``last.pth`` and ``summary.json`` are
+    written: the process ends (exit status 0) instead of returning, so Hydra's basic launcher, which runs a
+    multirun's jobs one after another in this process, does not start the next job. ``resume=auto`` continues."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0)
+        self.message = message
 
 
 # --- setup ---------------------------------------------------------------------------------------------------
@@ -228,19 +245,13 @@ def all_rng_states(world_size: int) -> list[dict[str, Any]]:
 
 
 def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file, synced, then renamed: a crash never leaves a half-written checkpoint, and a
-    failed write (disk full, no permission) removes its temporary file, leaves the previous ``path`` as it was and
-    says which path could not be written and why."""
-    tmp = f"{path}.tmp"
+    """``torch.save`` through ``atomic_write``: a crash never leaves a half-written checkpoint, and a failed write
+    (disk full, no permission) removes its temporary file, leaves the previous ``path`` as it was and says which
+    path could not be written and why."""
     try:
-        with open(tmp, "wb") as f:  # a Python file: a failed write is an OSError with its reason (ENOSPC, EACCES)
+        with atomic_write(path) as f:  # a Python file: a failed write is an OSError with its reason (ENOSPC, EACCES)
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename, so a power cut cannot leave an empty checkpoint
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
         folder = os.path.dirname(os.path.abspath(path))
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
         with contextlib.suppress(OSError):
@@ -253,33 +264,51 @@ def save_atomic(obj: Any, path: str) -> None:
 
 
 STEP_PREFIX = "step_"  # step checkpoints: step_<optimizer step, 8 digits>.pth
+STEP_NAME = re.compile(rf"{STEP_PREFIX}(\d+)\.pth")
 RUN_OUTPUTS = ("last.pth", "best.pth", "metrics.csv", "metrics.jsonl", "summary.json")
 
 
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:  # removed meanwhile (rotated by a running job)
+        return 0.0
+
+
 def step_checkpoints(output_dir: str) -> list[str]:
-    """The run's step checkpoints, oldest written first."""
+    """The run's step checkpoints in the order of their step (the number in the name), the earliest first. Not by
+    write time: a copy of the run directory (``cp -r``) gives its files new times, in listing order."""
     if not os.path.isdir(output_dir):
         return []
-    names = [n for n in os.listdir(output_dir) if n.startswith(STEP_PREFIX) and n.endswith(".pth")]
-    return sorted((os.path.join(output_dir, n) for n in names), key=os.path.getmtime)
+    found = [(int(m[1]), os.path.join(output_dir, n)) for n in os.listdir(output_dir) if (m := STEP_NAME.fullmatch(n))]
+    return [path for _, path in sorted(found, key=lambda item: (item[0], _mtime(item[1])))]
+
+
+def checkpoint_progress(ckpt: dict[str, Any]) -> tuple[int, int, int]:
+    """How far into training a checkpoint stands: (epoch in progress, samples of it trained, optimizer step)."""
+    return ckpt["epoch"], _position(ckpt)[0], ckpt["global_step"]
 
 
 def latest_checkpoint(output_dir: str) -> str | None:
-    """``resume=auto``: the most recently written readable checkpoint of the run (``last.pth`` or a step
-    checkpoint; by write time, so a run resumed from an older checkpoint continues its own line). Unreadable ones
-    are skipped with a warning; if there are checkpoints and none can be read, that is an error, not a fresh start
-    over them."""
+    """``resume=auto``: the readable checkpoint of the run (``last.pth`` or a step checkpoint) furthest into training
+    by the position stored in it (``checkpoint_progress``); write time only breaks ties, so a copied run directory
+    resumes where it stood. Unreadable ones are skipped with a warning; if there are checkpoints and none can be
+    read, that is an error, not a fresh start over them."""
     last = os.path.join(output_dir, "last.pth")
     candidates = step_checkpoints(output_dir) + ([last] if os.path.isfile(last) else [])
-    problems = []
-    for path in sorted(candidates, key=os.path.getmtime, reverse=True):
+    problems, ranked = [], []
+    for path in candidates:
         try:
-            read_checkpoint(path, mmap=True)
-        except CheckpointError as err:
+            progress = checkpoint_progress(read_checkpoint(path, mmap=True))
+        except (CheckpointError, FileNotFoundError, KeyError, TypeError, IndexError) as err:
+            if isinstance(err, (KeyError, TypeError, IndexError)):
+                err = CheckpointError(f"{path!r} is not a train.py checkpoint ({type(err).__name__}: {err})")
             problems.append(str(err))
             _logger.warning(f"resume=auto: skipping {path}: {err}")
             continue
-        return path
+        ranked.append((progress, _mtime(path), path == last, path))
+    if ranked:
+        return max(ranked)[-1]
     if problems:
         raise CheckpointError(
             f"resume=auto: no readable checkpoint in {output_dir!r}:\n  " + "\n  ".join(problems) + "\nMove them "
@@ -289,6 +318,24 @@ def latest_checkpoint(output_dir: str) -> str | None:
 
 
 def resolve_resume(resume: str | None, output_dir: str) -> str | None:
+    """The checkpoint ``resume`` names (``auto``: ``latest_checkpoint``), or None. Under ``torch.distributed`` rank 0
+    decides and broadcasts its answer (or its error), so all ranks restore the same file even if one of them would
+    see the run directory differently (a checkpoint being rotated, a slow shared file system)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return _resolve_resume(resume, output_dir)
+    answer: list[Any] = [None, None]  # path, error
+    if dist.get_rank() == 0:
+        try:
+            answer[0] = _resolve_resume(resume, output_dir)
+        except Exception as err:
+            answer[1] = err
+    dist.broadcast_object_list(answer, src=0)
+    if answer[1] is not None:
+        raise answer[1]
+    return answer[0]
+
+
+def _resolve_resume(resume: str | None, output_dir: str) -> str | None:
     if resume is None:
         return None
     if resume == "auto":
@@ -346,7 +393,8 @@ def save(cfg: DictConfig, state: TrainState, *names: str) -> None:
         save_atomic(ckpt, os.path.join(state.output_dir, name))
     if any(name.startswith(STEP_PREFIX) for name in names):
         for old in step_checkpoints(state.output_dir)[: -cfg.checkpoint_keep]:
-            os.remove(old)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(old)
 
 
 def _position(ckpt: dict[str, Any]) -> tuple[int, int | None, int]:
@@ -390,7 +438,17 @@ def restore(cfg: DictConfig, state: TrainState) -> bool:
         state.scheduler.load_state_dict(ckpt["scheduler"])  # (what a plateau schedule has learnt cannot be replayed)
     state.epoch, state.samples_in_epoch, state.global_step = ckpt["epoch"], samples, ckpt["global_step"]
     state.epoch_loss_sum, state.epoch_updates = ckpt.get("epoch_loss_sum", 0.0), ckpt.get("epoch_updates", 0)
-    state.best, state.history = ckpt["best"], ckpt.get("history", [])
+    state.best = ckpt["best"]
+    if "history" in ckpt:
+        state.history = ckpt["history"]
+    else:  # a version-1 checkpoint: its epochs' rows are only in the metrics files
+        state.history = history_from_metrics([os.path.dirname(os.path.abspath(path)), state.output_dir], state.epoch)
+        if len(state.history) < state.epoch:
+            _logger.warning(
+                f"{path} (format version 1) holds no metrics history and its run's metrics.jsonl/metrics.csv have "
+                f"{len(state.history)} of its {state.epoch} epoch(s): metrics and summary.json cover those and the "
+                "epochs trained from now on."
+            )
     if world_size == state.world_size:
         set_rng_state(ckpt["rng"][state.rank])
     else:
@@ -413,10 +471,54 @@ def restore(cfg: DictConfig, state: TrainState) -> bool:
     if state.scheduler is not None:  # set the lr for where the run stands
         state.scheduler.step(state.epoch)
         state.scheduler.step_update(state.schedule_position)
-    if state.primary and "history" in ckpt:
+    if state.primary:
         write_metrics(cfg, state.output_dir, state.history, repair=True)
+        if cfg.resume != "auto":
+            warn_of_checkpoints_ahead(state.output_dir, state.global_step)
     _logger.info(f"resumed from {path}: epoch {state.epoch + 1}, {samples} samples into it, step {state.global_step}")
     return True
+
+
+def history_from_metrics(folders: list[str], epochs: int) -> list[dict[str, Any]]:
+    """The metrics rows of epochs 1..``epochs`` from the first of ``folders`` with a ``metrics.jsonl`` (else
+    ``metrics.csv``): the history of a version-1 checkpoint, which carries none. Version 1 appended its rows, so a
+    repeated epoch keeps its last row and a torn last line is skipped."""
+    rows: list[dict[str, Any]] = []
+    for folder in dict.fromkeys(folders):
+        jsonl, table = os.path.join(folder, "metrics.jsonl"), os.path.join(folder, "metrics.csv")
+        if os.path.isfile(jsonl):
+            with open(jsonl) as f:
+                for line in f:
+                    with contextlib.suppress(ValueError):
+                        rows.append(json.loads(line))
+        elif os.path.isfile(table):
+            with open(table, newline="") as f:
+                rows = [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(f)]
+        else:
+            continue
+        break
+    by_epoch = {row["epoch"]: row for row in rows if isinstance(row, dict) and isinstance(row.get("epoch"), int)}
+    return [by_epoch[epoch] for epoch in sorted(by_epoch) if 1 <= epoch <= epochs]
+
+
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text)
+    return text
+
+
+def warn_of_checkpoints_ahead(output_dir: str, step: int) -> None:
+    """A run resumed from an explicit, older checkpoint into a directory with step checkpoints further on: a later
+    ``resume=auto`` would take those (it goes by progress), not this run's own line."""
+    ahead = [p for p in step_checkpoints(output_dir) if int(STEP_NAME.fullmatch(os.path.basename(p))[1]) > step]
+    if ahead:
+        names = ", ".join(os.path.basename(p) for p in ahead[:4]) + (", ..." if len(ahead) > 4 else "")
+        _logger.warning(
+            f"{output_dir} holds step checkpoints beyond this resume's step {step} ({names}), from another line of "
+            "training: a later resume=auto would continue from them. Move them away, or branch into a new "
+            "hydra.run.dir."
+        )
 
 
 # --- one epoch -----------------------------------------------------------------------------------------------
@@ -576,9 +678,9 @@ def setup(cfg: DictConfig) -> tuple[EvalState, Dataset]:
     validate_config(cfg)
     if not cfg.eval_only and cfg.resume is None:
         check_unused_run_dir(cfg.output_dir)
-    if cfg.eval_only:
-        use_checkpoint_model_config(cfg)
     info = setup_runtime(cfg)
+    if cfg.eval_only:
+        use_checkpoint_model_config(cfg)  # after the process group is up: resume=auto is resolved by rank 0
     device, rank, world_size = info["device"], info["global_rank"], info["world_size"]
     if info["primary"]:
         os.makedirs(cfg.output_dir, exist_ok=True)
@@ -743,6 +845,8 @@ def fit(cfg: DictConfig, state: TrainState) -> None:
     After an epoch the writes go in this order: ``best.pth`` (if it is the best), ``last.pth``, the metrics files.
     A crash between any two leaves a consistent set: ``last.pth`` never names a best epoch that ``best.pth`` does
     not hold, and a resume from it rewrites metrics rows that were not written (the checkpoint carries them)."""
+    global _stop_signal
+    _stop_signal = None  # a signal that stopped an earlier run of this process (a multirun job) is not this one's
     previous_handlers = {s: signal.signal(s, _on_stop_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
     writer = open_tensorboard(cfg, state.output_dir) if state.primary else None
     try:
@@ -791,9 +895,20 @@ def stop_signal_anywhere(state: TrainState) -> bool:
     return bool(flag.item())
 
 
-def summarise(cfg: DictConfig, state: TrainState) -> float:
+def stop_signals(state: TrainState) -> dict[int, str]:
+    """rank -> the stop signal it received during ``fit`` (a collective under DDP: every rank calls it)."""
+    names: list[Any] = [_stop_signal]
+    if state.world_size > 1:
+        names = [None] * state.world_size
+        dist.all_gather_object(names, _stop_signal)
+    return {rank: name for rank, name in enumerate(names) if name}
+
+
+def summarise(cfg: DictConfig, state: TrainState, signals: dict[int, str] | None = None) -> float:
     """Write ``summary.json`` from the run's metrics history (with, under DDP, whether the ranks' weights ended
-    equal); returns the best top-1. Training throughput covers every epoch of the run, resumes included."""
+    equal); returns the best top-1. Training throughput covers every epoch of the run, resumes included.
+    ``stopped_by`` names the stop signal (of the first rank in ``signals`` that received one) when it left the run
+    unfinished, and ``stop_signal_ranks`` the ranks it reached."""
     ranks_in_sync = None
     if state.world_size > 1:  # DDP keeps replicas equal; prove it with a per-parameter fingerprint from every rank
         fingerprint = torch.stack([p.detach().double().sum() for p in state.net.parameters()])
@@ -813,7 +928,8 @@ def summarise(cfg: DictConfig, state: TrainState) -> float:
         "final_top1_model": last.get("top1"),
         "epochs_completed": state.epoch,
         "epochs_total": state.num_epochs,
-        "stopped_by": _stop_signal if state.stop_requested else None,
+        "stopped_by": next(iter(signals.values())) if signals and state.epoch < state.num_epochs else None,
+        "stop_signal_ranks": sorted(signals or {}),
         "train_images_per_sec": train_images / train_time if train_time else None,
         "params": state.num_params,
         "global_batch": state.global_batch,
@@ -835,12 +951,38 @@ def run(cfg: DictConfig) -> float:
     state = build(cfg, evaluation, train_ds)
     resumed = restore(cfg, state)
     finished = resumed and state.epoch >= state.num_epochs
-    if finished and os.path.isfile(os.path.join(state.output_dir, "summary.json")):
+    if finished and summary_is_complete(os.path.join(state.output_dir, "summary.json")):
         _logger.info(f"the run in {state.output_dir} has finished all {state.num_epochs} epochs: nothing to do.")
         return state.best["top1"]
+    signals: dict[int, str] = {}
     if not finished:
         fit(cfg, state)
-    return summarise(cfg, state)
+        signals = stop_signals(state)
+    top1 = summarise(cfg, state, signals)
+    if signals:
+        message = (
+            f"{'/'.join(sorted(set(signals.values())))} received (rank(s) {', '.join(map(str, sorted(signals)))}): "
+            f"checkpoint and summary written at epoch {state.epoch} of {state.num_epochs}; this process ends now "
+            "(exit status 0), and a multirun sweep's later jobs are not started. Run the same command with "
+            "resume=auto (and, for a sweep, the same hydra.sweep.dir) to continue."
+        )
+        if state.primary:
+            _logger.warning(message)
+        raise StopSignalExit(message)
+    return top1
+
+
+def summary_is_complete(path: str) -> bool:
+    """Whether ``path`` holds a whole ``summary.json`` (what marks a run finished); one that cannot be read (left by
+    a crash before summary.json was written atomically) is rewritten, not trusted."""
+    try:
+        with open(path) as f:
+            return isinstance(json.load(f), dict)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as err:
+        _logger.warning(f"{path} is unreadable ({type(err).__name__}: {err}): it is written again.")
+        return False
 
 
 def run_eval_only(cfg: DictConfig, evaluation: EvalState) -> float:
@@ -921,14 +1063,14 @@ def write_metrics(cfg: DictConfig, output_dir: str, history: list[dict[str, Any]
                     if f.read() == text:
                         continue
                 _logger.warning(f"{name} did not match the checkpoint's {len(history)} epoch(s): rewritten from it.")
-        with open(f"{path}.tmp", "w", newline="") as f:
+        with atomic_write(path, "w", newline="") as f:
             f.write(text)
-        os.replace(f"{path}.tmp", path)
 
 
 def write_json(path: str, result: dict[str, Any], label: str) -> None:
-    """``result`` to ``path`` (indented) and as one log line."""
-    with open(path, "w") as f:
+    """``result`` to ``path`` (indented, atomically: a crash never leaves half a ``summary.json``) and as one log
+    line."""
+    with atomic_write(path, "w") as f:
         json.dump(result, f, indent=2)
     _logger.info(f"{label}: {json.dumps(result)}")
 

@@ -1,21 +1,25 @@
 """Resume anywhere and fail clearly: resume with another number of processes (sample-exact, the lr of an
-uninterrupted run), step checkpoints, unreadable checkpoints, a full disk, the order of the run's writes, a used
-run directory, a finished run, eval_only's model config, and fine-tuning onto another class count.
+uninterrupted run), step checkpoints, which checkpoint resume=auto takes, version-1 checkpoints, stop signals,
+unreadable checkpoints, a full disk, the order of the run's writes, a used run directory, a finished run,
+eval_only's model config, and fine-tuning onto another class count.
 
 In-process runs use ``train.run`` on composed configs; the N -> M resumes run ``torchrun`` with 2 processes (gloo
 on the CPU)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import random
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -60,6 +64,10 @@ def metric_column(path: Path, column: str) -> list[float]:
     return [row[0] for row in metric_columns(path, column)]
 
 
+def summary(path: Path) -> dict[str, Any]:
+    return json.loads((path / "summary.json").read_text())
+
+
 # --- N -> M processes -----------------------------------------------------------------------------------------
 def cli(run_dir: Path, processes: int, *overrides: str) -> str:
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
@@ -79,30 +87,63 @@ def step_lrs(log: str) -> dict[tuple[int, int], str]:
 def test_resume_on_another_number_of_processes_is_sample_exact(tmp_path: Path) -> None:
     """Reference: 1 process x batch 32, 2 epochs of 6 steps, a step checkpoint every 3 steps. A 2-process x 16 run
     (the same global batch, so the same samples per step) is stopped mid-epoch (step 3) and at an epoch's end
-    (step 6) and resumed with 1 process; the reference is resumed with 2 processes from step 6 and mid-epoch (step
-    9). Every resumed run ends with the reference's weights (float rounding of the gradient all-reduce) and logs
-    the reference's lr at every step: no sample skipped or trained twice, the schedule at the right step."""
+    (step 6) and resumed with 1 process, and mid-epoch with 2 processes; the reference is resumed with 2 processes
+    from step 6 and mid-epoch (step 9). Every resumed run ends with the reference's weights (float rounding of the
+    gradient all-reduce) and logs the reference's lr at every step: no sample skipped or trained twice, the
+    schedule at the right step. Rank 1 logs no epoch line and writes no metrics row of its own."""
     steps = ["checkpoint_every_steps=3", "checkpoint_keep=4"]
     reference_log = cli(tmp_path / "one", 1, "batch_size=32", *steps)
     two_log = cli(tmp_path / "two", 2, "batch_size=16", *steps)
     reference = load(tmp_path / "one" / "last.pth")
     two = load(tmp_path / "two" / "last.pth")
-    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True and len(two["rng"]) == 2
+    two_summary = summary(tmp_path / "two")
+    assert two_summary["world_size"] == 2 and two_summary["ranks_in_sync"] is True and len(two["rng"]) == 2
     assert_same_weights(two["model"], reference["model"])
     lrs = step_lrs(reference_log)
     assert len(lrs) == 12 and step_lrs(two_log) == lrs
-    for source, processes, batch, step in (("two", 1, 32, 3), ("two", 1, 32, 6), ("one", 2, 16, 6), ("one", 2, 16, 9)):
+    assert two_log.count("epoch 1: train loss") == 1 and metric_column(tmp_path / "two", "epoch") == [1, 2]
+    cases = [("two", 1, 32, 3), ("two", 1, 32, 6), ("two", 2, 16, 3), ("one", 2, 16, 6), ("one", 2, 16, 9)]
+    for source, processes, batch, step in cases:
         run_dir = tmp_path / f"{source}_to_{processes}_at_{step}"
         log = cli(run_dir, processes, f"batch_size={batch}", f"resume={tmp_path / source / f'step_{step:08d}.pth'}")
         resumed = load(run_dir / "last.pth")
         assert resumed["global_step"] == 12 and resumed["world_size"] == processes
+        assert log.count("epoch 2: train loss") == 1, run_dir.name  # rank 0's line only
+        rank1_log = run_dir / "train_rank1.log"
+        assert not rank1_log.exists() or "train loss" not in rank1_log.read_text(), run_dir.name
+        if source == "two" and processes == 2:  # each rank ends with its own RNG states, not rank 0's
+            for rank in range(2):
+                for generator in ("python", "numpy"):
+                    assert resumed["rng"][rank][generator] == two["rng"][rank][generator], (rank, generator)
+            assert resumed["rng"][0]["numpy"] != resumed["rng"][1]["numpy"]
         assert_same_weights(resumed["model"], reference["model"])
         later = {key: lr for key, lr in lrs.items() if (key[0] - 1) * 6 + key[1] > step}
         assert step_lrs(log) == later, run_dir.name
         assert metric_columns(run_dir, "epoch", "lr", "top1") == metric_columns(tmp_path / "one", "epoch", "lr", "top1")
         # the epoch's train loss covers all its steps, before and after the resume
         assert metric_column(run_dir, "train_loss") == pytest.approx(metric_column(tmp_path / "one", "train_loss"))
+
+
+def test_each_rank_restores_its_own_rng_states(tmp_path: Path) -> None:
+    """A checkpoint of a 2-process run holds every rank's Python, numpy and torch RNG states; resumed with 2
+    processes, rank 1 continues from its own (the N -> M test's runs draw too little from them to show this)."""
+    cfg = compose_train(tmp_path / "a", "epochs=1")
+    state = train.build(cfg, *train.setup(cfg))
+    states = []
+    for seed in (10, 11):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        states.append(train.rng_state())
+    ckpt = {**train.checkpoint(cfg, state, states), "world_size": 2}
+    torch.save(ckpt, tmp_path / "two_ranks.pth")
+    cfg = compose_train(tmp_path / "b", "epochs=1", f"resume={tmp_path / 'two_ranks.pth'}")
+    state = train.build(cfg, *train.setup(cfg))
+    state.rank, state.world_size = 1, 2  # restore() as rank 1 of 2 sees it (no collective inside)
+    assert train.restore(cfg, state)
+    assert random.getstate() == states[1]["python"]
+    np.testing.assert_array_equal(np.random.get_state()[1], states[1]["numpy"][1])
+    assert torch.equal(torch.get_rng_state(), states[1]["torch"])
 
 
 def test_resume_with_another_global_batch_continues_the_schedule_at_the_same_sample(
@@ -246,15 +287,45 @@ def test_resume_auto_skips_an_unreadable_newest_checkpoint_and_refuses_when_none
         train.latest_checkpoint(str(tmp_path))
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to fill a disk")
-def test_a_full_disk_removes_the_temporary_file_keeps_the_last_checkpoint_and_says_where(tmp_path: Path) -> None:
+def test_resume_auto_goes_by_training_progress_not_by_file_times(tmp_path: Path) -> None:
+    """After ``cp -r`` a run directory's files get new times in listing order (``last.pth`` before ``step_*``), or
+    equal ones at 1-s resolution: ``resume=auto`` still takes ``last.pth`` (epoch 1 done) over ``step_00000004.pth``
+    (4 steps into epoch 1), and step checkpoints are pruned by their step, not their time."""
+    run(tmp_path, "epochs=1", "checkpoint_every_steps=4")
+    last, step = tmp_path / "last.pth", tmp_path / "step_00000004.pth"
+    for last_time, step_time in ((1_000, 2_000), (1_000, 1_000)):
+        os.utime(last, (last_time, last_time))
+        os.utime(step, (step_time, step_time))
+        assert train.latest_checkpoint(str(tmp_path)) == str(last)
+    for number, when in ((2, 3_000), (10, 1_000), (6, 2_000)):
+        path = tmp_path / f"step_{number:08d}.pth"
+        path.write_bytes(step.read_bytes())
+        os.utime(path, (when, when))
+    assert [Path(p).name for p in train.step_checkpoints(str(tmp_path))] == [
+        f"step_{number:08d}.pth" for number in (2, 4, 6, 10)
+    ]
+
+
+def test_a_full_disk_removes_the_temporary_file_keeps_the_last_checkpoint_and_says_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run(tmp_path, "epochs=1")
-    before = (tmp_path / "last.pth").read_bytes()
-    (tmp_path / "last.pth.tmp").symlink_to("/dev/full")  # every write to it fails with ENOSPC
-    with pytest.raises(OSError, match=r"Could not write checkpoint .*last\.pth.*No space left on device") as info:
+    before = {name: (tmp_path / name).read_bytes() for name in ("best.pth", "last.pth")}
+    save = torch.save
+
+    def disk_full(obj: Any, f: Any) -> None:  # half a checkpoint written, then ENOSPC
+        f.write(b"\0" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(
+        OSError, match=r"Could not write checkpoint .*(best|last)\.pth.*No space left on device"
+    ) as info:
         run(tmp_path, "epochs=2", "resume=auto")
-    assert "previous last.pth (if any) is unchanged" in str(info.value)
-    assert not (tmp_path / "last.pth.tmp").exists() and (tmp_path / "last.pth").read_bytes() == before
+    monkeypatch.setattr(torch, "save", save)
+    assert re.search(r"previous (best|last)\.pth \(if any\) is unchanged", str(info.value))
+    assert not list(tmp_path.glob("*.tmp"))
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
 # --- the run directory ----------------------------------------------------------------------------------------
@@ -315,6 +386,77 @@ def test_a_finished_run_stays_finished(tmp_path: Path) -> None:
     rewritten = json.loads((tmp_path / "summary.json").read_text())
     for key in ("best_top1", "final_top1", "final_top5", "train_images_per_sec", "epochs_completed"):
         assert rewritten[key] == pytest.approx(json.loads(summary)[key]), key
+    (tmp_path / "summary.json").write_text(summary[: len(summary) // 2])  # torn: does not count as finished
+    run(tmp_path, "epochs=1", "resume=auto")
+    assert json.loads((tmp_path / "summary.json").read_text())["best_top1"] == pytest.approx(rewritten["best_top1"])
+
+
+def test_resuming_a_version_1_checkpoint_keeps_the_earlier_metrics_rows(tmp_path: Path) -> None:
+    """A version-1 checkpoint (position in batches per rank, no metrics history): its epochs' rows come back from
+    metrics.jsonl (the last of a repeated epoch, a torn line skipped, as version 1 appended them), so the resumed
+    run's metrics files and summary still cover every epoch."""
+    run(tmp_path, "epochs=1")
+    ckpt = load(tmp_path / "last.pth")
+    new_keys = ("history", "samples_in_epoch", "updates_per_epoch", "world_size", "epoch_loss_sum", "epoch_updates")
+    torch.save(
+        {**{k: v for k, v in ckpt.items() if k not in new_keys}, "batch_in_epoch": 0, "version": 1},
+        tmp_path / "last.pth",
+    )
+    first = metric_columns(tmp_path, "epoch", "top1", "train_time")
+    rows = (tmp_path / "metrics.jsonl").read_text()
+    (tmp_path / "metrics.jsonl").write_text(rows + rows + '{"epoch": 2, "train_lo')
+    run(tmp_path, "epochs=2", "resume=auto")
+    assert metric_columns(tmp_path, "epoch", "top1", "train_time")[:1] == first
+    assert metric_column(tmp_path, "epoch") == [1, 2]
+    assert (tmp_path / "metrics.csv").read_text().count("\n") == 3  # header and 2 rows
+    assert summary(tmp_path)["epochs_completed"] == 2
+
+
+# --- stop signals ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_stop_signal_ends_a_multirun_sweep_after_its_checkpoint_and_summary(tmp_path: Path) -> None:
+    """Hydra's basic launcher runs a sweep's jobs one after another in one process. SIGUSR1 during job 0 (sent by
+    the process to itself after epoch 1, as Slurm would): job 0 writes last.pth and its summary, and the process
+    exits with status 0 instead of starting job 1 (which used to train one step and stop)."""
+    script = (
+        "import os, signal, sys\n"
+        "from mixerzoo import train\n"
+        "log_epoch = train.log_epoch\n"
+        "def log_then_signal(*args):\n"
+        "    log_epoch(*args)\n"
+        "    os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "train.log_epoch = log_then_signal\n"
+        f"sys.argv = ['train.py', '--config-path', {str(CONFIG_DIR)!r}, '-m', 'seed=0,1', 'epochs=2', *sys.argv[1:]]\n"
+        "train.main()\n"
+    )
+    args = [sys.executable, "-c", script, "limit_train_batches=2", "limit_val_batches=1", "logger.progress_bar=false"]
+    args += ["runtime.num_threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([*args, f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    (job_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]  # job 1 never started
+    assert job_dir.name.split("_")[0] == "0", job_dir.name
+    job = summary(job_dir)
+    assert job["stopped_by"] == "SIGUSR1" and job["stop_signal_ranks"] == [0] and job["epochs_completed"] == 1
+    assert load(job_dir / "last.pth")["epoch"] == 1
+    assert "later jobs are not started" in log and "resume=auto" in log
+
+
+def test_the_next_run_in_the_process_trains_and_a_signal_on_another_rank_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flag of a signal that stopped an earlier run of this process is cleared: this run trains its whole
+    first epoch. A signal that reached only rank 1 (simulated: the all-reduce says stop, the gather names rank 1)
+    still puts its name in rank 0's summary.json."""
+    monkeypatch.setattr(train, "_stop_signal", "SIGUSR1")  # left by the job before
+    monkeypatch.setattr(train, "stop_signal_anywhere", lambda state: True)
+    monkeypatch.setattr(train, "stop_signals", lambda state: {1: "SIGTERM"})
+    with pytest.raises(train.StopSignalExit) as info:
+        run(tmp_path, "epochs=2")
+    assert info.value.code == 0 and "SIGTERM received (rank(s) 1)" in info.value.message
+    assert load(tmp_path / "last.pth")["global_step"] == 6  # the whole epoch, not one step
+    assert summary(tmp_path)["stopped_by"] == "SIGTERM" and summary(tmp_path)["stop_signal_ranks"] == [1]
 
 
 # --- eval_only and fine-tuning ----------------------------------------------------------------------------------
@@ -324,6 +466,10 @@ def test_eval_only_builds_the_model_of_the_checkpoints_config(tmp_path: Path, mo
     top1 = run(tmp_path / "eval", "eval_only=true", f"checkpoint={tmp_path / 'train' / 'last.pth'}")
     assert top1 == pytest.approx(trained["final_top1"])
     # a model set on the command line wins (here: the pooling default, which does not fit the sepconv weights)
+    # a checkpoint in torch's legacy (non-zip) format, which cannot be memory-mapped, is read all the same
+    legacy = tmp_path / "legacy.pth"
+    torch.save(load(tmp_path / "train" / "last.pth"), legacy, _use_new_zipfile_serialization=False)
+    assert run(tmp_path / "eval_legacy", "eval_only=true", f"checkpoint={legacy}") == pytest.approx(top1)
     monkeypatch.setattr(train, "command_overrides", lambda: ["model.mixer=pooling"])
     with pytest.raises(ValueError, match="unexpected keys"):
         run(tmp_path / "eval2", "eval_only=true", f"checkpoint={tmp_path / 'train' / 'last.pth'}")

@@ -89,7 +89,8 @@ def test_resume_continues_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(train, "log_epoch", log_then_stop)
     monkeypatch.setattr(train, "_stop_signal", None)
-    run(tmp_path / "resumed", *extra)
+    with pytest.raises(train.StopSignalExit):  # checkpoint and summary written, then the process would end
+        run(tmp_path / "resumed", *extra)
     first = load(tmp_path / "resumed" / "last.pth")
     monkeypatch.setattr(train, "log_epoch", log_epoch)
     train._stop_signal = None
