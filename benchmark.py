@@ -49,6 +49,7 @@ Examples::
 
     python benchmark.py poolformerv2_s12 config:poolformerv2_s12 --img-size 224 448
     python benchmark.py --preset mixers                  # every registered mixer in metaformer_s12 at 224/448/896
+    python benchmark.py --preset channel-mixers          # every channel mixer in its MLP slot (pooling mixer)
     python benchmark.py --preset zoo-vs-timm             # zoo PoolFormerV2-S12/ConvFormer-S18/CAFormer-S18 vs timm
     python benchmark.py --preset mixers --macs-only      # just params and MACs (seconds)
     python benchmark.py --preset mixers --device cuda --batch-size 128 --precision amp_bf16 --warmup 10 --runs 30
@@ -86,7 +87,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 import mixerzoo  # noqa: F401  (registers the zoo in timm)
-from mixerzoo.mixers import list_mixers
+from mixerzoo.mixers import list_channel_mixers, list_mixers
 from mixerzoo.mixers.grid import GridMismatchError
 
 ROOT = Path(__file__).resolve().parent
@@ -579,15 +580,21 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 
 # --- presets and CLI --------------------------------------------------------------------------------------------
+PRESETS = ("mixers", "channel-mixers", "zoo-vs-timm")
+
+
 def preset(name: str) -> tuple[list[str], list[int]]:
-    """Models and sizes of a preset. ``mixers``: every registered mixer (``list_mixers()``, so new mixers join by
-    registering) in the comparison backbone ``metaformer_s12`` (the PoolFormerV2-S12 layout)."""
+    """Models and sizes of a preset. ``mixers``: every registered token mixer (``list_mixers()``, so new mixers join
+    by registering) in the comparison backbone ``metaformer_s12`` (the PoolFormerV2-S12 layout);
+    ``channel-mixers``: every registered channel mixer in the same backbone's MLP slot, with its pooling mixer."""
     if name == "mixers":
         return [f"config:metaformer_s12@mixer={m}" for m in list_mixers()], [224, 448, 896]
+    if name == "channel-mixers":
+        return [f"config:metaformer_s12@block.mlp={m}" for m in list_channel_mixers()], [224, 448, 896]
     if name == "zoo-vs-timm":
         pairs = ["poolformerv2_s12", "convformer_s18", "caformer_s18"]
         return [m for p in pairs for m in (f"config:{p}", p)], [224]
-    raise ValueError(f"Unknown preset {name!r}; presets: mixers, zoo-vs-timm.")
+    raise ValueError(f"Unknown preset {name!r}; presets: {', '.join(PRESETS)}.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -595,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("models", nargs="*", help="timm names, timm:<name>, config:<name>[@override...]; globs")
-    parser.add_argument("--preset", choices=["mixers", "zoo-vs-timm"], help="a predefined set of models and sizes")
+    parser.add_argument("--preset", choices=PRESETS, help="a predefined set of models and sizes")
     parser.add_argument("--img-size", type=int, nargs="+", help="input resolutions (default 224, or the preset's)")
     parser.add_argument("--reference", default=DEFAULT_REFERENCE, help="reference model ('none' for no ratios)")
     parser.add_argument("--batch-size", type=int, help="batch at 224 (default 8 on CPU, 64 on CUDA)")

@@ -15,7 +15,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from mixerzoo import benchmark, collect_results
-from mixerzoo.mixers import list_mixers
+from mixerzoo.mixers import create_channel_mixer, list_channel_mixers, list_mixers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,6 +145,18 @@ def test_mixer_presets_cover_every_registered_mixer() -> None:
     sweep = yaml.safe_load((ROOT / "configs" / "sweep" / "mixers_s12.yaml").read_text())
     swept = sweep["hydra"]["sweeper"]["params"]["model.mixer"].split(",")
     assert set(swept) <= set(list_mixers()), "configs/sweep/mixers_s12.yaml names a mixer that is not registered"
+
+
+def test_channel_mixer_preset_puts_each_channel_mixer_in_the_mlp_slot() -> None:
+    models, sizes = benchmark.preset("channel-mixers")
+    assert len(models) == len(list_channel_mixers()) and sizes == [224, 448, 896]
+    for name, model_arg in zip(list_channel_mixers(), models, strict=True):
+        with torch.device("meta"):
+            model, _ = benchmark.build_model(benchmark.parse_model_arg(model_arg)[0], 224)
+            expected = type(create_channel_mixer(name, 64))
+        block = model.stages[0].blocks[0]
+        assert type(block.mlp) is expected, f"{model_arg}: MLP slot holds {type(block.mlp).__name__}"
+        assert type(block.token_mixer).__name__ == "Pooling"
 
 
 def _fake_job(root: Path, name: str, mixer: str | None, top1: float, with_config: bool = True) -> None:
