@@ -18,28 +18,29 @@ D % G == 0 (channel d uses group d // (D / G)); D_skip, Δ_bias (D,). Output (b,
   a_t = exp(Δ_t A) and inputs x_t = Δ_t u_t B_t in bulk, the entry state folded in (x_s += a_s h_{s-1}), all Q states of
   h_t = a_t h_{t-1} + x_t at once by a pairwise tree reduction (``_linear_scan``: 2 log₂ Q whole-slice levels,
   ~3 Q multiply-adds), and the readout y_t = Σ_n h_t C_t as one einsum. The last state enters the next chunk.
-  Training goes through ``ChunkedSelectiveScan`` (custom autograd): it saves the inputs and only the state entering
+  It runs as the custom op ``mixerzoo::chunked_selective_scan`` (opaque to ``torch.compile``, so a compiled model
+  keeps the eager kernel) with a registered backward: training saves the inputs and only the state entering
   each chunk ((L / Q) b D N, not L b D N); its backward walks the chunks backwards, recomputes the chunk's states
   from its entry state and solves the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} with the same tree
   (checked against autograd of the reference in float64, and by ``gradcheck``). Without gradients only the running
   state is kept. Large batches are scanned in independent (batch, group) blocks of ≤ ``TILE_ELEMENTS`` state
   elements per chunk (cache-sized on CPU; on CUDA a bound on the workspace).
-- ``_scan_traced``: the same chunked scan for graphs (``torch.compile``, ``torch.export``, ONNX), taken whenever
-  ``torch.compiler.is_compiling()``. The chunk loop is one ``scan`` higher-order op (``torch._higher_order_ops``,
-  a prototype API) whose body is one chunk: the loop is not unrolled, so the graph has no break and its size does
-  not grow with L (inductor lowers it to a while loop; ONNX export gives a ``Scan`` node). The body is functional
-  (no buffers, no ``out=``): decays and inputs in bulk, the entry state folded in, the same pairwise tree as
-  ``_linear_scan`` (``_linear_scan_functional``), the readout einsum; the chunk's last state is the carry. L is
-  padded to a multiple of Q with Δ = 0 (decay 1, input 0: the state passes unchanged, the outputs are dropped).
-  Gradients come from the op's own autograd, which keeps the carry entering each chunk, as the eager Function
-  does. No (batch, group) blocks here: a chunk holds Q b D N state elements at once.
-  Stability in float32: every exponent is Δ_t A ≤ 0 (Δ ≥ 0 after softplus, A < 0), so every decay is in [0, 1];
-  the tree only multiplies decays together and adds inputs, so no exp of a positive (cumulative) sum, no division
-  and no difference of cumulative sums ever appears: products of decays can only underflow towards 0, exactly
-  where the true decay is negligible. (Segment-sum decays exp(A (S_t - S_τ)) would be stable too, but with a
-  different A per (d, n) they need Q² / 2 exps per (d, n) and chunk instead of Q: the SSD trick pays only for
-  Mamba-2's scalar A per head.) Control flow depends on shapes only; graphs take ``_scan_traced`` instead (below):
-  this loop unrolled took inductor over 25 minutes on a one-block model.
+  Stability in float32: every exponent is Δ_t A ≤ 0 (Δ ≥ 0 after softplus, A < 0), so every decay is in [0, 1]; the
+  tree only multiplies decays together and adds inputs, so no exp of a positive (cumulative) sum, no division and no
+  difference of cumulative sums ever appears: products of decays can only underflow towards 0, exactly where the true
+  decay is negligible. (Segment-sum decays exp(A (S_t - S_τ)) would be stable too, but with a different A per (d, n)
+  they need Q² / 2 exps per (d, n) and chunk instead of Q: the SSD trick pays only for Mamba-2's scalar A per head.)
+  Control flow depends on shapes only; exported graphs take ``_scan_traced`` instead (next item): this loop
+  unrolled took inductor over 25 minutes on a one-block model.
+- ``_scan_traced``: the same chunked scan as standard ops, for ``torch.export`` (and so ONNX), taken whenever
+  ``torch.compiler.is_exporting()`` (``torch.compile`` calls the custom op instead). The chunk loop is one ``scan``
+  higher-order op (``torch._higher_order_ops``, a prototype API) whose body is one chunk: the loop is not unrolled, so
+  the graph has no break and its size does not grow with L (inductor lowers it to a while loop; ONNX export gives a
+  ``Scan`` node). The body is functional (no buffers, no ``out=``): decays and inputs in bulk, the entry state folded
+  in, the same pairwise tree as ``_linear_scan`` (``_linear_scan_functional``), the readout einsum; the chunk's last
+  state is the carry. L is padded to a multiple of Q with Δ = 0 (decay 1, input 0: the state passes unchanged, the
+  outputs are dropped). Gradients come from the op's own autograd, which keeps the carry entering each chunk, as the
+  eager Function does. No (batch, group) blocks here: a chunk holds Q b D N state elements at once.
 - ``selective_scan``: dispatch. ``backend="auto"`` runs the fused kernel when ``mamba_ssm`` imports and the tensors
   are on CUDA with d_state ≤ 256; else, on CUDA, the Triton kernels of ``selective_scan_triton.py`` when ``triton``
   imports; else the torch path. ``"torch"``/``"fused"``/``"triton"`` force one (``"triton"`` takes CPU tensors only
@@ -392,8 +393,9 @@ def selective_scan_torch(
     chunk_size: int = 64,
     tile_elements: int | None = None,
 ) -> torch.Tensor:
-    """The chunked S6 scan (module docstring), exact, in u's dtype. Runs ``ChunkedSelectiveScan`` when a gradient is
-    needed, else the same chunked forward keeping nothing but the running state. ``chunk_size``: tokens per chunk
+    """The chunked S6 scan (module docstring), exact, in u's dtype. Runs the ``mixerzoo::chunked_selective_scan``
+    custom op, which keeps the chunk-entry states when a gradient is needed and nothing but the running state
+    otherwise. ``chunk_size``: tokens per chunk
     (Q); ``tile_elements``: the state elements per chunk above which batch entries / groups are scanned in separate
     blocks (default ``TILE_ELEMENTS`` for the device)."""
     batch, dim, length = u.shape
