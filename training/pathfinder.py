@@ -351,6 +351,9 @@ def _generate_range(args: tuple[int, str, int, str, int, int]) -> tuple[np.ndarr
     return images, labels
 
 
+MIN_PARALLEL_IMAGES = 1000  # fewer images are generated in this process: workers would cost more than they save
+
+
 def generate(
     num_images: int,
     img_size: int = 32,
@@ -364,7 +367,7 @@ def generate(
     if split not in SPLITS:
         raise ValueError(f"pathfinder: split must be one of {', '.join(SPLITS)}, got {split!r}.")
     pathfinder_geometry(img_size, difficulty)  # validate before spawning anything
-    if processes <= 1 or num_images < 1000:
+    if processes <= 1 or num_images < MIN_PARALLEL_IMAGES:
         return _generate_range((img_size, difficulty, seed, split, 0, num_images))
     chunk = math.ceil(num_images / (4 * processes))
     jobs = [(img_size, difficulty, seed, split, a, min(a + chunk, num_images)) for a in range(0, num_images, chunk)]

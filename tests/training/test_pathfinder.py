@@ -67,6 +67,14 @@ def test_images_are_deterministic_per_seed_split_and_index() -> None:
     assert labels.tolist() == [0, 1, 0, 1, 0, 1]
 
 
+def test_parallel_generation_gives_the_same_images_in_the_same_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pf, "MIN_PARALLEL_IMAGES", 8)  # spread even a small split over the processes
+    count = 30  # chunks of 4 (count / (4 x processes), rounded up): 8 jobs, the last one partial
+    serial = pf.generate(count, 16, "easy", seed=5, split="val")
+    parallel = pf.generate(count, 16, "easy", seed=5, split="val", processes=2)
+    assert np.array_equal(serial[0], parallel[0]) and np.array_equal(serial[1], parallel[1])
+
+
 def test_train_and_val_splits_share_no_image() -> None:
     train, _ = pf.generate(24, 32, "easy", seed=0, split="train")
     val, _ = pf.generate(24, 32, "easy", seed=0, split="val")
