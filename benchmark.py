@@ -223,19 +223,6 @@ FFT_RULES = {aten._fft_r2c: _fft_r2c_flop, aten._fft_c2r: _fft_c2r_flop, aten._f
 SCAN_RULES = {aten.cumsum: _scan_flop, aten.cumprod: _scan_flop, aten.logcumsumexp: _scan_flop}
 
 
-def _selective_scan_readout_flop(
-    u_shape: Sequence[int], dt_shape: Any, A_shape: Sequence[int], *args: Any, **kw: Any
-) -> int:
-    """The zoo's chunked S6 custom op hides its readout ``y_t = Σ_n h_t[n] C_t[n]`` (one multiply-add per token,
-    channel and state) from the counter: counted here as the matmul it is. Its state update is the module's
-    ``scan_macs``."""
-    return 2 * math.prod(u_shape) * A_shape[-1]
-
-
-# custom ops (opaque to the counter) whose matmul-like work is counted by a rule
-OPAQUE_MATMUL_RULES = {torch.ops.mixerzoo.chunked_selective_scan: _selective_scan_readout_flop}
-
-
 @dataclass
 class MacCount:
     """Forward MACs of one call, by kind."""
@@ -261,9 +248,7 @@ def count_macs(model: nn.Module, inputs: torch.Tensor) -> MacCount:
 
     hooks = [m.register_forward_hook(add_module_scan) for m in model.modules() if hasattr(m, "scan_macs")]
     try:
-        with FlopCounterMode(
-            display=False, custom_mapping={**FFT_RULES, **SCAN_RULES, **OPAQUE_MATMUL_RULES}
-        ) as counter:
+        with FlopCounterMode(display=False, custom_mapping={**FFT_RULES, **SCAN_RULES}) as counter:
             model(inputs)
     finally:
         for hook in hooks:

@@ -53,13 +53,13 @@ D % G == 0 (channel d uses group d // (D / G)); D_skip, Δ_bias (D,). Output (b,
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import register_flop_formula
 
-from . import BACKENDS, autocast_off, compute_dtype, use_fused
+from . import BACKENDS, autocast_off, compute_dtype, kernel_importable, optional_kernel, use_fused
 
 __all__ = [
     "fused_selective_scan_available",
@@ -329,6 +329,13 @@ def _chunked_scan_backward(ctx, dy, _dstarts):
 _chunked_scan_op.register_autograd(_chunked_scan_backward, setup_context=_chunked_scan_setup_context)
 
 
+@register_flop_formula(torch.ops.mixerzoo.chunked_selective_scan)
+def _chunked_scan_flop(u_shape, dt_shape, A_shape, *args, **kwargs) -> int:
+    """What ``FlopCounterMode`` counts for the op: the readout ``y_t = Σ_n h_t[n] C_t[n]``, one multiply-add per token,
+    channel and state (a matmul in all but name). The state updates are declared by the module's ``scan_macs()``."""
+    return 2 * math.prod(u_shape) * A_shape[-1]
+
+
 def _chunked_scan(u, dt, A, B, C, chunk_size: int, tile_elements: int | None) -> torch.Tensor:
     """The chunked scan, keeping the chunk-entry states only when a gradient will be asked for."""
     keep_states = torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C))
@@ -423,25 +430,22 @@ def selective_scan_torch(
     return _finish(y, u, D, z)
 
 
-@functools.cache
+# the optional kernels (module, name): mamba_ssm's imports where mamba-ssm was built for CUDA (from 2.3 on, with
+# MAMBA_KEEP_CUDA_BUILD), the Triton one where the triton package imports
+_KERNELS = {
+    "fused": ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
+    "triton": (f"{__package__}.selective_scan_triton", "selective_scan_triton"),
+}
+
+
 def _kernel(name: str):
-    """The optional kernel ``name`` or None where it does not import (imported on first use only): ``"fused"``,
-    mamba_ssm's ``selective_scan_fn``; ``"triton"``, ``selective_scan_triton`` (needs the ``triton`` package)."""
-    try:
-        if name == "fused":
-            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as kernel
-        else:
-            from .selective_scan_triton import selective_scan_triton as kernel
-    except Exception:  # ImportError, or a broken CUDA build (mamba-ssm >= 2.3 needs MAMBA_KEEP_CUDA_BUILD)
-        return None
-    return kernel
+    """The optional kernel ``name`` (``"fused"``: mamba_ssm's; ``"triton"``), or None where it does not import."""
+    return optional_kernel(*_KERNELS[name])
 
 
-@torch.compiler.assume_constant_result
 def _importable(name: str) -> bool:
-    """Whether the kernel ``name`` imports: a constant for ``torch.compile``, which would otherwise trace into the
-    import and break the graph there."""
-    return _kernel(name) is not None
+    """Whether the kernel ``name`` imports: a constant for ``torch.compile`` (``ops.kernel_importable``)."""
+    return kernel_importable(*_KERNELS[name])
 
 
 def fused_selective_scan_available() -> bool:
