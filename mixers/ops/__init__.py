@@ -1,13 +1,17 @@
 """Heavy kernels shared by mixers: each with a sequential reference, a chunked pure-PyTorch path and the fused
-CUDA kernel where one exists; plus what they share: float32 compute under autocast and the backend dispatch."""
+CUDA kernel where one exists; plus what they share: float32 compute under autocast, the backend dispatch and the
+lazy import of the optional kernels."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
+from collections.abc import Callable
 
 import torch
 
-__all__ = ["BACKENDS", "autocast_off", "compute_dtype", "use_fused"]
+__all__ = ["BACKENDS", "autocast_off", "compute_dtype", "kernel_importable", "optional_kernel", "use_fused"]
 
 BACKENDS = ("auto", "torch", "fused")
 
@@ -35,3 +39,20 @@ def use_fused(backend: str, kernel: str, fusable: bool, needs: str, backends: tu
     if backend == "fused" and not fusable:
         raise RuntimeError(f"backend='fused' needs {needs}.")
     return fusable if backend == "auto" else backend == "fused"
+
+
+@functools.cache
+def optional_kernel(module: str, name: str) -> Callable | None:
+    """``module.name`` imported on first use, or None where it does not import (not installed, or a broken CUDA or
+    Triton build): the fused kernels are optional, so nothing imports them when the package is imported."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except Exception:
+        return None
+
+
+@torch.compiler.assume_constant_result
+def kernel_importable(module: str, name: str) -> bool:
+    """Whether ``optional_kernel(module, name)`` imports: a constant for ``torch.compile``, which would otherwise
+    trace into the import and break the graph there (an import that fails cannot be traced)."""
+    return optional_kernel(module, name) is not None

@@ -24,7 +24,8 @@ B, C (b, l, g, n) with h % g == 0, initial_state (b, h, p, n). Output y (b, l, h
   is a divisor of L near 64 (the fastest on CPU), so no padding happens for the usual grids (196, 784, 3136).
 - ``ssd``: dispatch. ``backend="auto"`` runs the fused kernel when ``mamba_ssm`` imports and the tensors are on
   CUDA, else the chunked one; ``"torch"``/``"fused"`` force one. The fused call is kept out of ``torch.compile``
-  graphs (``torch.compiler.disable``; mamba_ssm's autograd.Function does not trace, state-spaces/mamba #369).
+  graphs (``torch.compiler.disable``; mamba_ssm's autograd.Function does not trace, state-spaces/mamba #369), and
+  whether it imports is a constant for ``torch.compile`` (``ops.kernel_importable``), not an import traced.
   ``ssd`` computes in float32 (float64 stays float64) with autocast off, and returns x's dtype.
 - ``quasiseparable`` / ``quasiseparable_matrix``: Hydra's bidirectional matrix (Prop. 3.7 of arXiv 2407.09941) as
   two ``ssd`` passes (forward, and backward on the flipped sequence, batched), each shifted by one token, plus a
@@ -35,12 +36,10 @@ B, C (b, l, g, n) with h % g == 0, initial_state (b, h, p, n). Output y (b, l, h
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
-from . import autocast_off, compute_dtype, use_fused
+from . import autocast_off, compute_dtype, kernel_importable, optional_kernel, use_fused
 
 __all__ = [
     "default_chunk_size",
@@ -162,27 +161,20 @@ def ssd_chunked(
     return (y, final_state) if return_final_state else y
 
 
-@functools.cache
-def _fused_kernel():
-    """mamba_ssm's ``mamba_chunk_scan_combined`` or None (imported on first use only)."""
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception:  # ImportError, or a broken Triton/CUDA install
-        return None
-    return mamba_chunk_scan_combined
+_FUSED_KERNEL = ("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")  # module, name
 
 
 def fused_ssd_available() -> bool:
-    return torch.cuda.is_available() and _fused_kernel() is not None
+    return torch.cuda.is_available() and kernel_importable(*_FUSED_KERNEL)
 
 
 def _use_fused(backend: str, x: torch.Tensor) -> bool:
-    """The backend dispatch (``ops.use_fused``). The import of mamba_ssm is only tried for CUDA tensors (or to word
-    the error of ``backend="fused"``), so CPU graphs trace through ``torch.compile`` without a break."""
-    fusable = x.is_cuda and _fused_kernel() is not None
+    """The backend dispatch (``ops.use_fused``). Whether mamba_ssm imports is a constant for ``torch.compile``
+    (``ops.kernel_importable``), so graphs trace through the dispatch without a break on any device."""
+    fusable = x.is_cuda and kernel_importable(*_FUSED_KERNEL)
     needs = ""
     if backend == "fused" and not fusable:
-        mamba_ssm = "importable" if _fused_kernel() else "not importable"
+        mamba_ssm = "importable" if kernel_importable(*_FUSED_KERNEL) else "not importable"
         needs = "CUDA tensors and mamba_ssm (mamba_chunk_scan_combined); "
         needs += f"got {x.device.type} tensors, mamba_ssm {mamba_ssm}"
     return use_fused(backend, "SSD", fusable, needs)
@@ -190,7 +182,7 @@ def _use_fused(backend: str, x: torch.Tensor) -> bool:
 
 @torch.compiler.disable
 def _ssd_fused(x, dt, A, B, C, chunk_size, initial_state, return_final_state):
-    out = _fused_kernel()(
+    out = optional_kernel(*_FUSED_KERNEL)(
         x,
         dt,
         A,

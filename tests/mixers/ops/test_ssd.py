@@ -89,6 +89,24 @@ def test_ssd_dispatch_runs_in_float32_under_autocast_and_names_bad_backends() ->
             ssd(x, dt, A, B, C, backend="fused")
 
 
+class _CudaLooking(torch.Tensor):
+    """A CPU tensor whose ``is_cuda`` says True: the dispatch's CUDA branch, traced without a GPU."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+
+def test_ssd_dispatch_traces_as_one_graph_for_cuda_tensors() -> None:
+    """For CUDA tensors the dispatch asks whether mamba_ssm imports; under torch.compile the answer is a constant,
+    not an import traced into the graph (a graph break; with ``fullgraph=True`` an error)."""
+    x = torch.randn(3).as_subclass(_CudaLooking)
+    fused = ssd_module._use_fused("auto", x)  # True only where mamba_ssm imports
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: t + ssd_module._use_fused("auto", t), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x).as_subclass(torch.Tensor), x.as_subclass(torch.Tensor) + fused)
+
+
 # --- Hydra's quasiseparable product ------------------------------------------------------------------------------
 def _qs_leaves(b: int, l: int, h: int, p: int, g: int, n: int, dtype=torch.float64) -> list[torch.Tensor]:
     """x, dt_f, dt_b, A, B_f, B_b, C_f, C_b, diag, initial state (2b, h, p, n): leaves that require grad."""
