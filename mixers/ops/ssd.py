@@ -238,10 +238,11 @@ class _TriangularDecayMix(torch.autograd.Function):
     x (b, h, L, P); p, r, d (b, h, L); q, s (b, h, nb, L), all contiguous; K (b, g, L, L), shared by the h / g
     heads of a group. Splitting each exponent at its row block keeps the row terms as small as one block's decay
     (see ``_quasiseparable_dense``). Forward and backward are written out so that W is built in place in one
-    (b, h, L, L) buffer (two when training) instead of one per elementwise op. Backward: dx = Wᵀ dy, dW = dy xᵀ,
-    dK = Σ_heads dW ⊙ exp(.), and the gradient of an exponent, dW ⊙ W, summed over its triangle's rows (p, r) or
-    over each row block's columns (q, s), taken blockwise (``_triangle_sums``) so that the backward pass needs one
-    (b, h, L, L) buffer. Saved: x, d, K and exp(.) (one (b, h, L, L) tensor)."""
+    (b, h, L, L) buffer (two when training) instead of one per elementwise op; under ``torch.export`` the forward
+    adds the diagonal out of place (W x + d ⊙ x), as ``torch.onnx`` rejects writes into diagonal views. Backward:
+    dx = Wᵀ dy, dW = dy xᵀ, dK = Σ_heads dW ⊙ exp(.), and the gradient of an exponent, dW ⊙ W, summed over its
+    triangle's rows (p, r) or over each row block's columns (q, s), taken blockwise (``_triangle_sums``) so that
+    the backward pass needs one (b, h, L, L) buffer. Saved: x, d, K and exp(.) (one (b, h, L, L) tensor)."""
 
     @staticmethod
     def forward(ctx, x, p, q, r, s, d, K):
@@ -251,6 +252,10 @@ class _TriangularDecayMix(torch.autograd.Function):
         E = (p.view(b, h, nb, L // nb, 1) + q[..., None, :]).reshape(b, h, L, L)  # the exponent, built in place
         E.mul_(lower).addcmul_(upper, r[..., :, None])  # lower: p_i + q_Ij; upper: r_i ...
         E.view(b, h, nb, L // nb, L).addcmul_(upper.view(nb, L // nb, L), s[..., None, :])  # ... + s_Ij
+        if torch.compiler.is_exporting():  # the same product without writes into diagonal views (torch.onnx)
+            diagonal = torch.eye(L, dtype=torch.bool, device=x.device)
+            W = E.masked_fill(diagonal, float("-inf")).exp() * _per_head(K, h)
+            return torch.matmul(W, x) + d[..., None] * x
         E.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
         E.exp_()
         training = any(ctx.needs_input_grad)
