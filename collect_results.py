@@ -90,7 +90,8 @@ def job_row(summary_file: Path, root: Path) -> dict[str, Any]:
     try:
         data = cfg.data
         with torch.device("meta"):
-            model = instantiate(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans)
+            num_classes = data.num_classes if data.num_classes is not None else summary.get("num_classes")
+            model = instantiate(cfg.model, num_classes=num_classes, in_chans=data.in_chans)
             inputs = torch.empty(1, data.in_chans, data.img_size, data.img_size)
         row["gmacs"] = count_macs(model.eval(), inputs).total / 1e9
     except Exception as error:  # MACs are a convenience here; the accuracy columns stand without them

@@ -932,6 +932,7 @@ def summarise(cfg: DictConfig, state: TrainState, signals: dict[int, str] | None
         "stop_signal_ranks": sorted(signals or {}),
         "train_images_per_sec": train_images / train_time if train_time else None,
         "params": state.num_params,
+        "num_classes": cfg.data.num_classes,  # as settled from the data (null in the saved config of data=folder)
         "global_batch": state.global_batch,
         "world_size": state.world_size,
         "ranks_in_sync": ranks_in_sync,

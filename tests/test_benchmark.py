@@ -172,6 +172,22 @@ def _fake_job(root: Path, name: str, mixer: str | None, top1: float, with_config
         (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
 
 
+def test_collector_counts_macs_of_folder_runs_with_the_class_count_the_run_settled(tmp_path: Path) -> None:
+    """data=folder saves data.num_classes: null (the count comes from the class folders at run time); the MACs are
+    counted with the count summary.json records, head included."""
+    for name, classes in (("0_folder", 3), ("1_folder", 300)):
+        _fake_job(tmp_path, name, "pooling", 80.0)
+        config_file = tmp_path / name / ".hydra" / "config.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        config["data"]["num_classes"] = None
+        config_file.write_text(yaml.safe_dump(config))
+        summary_file = tmp_path / name / "summary.json"
+        summary_file.write_text(json.dumps({**json.loads(summary_file.read_text()), "num_classes": classes}))
+    few, many = collect_results.collect(tmp_path)
+    assert "note" not in few and "note" not in many
+    assert many["gmacs"] - few["gmacs"] == pytest.approx(16 * (300 - 3) / 1e9)  # the head: 16 features x classes
+
+
 def test_collector_builds_the_table_from_summary_files(tmp_path: Path) -> None:
     _fake_job(tmp_path, "1_model.mixer=sepconv", "sepconv", 90.0)
     _fake_job(tmp_path, "0_model.mixer=pooling", "pooling", 80.0)

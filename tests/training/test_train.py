@@ -59,6 +59,7 @@ def test_one_epoch_writes_every_output(tmp_path: Path) -> None:
     summary = read_json(tmp_path / "summary.json")
     for key in ("best_top1", "final_top1", "epochs_completed", "train_images_per_sec", "params"):
         assert summary[key] is not None, key
+    assert summary["num_classes"] == 10  # the settled class count (collect_results needs it for data=folder runs)
     assert summary["epochs_completed"] == 1 and summary["best_top1"] == top1
     assert summary["params"] == sum(p.numel() for p in train.build_model(compose_train(tmp_path)).parameters())
     assert (tmp_path / "metrics.csv").read_text().startswith("epoch,train_loss")
