@@ -402,9 +402,8 @@ def selective_scan_torch(
 ) -> torch.Tensor:
     """The chunked S6 scan (module docstring), exact, in u's dtype. Runs the ``mixerzoo::chunked_selective_scan``
     custom op, which keeps the chunk-entry states when a gradient is needed and nothing but the running state
-    otherwise. ``chunk_size``: tokens per chunk
-    (Q); ``tile_elements``: the state elements per chunk above which batch entries / groups are scanned in separate
-    blocks (default ``TILE_ELEMENTS`` for the device)."""
+    otherwise. ``chunk_size``: tokens per chunk (Q); ``tile_elements``: the state elements per chunk above which
+    batch entries / groups are scanned in separate blocks (default ``TILE_ELEMENTS`` for the device)."""
     batch, dim, length = u.shape
     if B.dim() == 3:  # (b, N, L): one group
         B, C = B[:, None], C[:, None]
