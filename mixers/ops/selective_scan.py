@@ -42,9 +42,9 @@ D % G == 0 (channel d uses group d // (D / G)); D_skip, Δ_bias (D,). Output (b,
   outputs are dropped). Gradients come from the op's own autograd, which keeps the carry entering each chunk, as the
   eager Function does. No (batch, group) blocks here: a chunk holds Q b D N state elements at once.
 - ``selective_scan``: dispatch. ``backend="auto"`` runs the fused kernel when ``mamba_ssm`` imports and the tensors
-  are on CUDA with d_state ≤ 256; else, on CUDA, the Triton kernels of ``selective_scan_triton.py`` when ``triton``
-  imports; else the torch path. ``"torch"``/``"fused"``/``"triton"`` force one (``"triton"`` takes CPU tensors only
-  in the Triton interpreter, ``TRITON_INTERPRET=1``, which the tests use). The scan computes in float32 (float64
+  are on CUDA with d_state ≤ 256, else the torch path. ``"torch"``/``"fused"``/``"triton"`` force one. The Triton
+  kernels of ``selective_scan_triton.py`` are opt-in until they have run on a GPU; they take CPU tensors only in the
+  Triton interpreter (``TRITON_INTERPRET=1``, which the tests use). The scan computes in float32 (float64
   stays float64) with autocast off and returns u's dtype; the fused kernel gets D and Δ_bias in float32, as it
   requires. The fused and Triton calls are wrapped in ``torch.compiler.disable``: the declared graph breaks, on CUDA
   only (same conventions as ``ops/ssd.py``). Whether a kernel imports is asked through ``_importable(name)``, a
@@ -502,8 +502,8 @@ def _choose(backend: str, u: torch.Tensor, A: torch.Tensor):
     )
     if use_fused(backend, "selective-scan", fusable, needs, (*BACKENDS, "triton")):
         return _selective_scan_fused
-    if backend == "auto" and u.is_cuda and _importable("triton"):
-        return _selective_scan_triton
+    # "auto" never picks Triton: its kernels have passed the Triton interpreter and sm_90 compilation but not yet a
+    # GPU run (tools/gpu_check.py's selective_scan row); until they do, it is the explicit backend="triton"
     return selective_scan_torch
 
 

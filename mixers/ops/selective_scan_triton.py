@@ -40,6 +40,8 @@ backward, no spills).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -268,6 +270,12 @@ def _launch(u, A, B, block_d: int) -> tuple[tuple[int, int], dict]:
     return grid, dict(BLOCK_D=block_d, BLOCK_N=block_n, ACC=acc, num_warps=warps)
 
 
+def _on_device_of(u: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device, not the tensors': make u's device current (tensors on cuda:1
+    with cuda:0 current would otherwise be an illegal memory access)."""
+    return torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext()
+
+
 class _SelectiveScanTriton(torch.autograd.Function):
     """The two kernels as one differentiable op. The forward saves the inputs and the chunk-entry states."""
 
@@ -282,20 +290,22 @@ class _SelectiveScanTriton(torch.autograd.Function):
         y = torch.empty_like(u)
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus)
         optional = [u if t is None else t for t in (D, z, delta_bias)]  # absent: a placeholder never read
-        _forward_kernel[grid](
-            *(u, delta, A, B, C, *optional, y, states),
-            *(length, dim, B.shape[1], A.shape[1]),
-            CHUNK=chunk_size,
-            STORE_STATES=keep_states,
-            **flags,
-            **blocks,
-        )
+        with _on_device_of(u):
+            _forward_kernel[grid](
+                *(u, delta, A, B, C, *optional, y, states),
+                *(length, dim, B.shape[1], A.shape[1]),
+                CHUNK=chunk_size,
+                STORE_STATES=keep_states,
+                **flags,
+                **blocks,
+            )
         if keep_states:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.settings = flags, chunk_size, block_d
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels' gradients are not themselves differentiable
     def backward(ctx, dout):
         u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
         flags, chunk_size, block_d = ctx.settings
@@ -310,14 +320,15 @@ class _SelectiveScanTriton(torch.autograd.Function):
         dA = A.new_empty((batch, *A.shape), dtype=acc)  # (b, D, N)
         dD, dbias = (u.new_empty((batch, dim), dtype=acc) for _ in range(2))
         optional = [u if t is None else t for t in (D, z, delta_bias)]
-        _backward_kernel[grid](
-            *(u, delta, A, B, C, *optional, dout.contiguous(), states, scratch),
-            *(du, ddelta, du if dz is None else dz, dA, dB, dC, dD, dbias),
-            *(length, dim, B.shape[1], B.shape[2]),
-            CHUNK=chunk_size,
-            **flags,
-            **blocks,
-        )
+        with _on_device_of(u):
+            _backward_kernel[grid](
+                *(u, delta, A, B, C, *optional, dout.contiguous(), states, scratch),
+                *(du, ddelta, du if dz is None else dz, dA, dB, dC, dD, dbias),
+                *(length, dim, B.shape[1], B.shape[2]),
+                CHUNK=chunk_size,
+                **flags,
+                **blocks,
+            )
         grads = [
             du,
             ddelta,

@@ -196,3 +196,14 @@ def test_scan_argument_errors() -> None:
         selective_scan_torch(*inputs[:5], chunk_size=0)
     with pytest.raises(ValueError, match="groups"):
         selective_scan_torch(*inputs[:3], inputs[3][:, None].expand(1, 3, 2, 3), inputs[4][:, None].expand(1, 3, 2, 3))
+
+
+def test_auto_backend_on_cuda_takes_mamba_ssm_or_the_torch_scan_never_triton() -> None:
+    """The Triton kernels are opt-in (backend='triton') until they have run on a GPU: 'auto' with CUDA tensors and
+    no mamba_ssm takes the verified torch scan, also where triton imports."""
+    from tests.mixers.ops.test_ssd import _CudaLooking
+
+    u = torch.randn(1, 4, 8).as_subclass(_CudaLooking)
+    A = -torch.rand(4, 16)
+    chosen = ss._choose("auto", u, A)
+    assert chosen is (ss._selective_scan_fused if ss._importable("fused") else selective_scan_torch)
