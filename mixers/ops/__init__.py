@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -47,7 +48,13 @@ def optional_kernel(module: str, name: str) -> Callable | None:
     Triton build): the fused kernels are optional, so nothing imports them when the package is imported."""
     try:
         return getattr(importlib.import_module(module), name)
-    except Exception:
+    except ModuleNotFoundError:  # not installed: the usual case, silent
+        return None
+    except Exception as error:  # installed but broken (a CUDA or Triton build, a name it imports has moved)
+        warnings.warn(
+            f"{module}.{name} does not import ({type(error).__name__}: {error}); the torch path runs instead.",
+            stacklevel=2,
+        )
         return None
 
 

@@ -207,3 +207,18 @@ def test_auto_backend_on_cuda_takes_mamba_ssm_or_the_torch_scan_never_triton() -
     A = -torch.rand(4, 16)
     chosen = ss._choose("auto", u, A)
     assert chosen is (ss._selective_scan_fused if ss._importable("fused") else selective_scan_torch)
+
+
+def test_an_installed_but_broken_kernel_warns_and_a_missing_one_is_silent(monkeypatch, recwarn) -> None:
+    from mixerzoo.mixers import ops
+
+    def fake_import(module: str):
+        if module == "broken_kernel_for_test":
+            raise ImportError("cannot import name 'launch' from 'triton.runtime'")
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+    monkeypatch.setattr(ops.importlib, "import_module", fake_import)
+    assert ops.optional_kernel("missing_kernel_for_test", "scan") is None
+    assert not recwarn.list
+    with pytest.warns(UserWarning, match=r"broken_kernel_for_test\.scan does not import \(ImportError: cannot import"):
+        assert ops.optional_kernel("broken_kernel_for_test", "scan") is None
