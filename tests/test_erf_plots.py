@@ -67,8 +67,8 @@ def test_trained_maps_use_the_images_the_run_trained_on(tmp_path: Path, monkeypa
         return torch.randn(count, 1, img_size, img_size)
 
     monkeypatch.setattr(erf, "pathfinder_images", fake_images)
-    records = erf.compute(["pooling"], 32, [0], 2, run_dir=str(tmp_path))
-    assert asked == [("easy", 3)] and [r["state"] for r in records] == ["init", "trained"]
+    records = erf.compute(["identity", "pooling"], 32, [0], 2, run_dir=str(tmp_path))  # identity: not in the run
+    assert asked == [("easy", 3)] and [r["state"] for r in records] == ["init", "init", "trained"]
     erf.compute(["pooling"], 32, [0], 2, run_dir=str(tmp_path), difficulty="hard")
     assert asked[-1] == ("hard", 3)
 

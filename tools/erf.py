@@ -131,7 +131,7 @@ def compute(
 
     trained = trained_checkpoints(run_dir, img_size) if run_dir else {}
     configs = {mixer: _init_config(mixer, trained, model, img_size, overrides) for mixer in mixers}
-    data = next(iter(configs.values())).data
+    data = next(iter(trained.values()))[0][1].data if trained else next(iter(configs.values())).data
     images = pathfinder_images(num_images, img_size, difficulty or data.pathfinder_difficulty, data.pathfinder_seed)
     records = []
     for mixer in mixers:
