@@ -67,7 +67,7 @@ from torch.utils.data import Dataset
 
 import mixerzoo  # registers the zoo's models in timm (also used: mixerzoo.load_checkpoint)
 from mixerzoo.models.checkpoint import CheckpointError, read_checkpoint
-from mixerzoo.training.atomic import atomic_write
+from mixerzoo.training.atomic import atomic_write, remove_stale_temporaries
 from mixerzoo.training.config import register_configs, validate_config
 from mixerzoo.training.data import EpochBatchSampler, create_datasets, eval_loader, train_loader
 
@@ -684,6 +684,8 @@ def setup(cfg: DictConfig) -> tuple[EvalState, Dataset]:
     device, rank, world_size = info["device"], info["global_rank"], info["world_size"]
     if info["primary"]:
         os.makedirs(cfg.output_dir, exist_ok=True)
+        for name in remove_stale_temporaries(cfg.output_dir):  # left by a process killed while it saved
+            _logger.info(f"removed {name}, an unfinished write of an earlier process")
     else:
         logging.getLogger().setLevel(logging.WARNING)
     train_ds, val_ds = create_datasets(cfg.data, cfg.aug, seed=cfg.seed)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any
 
-__all__ = ["TMP_SUFFIX", "atomic_write"]
+__all__ = ["TMP_SUFFIX", "atomic_write", "remove_stale_temporaries"]
 
 TMP_SUFFIX = ".tmp"  # temporary files are ``<name>.<host>.<pid>.<token>.tmp`` in the target's folder
 
@@ -59,3 +60,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) 
             os.remove(tmp)
         raise
     _fsync_folder(folder)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Delete the temporary files ``atomic_write`` left in ``folder`` when its process was killed mid-write (it cannot
+    remove its own then, and every write uses a new name, so nothing overwrites them): each can be as large as a
+    checkpoint. Only for a folder no other process is writing into; returns the names removed."""
+    pattern = re.compile(rf".+\.[^/]+\.\d+\.[0-9a-f]{{12}}{re.escape(TMP_SUFFIX)}")
+    removed = []
+    for entry in os.scandir(folder) if os.path.isdir(folder) else []:
+        if entry.is_file() and pattern.fullmatch(entry.name):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(entry.path)
+                removed.append(entry.name)
+    return removed

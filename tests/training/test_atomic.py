@@ -50,3 +50,23 @@ def test_concurrent_writers_of_one_file_use_their_own_temporary_files(tmp_path: 
         first.write(b"first")
         second.write(b"second")
     assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["cache.npy"]
+
+
+def test_temporaries_of_killed_writers_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    """A process killed inside atomic_write leaves its temporary file; the next run's start removes such files only."""
+    keep = ["last.pth", "notes.tmp", "metrics.csv", "last.pth.host.12.nothex.tmp"]
+    stale = ["last.pth.node-1.example.org.4242.0123456789ab.tmp", "step_00000010.pth.h.7.abcdef012345.tmp"]
+    for name in keep + stale:
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(atomic.remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+    assert atomic.remove_stale_temporaries(tmp_path / "missing") == []
+
+
+def test_the_names_atomic_write_uses_are_the_ones_removed(tmp_path: Path) -> None:
+    with atomic_write(tmp_path / "last.pth") as f:
+        f.write(b"weights")
+        (temporary,) = [p.name for p in tmp_path.iterdir() if p.name != "last.pth"]
+    (tmp_path / temporary).write_bytes(b"half")  # as if its writer had been killed before the rename
+    assert atomic.remove_stale_temporaries(tmp_path) == [temporary]
+    assert (tmp_path / "last.pth").read_bytes() == b"weights"
