@@ -44,6 +44,7 @@ file instead of waiting at a barrier, whose timeout (10 min by default with NCCL
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -417,12 +418,18 @@ class PathfinderDataset(Dataset):
                 processes //= local_world_size  # every rank generates its own copy: share the node's CPUs
             elif local_rank != 0:
                 return _wait_for_cache(path, stem, size)
-        images, _ = generate(size, img_size, difficulty, seed, split, processes)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path) as f:  # a concurrent job (or rank) reads a whole file or none
-                np.save(f, images)
-            _logger.info(f"pathfinder: cached {size} {split} images in {path}")
+        try:
+            images, _ = generate(size, img_size, difficulty, seed, split, processes)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_write(path) as f:  # a concurrent job (or rank) reads a whole file or none
+                    np.save(f, images)
+                _logger.info(f"pathfinder: cached {size} {split} images in {path}")
+        except Exception as error:
+            if path is not None and node is not None:  # the node's other ranks are waiting for this file
+                with contextlib.suppress(OSError), atomic_write(_failure_marker(path), "w") as f:
+                    f.write(f"{type(error).__name__}: {error}")
+            raise
         return images
 
     def __len__(self) -> int:
@@ -453,11 +460,21 @@ def _node_ranks() -> tuple[int, int] | None:
     return local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
 
 
+def _failure_marker(path: Path) -> Path:
+    """The file local rank 0 writes (with its error) when it could not generate or cache ``path``."""
+    return path.with_name(path.name + ".failed")
+
+
 def _wait_for_cache(path: Path, stem: str, size: int, poll_s: float = 0.5) -> np.ndarray:
-    """A non-leading rank: wait until local rank 0 has written the split, then read it."""
+    """A non-leading rank: wait until local rank 0 has written the split, then read it; raise if rank 0 reports a
+    failure after this rank started waiting (an older marker is another run's)."""
     _logger.info(f"pathfinder: waiting for local rank 0 to generate {path}")
+    started = time.time()
     start = last_note = time.monotonic()
+    marker = _failure_marker(path)
     while (images := _read_cache(path, stem, size)) is None:
+        if marker.exists() and marker.stat().st_mtime >= started - 1:
+            raise RuntimeError(f"pathfinder: local rank 0 could not generate {path}: {marker.read_text()}")
         time.sleep(poll_s)
         if time.monotonic() - last_note > 300:
             last_note = time.monotonic()

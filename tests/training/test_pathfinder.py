@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +135,31 @@ def test_pathfinder_sweeps_list_every_registered_token_mixer(preset: str) -> Non
 
     sweep = yaml.safe_load((CONFIG_DIR / "sweep" / f"{preset}.yaml").read_text())
     assert sweep["hydra"]["sweeper"]["params"]["model.mixer"].split(",") == list_mixers()
+
+
+def test_a_waiting_rank_stops_when_local_rank_0_reports_a_failure(tmp_path: Path) -> None:
+    """Without the marker the other ranks would poll until the job's time limit; an older marker is ignored."""
+    path = tmp_path / "pathfinder32_hard_seed0_train_8_v1.npy"
+    stale = pf._failure_marker(path)
+    stale.write_text("OSError: an earlier run's")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+
+    def fail_later() -> None:
+        time.sleep(0.3)
+        pf._failure_marker(path).write_text("OSError: [Errno 28] No space left on device")
+
+    threading.Thread(target=fail_later).start()
+    with pytest.raises(RuntimeError, match=r"local rank 0 could not generate .*No space left on device"):
+        pf._wait_for_cache(path, "pathfinder32_hard_seed0_train_", 8, poll_s=0.05)
+
+
+def test_local_rank_0_leaves_a_failure_marker_when_it_cannot_make_the_cache(tmp_path: Path, monkeypatch) -> None:
+    def out_of_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pf, "_node_ranks", lambda: (0, 2))
+    monkeypatch.setattr(pf, "generate", out_of_space)
+    with pytest.raises(OSError, match="No space left"):
+        pf.PathfinderDataset("train", 8, img_size=32, cache_dir=tmp_path)
+    (marker,) = tmp_path.glob("*.failed")
+    assert "No space left on device" in marker.read_text()
