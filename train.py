@@ -480,23 +480,27 @@ def restore(cfg: DictConfig, state: TrainState) -> bool:
 
 
 def history_from_metrics(folders: list[str], epochs: int) -> list[dict[str, Any]]:
-    """The metrics rows of epochs 1..``epochs`` from the first of ``folders`` with a ``metrics.jsonl`` (else
-    ``metrics.csv``): the history of a version-1 checkpoint, which carries none. Version 1 appended its rows, so a
-    repeated epoch keeps its last row and a torn last line is skipped."""
+    """The metrics rows of epochs 1..``epochs`` from the first of ``folders`` with a ``metrics.jsonl`` or
+    ``metrics.csv``: the history of a version-1 checkpoint, which carries none. Both files are read and merged per
+    epoch (the JSON row wins: typed values), so an epoch only one of them holds is kept. Version 1 appended its rows,
+    so a repeated epoch keeps its last row and a torn last line is skipped."""
     rows: list[dict[str, Any]] = []
     for folder in dict.fromkeys(folders):
         jsonl, table = os.path.join(folder, "metrics.jsonl"), os.path.join(folder, "metrics.csv")
+        if os.path.isfile(table):
+            with open(table, newline="") as f:
+                rows += [  # a torn last line reads with None for its missing fields: skipped
+                    {key: _number(value) for key, value in row.items()}
+                    for row in csv.DictReader(f)
+                    if None not in row.values()
+                ]
         if os.path.isfile(jsonl):
             with open(jsonl) as f:
                 for line in f:
                     with contextlib.suppress(ValueError):
                         rows.append(json.loads(line))
-        elif os.path.isfile(table):
-            with open(table, newline="") as f:
-                rows = [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(f)]
-        else:
-            continue
-        break
+        if rows:
+            break
     by_epoch = {row["epoch"]: row for row in rows if isinstance(row, dict) and isinstance(row.get("epoch"), int)}
     return [by_epoch[epoch] for epoch in sorted(by_epoch) if 1 <= epoch <= epochs]
 

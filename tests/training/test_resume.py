@@ -391,6 +391,15 @@ def test_a_finished_run_stays_finished(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "summary.json").read_text())["best_top1"] == pytest.approx(rewritten["best_top1"])
 
 
+def test_version_1_history_merges_both_metrics_files(tmp_path: Path) -> None:
+    """An epoch only metrics.csv holds (its JSON line lost) is kept; the JSON row wins where both have it; a torn CSV
+    line and epochs past the checkpoint are left out."""
+    (tmp_path / "metrics.csv").write_text("epoch,top1\n1,10.0\n2,20.0\n3,30.0\n4,40.0\n5\n")
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "top1": 11.0}\n{"epoch": 2, "top1": 21.0}\n{"epo')
+    history = train.history_from_metrics([str(tmp_path)], epochs=3)
+    assert [(row["epoch"], row["top1"]) for row in history] == [(1, 11.0), (2, 21.0), (3, 30.0)]
+
+
 def test_resuming_a_version_1_checkpoint_keeps_the_earlier_metrics_rows(tmp_path: Path) -> None:
     """A version-1 checkpoint (position in batches per rank, no metrics history): its epochs' rows come back from
     metrics.jsonl (the last of a repeated epoch, a torn line skipped, as version 1 appended them), so the resumed
