@@ -149,6 +149,9 @@ def autocast(cfg: DictConfig, device: torch.device) -> contextlib.AbstractContex
     return torch.autocast(device.type, dtype=dtype)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # preemption (SIGTERM) and Slurm's --signal=USR1@<seconds>
+
+
 def _on_stop_signal(signum: int, _frame: Any) -> None:
     global _stop_signal
     _stop_signal = signal.Signals(signum).name
@@ -853,7 +856,7 @@ def fit(cfg: DictConfig, state: TrainState) -> None:
     not hold, and a resume from it rewrites metrics rows that were not written (the checkpoint carries them)."""
     global _stop_signal
     _stop_signal = None  # a signal that stopped an earlier run of this process (a multirun job) is not this one's
-    previous_handlers = {s: signal.signal(s, _on_stop_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    previous_handlers = {s: signal.signal(s, _on_stop_signal) for s in STOP_SIGNALS}
     writer = open_tensorboard(cfg, state.output_dir) if state.primary else None
     try:
         while state.epoch < state.num_epochs:
