@@ -56,6 +56,23 @@ def _softplus(x):
 
 
 @triton.jit
+def _load_delta(delta_ptr, mask_d, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACC: tl.constexpr):
+    """Δ_t of a block of channels: (the input plus the bias, Δ_t after the optional softplus), both (BLOCK_D,)."""
+    dt_in = tl.load(delta_ptr, mask=mask_d, other=0.0).to(ACC)
+    if HAS_BIAS:
+        dt_in += bias
+    dt = _softplus(dt_in) if SOFTPLUS else dt_in
+    return dt_in, dt
+
+
+@triton.jit
+def _step(h, dt, u, A, B):
+    """One state update h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t, (BLOCK_D, BLOCK_N): the forward and the backward's
+    recomputation share it, so their states cannot drift apart."""
+    return tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * B[None, :]
+
+
+@triton.jit
 def _forward_kernel(
     u_ptr,  # (b, D, L)
     delta_ptr,  # (b, D, L)
@@ -95,6 +112,7 @@ def _forward_kernel(
     A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=mask_dn, other=0.0).to(ACC)  # (BLOCK_D, BLOCK_N)
     if HAS_D:
         D = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(ACC)
+    bias = tl.zeros((BLOCK_D,), dtype=ACC)  # unused without HAS_BIAS
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(ACC)
     n_chunks = tl.cdiv(length, CHUNK)
@@ -106,14 +124,10 @@ def _forward_kernel(
             tl.store(states_ptr + offs, h, mask=mask_dn)
         for t in range(c * CHUNK, tl.minimum(c * CHUNK + CHUNK, length)):
             u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(ACC)  # (BLOCK_D,)
-            dt = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0).to(ACC)
-            if HAS_BIAS:
-                dt += bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
+            _, dt = _load_delta(delta_ptr + row + t, mask_d, bias, HAS_BIAS, SOFTPLUS, ACC)
             B = tl.load(B_ptr + bc_row + t, mask=mask_n, other=0.0).to(ACC)  # (BLOCK_N,)
             C = tl.load(C_ptr + bc_row + t, mask=mask_n, other=0.0).to(ACC)
-            h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * B[None, :]
+            h = _step(h, dt, u, A, B)
             y = tl.sum(h * C[None, :], axis=1)  # (BLOCK_D,)
             if HAS_D:
                 y += D * u
@@ -172,6 +186,7 @@ def _backward_kernel(
     A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=mask_dn, other=0.0).to(ACC)
     if HAS_D:
         D = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(ACC)
+    bias = tl.zeros((BLOCK_D,), dtype=ACC)  # unused without HAS_BIAS
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(ACC)
     n_chunks = tl.cdiv(length, CHUNK)
@@ -193,23 +208,16 @@ def _backward_kernel(
         tl.store(scratch, h)
         for t in range(start, end):
             u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(ACC)
-            dt = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0).to(ACC)
-            if HAS_BIAS:
-                dt += bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
+            _, dt = _load_delta(delta_ptr + row + t, mask_d, bias, HAS_BIAS, SOFTPLUS, ACC)
             B = tl.load(B_ptr + bc_row + t, mask=mask_n, other=0.0).to(ACC)
-            h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * B[None, :]
+            h = _step(h, dt, u, A, B)
             tl.store(scratch + (t - start + 1) * BLOCK_D * BLOCK_N, h)
         tl.debug_barrier()  # the scratch written above is read below, possibly by other threads
         # 2. the chunk's tokens in reverse, with the adjoint g in registers
         for k in range(end - start):
             t = end - 1 - k
             u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(ACC)
-            dt_in = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0).to(ACC)
-            if HAS_BIAS:
-                dt_in += bias
-            dt = _softplus(dt_in) if SOFTPLUS else dt_in
+            dt_in, dt = _load_delta(delta_ptr + row + t, mask_d, bias, HAS_BIAS, SOFTPLUS, ACC)
             B = tl.load(B_ptr + bc_row + t, mask=mask_n, other=0.0).to(ACC)
             C = tl.load(C_ptr + bc_row + t, mask=mask_n, other=0.0).to(ACC)
             dy = tl.load(dout_ptr + row + t, mask=mask_d, other=0.0).to(ACC)
