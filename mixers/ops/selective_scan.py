@@ -74,14 +74,18 @@ MAX_FUSED_D_STATE = 256
 TILE_ELEMENTS = {"cpu": 2**20, "default": 2**26}
 
 
+def grouped_bc(B: torch.Tensor, C: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """B and C, (b, N, L) or (b, G, N, L), as (b, G, N, L) (one group for the 3-d form); raises unless G divides D."""
+    if B.dim() == 3:  # (b, N, L): one group
+        B, C = B[:, None], C[:, None]
+    if dim % B.shape[1] != 0:
+        raise ValueError(f"selective scan: D ({dim}) must be divisible by the number of B/C groups ({B.shape[1]}).")
+    return B, C
+
+
 def _expand_groups(BC: torch.Tensor, dim: int) -> torch.Tensor:
-    """B or C, (b, N, L) or (b, G, N, L), as (b, D, N, L) (each group repeated over its D / G channels)."""
-    if BC.dim() == 3:
-        return BC[:, None].expand(BC.shape[0], dim, *BC.shape[1:])
-    groups = BC.shape[1]
-    if dim % groups != 0:
-        raise ValueError(f"selective scan: D ({dim}) must be divisible by the number of B/C groups ({groups}).")
-    return BC.repeat_interleave(dim // groups, dim=1)
+    """B or C, (b, G, N, L) from ``grouped_bc``, as (b, D, N, L) (each group repeated over its D / G channels)."""
+    return BC.repeat_interleave(dim // BC.shape[1], dim=1)
 
 
 def _prepare_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
@@ -112,6 +116,7 @@ def selective_scan_ref(
     """The S6 recurrence one token at a time with plain autograd (reference; computes in u's dtype)."""
     dim, length = u.shape[1], u.shape[2]
     delta = _prepare_delta(delta, delta_bias, delta_softplus)
+    B, C = grouped_bc(B, C, dim)
     Bx, Cx = _expand_groups(B, dim), _expand_groups(C, dim)  # (b, D, N, L)
     h = u.new_zeros(u.shape[0], dim, A.shape[1])  # (b, D, N)
     ys = []
@@ -405,11 +410,8 @@ def selective_scan_torch(
     otherwise. ``chunk_size``: tokens per chunk (Q); ``tile_elements``: the state elements per chunk above which
     batch entries / groups are scanned in separate blocks (default ``TILE_ELEMENTS`` for the device)."""
     batch, dim, length = u.shape
-    if B.dim() == 3:  # (b, N, L): one group
-        B, C = B[:, None], C[:, None]
+    B, C = grouped_bc(B, C, dim)
     groups, n = B.shape[1], B.shape[2]
-    if dim % groups != 0:
-        raise ValueError(f"selective scan: D ({dim}) must be divisible by the number of B/C groups ({groups}).")
     if chunk_size < 1:
         raise ValueError(f"selective scan: chunk_size must be positive, got {chunk_size}.")
     delta = _prepare_delta(delta, delta_bias, delta_softplus)

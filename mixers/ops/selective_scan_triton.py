@@ -47,6 +47,8 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+from .selective_scan import grouped_bc
+
 __all__ = ["INTERPRETED", "selective_scan_triton"]
 
 
@@ -366,11 +368,7 @@ def selective_scan_triton(
     """The S6 scan by the Triton kernels (module docstring), in u's dtype, computing in float32 (float64 for float64
     input). CUDA tensors, or CPU tensors where ``INTERPRETED``. ``chunk_size``: tokens between the states kept for
     the backward (Q); ``block_d``: channels per program (a power of two)."""
-    dim = u.shape[1]
-    if B.dim() == 3:  # (b, N, L): one group
-        B, C = B[:, None], C[:, None]
-    if dim % B.shape[1] != 0:
-        raise ValueError(f"selective scan: D ({dim}) must be divisible by the number of B/C groups ({B.shape[1]}).")
+    B, C = grouped_bc(B, C, u.shape[1])
     if chunk_size < 1 or block_d < 1 or block_d & (block_d - 1):
         raise ValueError(
             f"selective scan: chunk_size must be positive and block_d a power of two, got {chunk_size}, {block_d}."
