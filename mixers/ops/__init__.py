@@ -30,13 +30,13 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def use_fused(backend: str, kernel: str, fusable: bool, needs: str, backends: tuple[str, ...] = BACKENDS) -> bool:
+def use_fused(backend: str, kernel: str, fusable: bool, needs: str) -> bool:
     """The dispatch every scan shares: ``"auto"`` takes the fused ``mamba_ssm`` kernel when ``fusable`` (CUDA tensors,
     the kernel importable, its limits met), ``"torch"`` never, ``"fused"`` always, raising ``RuntimeError`` saying
-    what it ``needs`` when it cannot. A backend not in ``backends`` raises ``ValueError`` naming the ``kernel`` (a
-    kernel with more backends than ``BACKENDS`` lists them there and chooses those itself)."""
-    if backend not in backends:
-        raise ValueError(f"Unknown {kernel} backend {backend!r}; use one of {', '.join(backends)}.")
+    what it ``needs`` when it cannot. Another backend raises ``ValueError`` naming the ``kernel`` (a kernel with more
+    backends chooses those before calling this)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown {kernel} backend {backend!r}; use one of {', '.join(BACKENDS)}.")
     if backend == "fused" and not fusable:
         raise RuntimeError(f"backend='fused' needs {needs}.")
     return fusable if backend == "auto" else backend == "fused"

@@ -486,8 +486,13 @@ def _triton_runs_on(u: torch.Tensor) -> bool:
     return u.is_cuda or INTERPRETED
 
 
+SCAN_BACKENDS = (*BACKENDS, "triton")
+
+
 def _choose(backend: str, u: torch.Tensor, A: torch.Tensor):
     """The scan function for ``backend`` (module docstring: dispatch)."""
+    if backend not in SCAN_BACKENDS:
+        raise ValueError(f"Unknown selective-scan backend {backend!r}; use one of {', '.join(SCAN_BACKENDS)}.")
     if backend == "triton":
         if not _triton_runs_on(u):
             triton = "importable" if _importable("triton") else "not importable"
@@ -502,7 +507,7 @@ def _choose(backend: str, u: torch.Tensor, A: torch.Tensor):
         "CUDA tensors, d_state <= 256 and mamba_ssm (selective_scan_fn); got "
         f"{u.device.type} tensors, d_state {A.shape[-1]}, mamba_ssm {mamba_ssm}"
     )
-    if use_fused(backend, "selective-scan", fusable, needs, (*BACKENDS, "triton")):
+    if use_fused(backend, "selective-scan", fusable, needs):
         return _selective_scan_fused
     # "auto" never picks Triton: its kernels have passed the Triton interpreter and sm_90 compilation but not yet a
     # GPU run (tools/gpu_check.py's selective_scan row); until they do, it is the explicit backend="triton"
