@@ -186,7 +186,7 @@ def test_collector_counts_macs_of_folder_runs_with_the_class_count_the_run_settl
         summary_file.write_text(json.dumps({**json.loads(summary_file.read_text()), "num_classes": classes}))
     few, many = collect_results.collect(tmp_path)
     assert "note" not in few and "note" not in many
-    assert many["gmacs"] - few["gmacs"] == pytest.approx(16 * (300 - 3) / 1e9)  # the head: 16 features x classes
+    assert many["gmacs"] - few["gmacs"] == pytest.approx(128 * (300 - 3) / 1e9)  # the head: 128 features x classes
 
 
 def test_collector_builds_the_table_from_summary_files(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Grid-bound mixers are built for ``data.img_size`` when train.py builds the model (issue 16, item 3)."""
+"""Grid-bound mixers are built for ``data.img_size`` when train.py builds the model."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from mixerzoo.models import build_model
+from mixerzoo.training.config import register_configs
 from tests.conftest import CONFIG_DIR
 
 
 def _build(*overrides: str) -> torch.nn.Module:
+    register_configs()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["data=fake", "data.num_classes=10", *overrides])
     return build_model(cfg.model, cfg.data).eval()
@@ -32,4 +34,4 @@ def test_grid_bound_models_follow_the_data_size(overrides: list[str]) -> None:
 
 def test_timm_models_get_no_img_size() -> None:
     """A timm model that takes no ``img_size`` builds as before."""
-    assert isinstance(_build("model=timm", "model.model_name=resnet18", "data.img_size=64"), torch.nn.Module)
+    assert isinstance(_build("model=timm", "model.name=resnet18", "data.img_size=64"), torch.nn.Module)

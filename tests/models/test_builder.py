@@ -211,7 +211,7 @@ def test_a_new_family_needs_no_builder_change(monkeypatch: pytest.MonkeyPatch) -
     class GatedBlock(nn.Module):
         def __init__(self, dim: int, mixer: str, grid: tuple[int, int], drop_path: float = 0.0) -> None:
             super().__init__()
-            self.token_mixer = create_mixer(mixer, dim, grid=grid)
+            self.token_mixer = create_mixer(mixer, dim, context={"grid": grid})
             self.gate = nn.Linear(dim, dim)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
