@@ -87,7 +87,7 @@ class Settings:
     precision: str = "bf16"
     compile_backend: str = "inductor"
     warmup_steps: int = 3  # the first compiles
-    rounds: int = 3  # zoo_vs_timm: rounds of (zoo, timm); throughput: rounds of one model
+    rounds: int = 5  # zoo_vs_timm: rounds of (zoo, timm); throughput: rounds of one model
     steps_per_round: int = 5
     train_steps: int = 8  # per epoch
     val_images: int = 512
@@ -170,7 +170,6 @@ def _vim2_kwargs(model: str, scan: str | None) -> dict[str, Any]:
 def _training_step(s: Settings, model: Any, batch: int, compiled: bool) -> Callable[[], None]:
     """One AdamW training step of ``model`` (moved to the device, channels_last) on a fixed synthetic batch, under
     the settings' autocast, compiled as ``train.py`` compiles (``torch.compile(model)``) when asked."""
-
     import torch
     import torch.nn.functional as F
 
@@ -223,6 +222,12 @@ def _peak_memory_gib(device: Any) -> float:
 
 
 # --- the checks (each returns the row's values; an exception marks the row failed) --------------------------------
+def count_outcomes(text: str) -> dict[str, int]:
+    """How many tests passed, failed, were skipped or errored, from pytest's ``-v`` lines (a partial log too)."""
+    outcomes = re.findall(r"^tests/test_cuda\.py::\S+ (PASSED|FAILED|SKIPPED|ERROR)", text, flags=re.MULTILINE)
+    return {k.lower(): outcomes.count(k) for k in ("PASSED", "FAILED", "SKIPPED", "ERROR")}
+
+
 def check_tests(s: Settings, log: str) -> dict[str, Any]:
     """Every ``cuda`` test (the slow ones too); their output streams to ``log`` (kept if the row is killed)."""
     log = Path(log)
@@ -232,9 +237,8 @@ def check_tests(s: Settings, log: str) -> dict[str, Any]:
         f.flush()
         proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True)
     text = log.read_text()
-    outcomes = re.findall(r"^tests/test_cuda\.py::\S+ (PASSED|FAILED|SKIPPED|ERROR)", text, flags=re.MULTILINE)
-    counts = {k.lower(): outcomes.count(k) for k in ("PASSED", "FAILED", "SKIPPED", "ERROR")}
-    if proc.returncode not in (0, 5) or not outcomes:  # 5: nothing collected
+    counts = count_outcomes(text)
+    if proc.returncode not in (0, 5) or not any(counts.values()):  # 5: nothing collected
         failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, flags=re.MULTILINE)
         summary = (text.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"{summary}; " + "; ".join(failed[:5]))
@@ -498,6 +502,8 @@ def run_row(row: Row, kwargs: dict[str, Any], s: Settings, timeout: float, log: 
         _kill_group(proc)
         stdout, stderr = proc.communicate()
         row.status = f"timeout after {timeout:.0f} s"
+        if row.check == "tests":  # what ran before the kill
+            row.values = count_outcomes(log.read_text())
     else:
         lines = stdout.strip().splitlines()
         if proc.returncode == 0 and lines and lines[-1].startswith("{"):

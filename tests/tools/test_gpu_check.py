@@ -8,13 +8,16 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from mixerzoo.tools import gpu_check
 
@@ -53,6 +56,39 @@ def test_every_row_gets_its_allotment_and_the_part_ends_in_its_budget(overrun: f
         assert timeout >= allot - 1e-9
         now += min(timeout, allot * (1 + overrun))
     assert now <= deadline + 1e-9
+
+
+def test_a_row_past_its_time_is_killed_with_what_it_started() -> None:
+    """The row's process group goes: here a shell and the ``sleep`` it started (a loader or compile worker)."""
+    proc = subprocess.Popen(
+        ["bash", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    child = int(proc.stdout.readline())
+    gpu_check._kill_group(proc)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.05)
+    assert proc.returncode == -signal.SIGKILL and not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_triton_row_gives_every_scan_of_vim2_t_the_triton_backend() -> None:
+    """The (c) row that a CPU skips: its model keywords reach each token and channel mixer's scan (built, not run)."""
+    import timm
+
+    def backends(model: torch.nn.Module) -> list[str]:
+        return [m.backend for m in model.modules() if isinstance(getattr(m, "backend", None), str)]
+
+    default = backends(timm.create_model("vim2_t"))
+    assert len(default) == 18 and set(default) == {"auto"}  # 12 token mixers, 6 channel mixers
+    assert backends(timm.create_model("vim2_t", **gpu_check._vim2_kwargs("vim2_t", "triton"))) == ["triton"] * 18
 
 
 def _wheel_of_installed(name: str, folder: Path) -> Path:
