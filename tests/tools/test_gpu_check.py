@@ -109,9 +109,11 @@ def _device_python(tmp: Path) -> Path:
     (torch, timm, pytest, pip...) through a path entry, less ``MISSING_THERE``."""
     site = tmp / "device_site"
     site.mkdir()
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not MISSING_THERE.search(entry.name):
-            (site / entry.name).symlink_to(entry)
+    paths = sysconfig.get_paths()
+    for folder in dict.fromkeys([paths["purelib"], paths["platlib"]]):
+        for entry in Path(folder).iterdir():
+            if not MISSING_THERE.search(entry.name) and not (site / entry.name).exists():
+                (site / entry.name).symlink_to(entry)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "py")], check=True)
     python = tmp / "py" / "bin" / "python3"
     purelib = subprocess.run(
