@@ -103,7 +103,7 @@ def forward_backward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("name", list_mixers())
 def test_mixer_under_autocast_on_cuda_matches_float32_on_cpu(name: str, dtype: torch.dtype) -> None:
-    mixer = create_mixer(name, 64, grid=(8, 8)).train()
+    mixer = create_mixer(name, 64, context={"grid": (8, 8)}).train()
     x, weight = torch.randn(2, 8, 8, 64), torch.randn(2, 8, 8, 64)
     out, x_grad, param_grads = forward_backward(mixer, x, weight)
     on_gpu = copy.deepcopy(mixer).to(CUDA)
