@@ -669,9 +669,9 @@ COMMANDS: dict[str, Run | Static] = {
     # the GPU check
     "python tools/gpu_check.py": Static(GPU),
     "python tools/gpu_check.py --device cpu --quick": Static(
-        "run by tests/training/test_train_cli.py (about a minute; not twice)",
+        "run by tests/tools/test_gpu_check.py (as on the GPU machine: a copy, wheels, python3; not twice)",
         run_by_test(
-            "tests/training/test_train_cli.py", "test_gpu_check_script_runs_on_the_cpu", "--device", "cpu", "--quick"
+            "tests/tools/test_gpu_check.py", "test_gpu_check_script_runs_on_the_cpu", "--device", "cpu", "--quick"
         ),
     ),
     "pip download --no-deps --only-binary=:all: -d wheels hydra-core==1.3.8 omegaconf==2.3.1": Static("the network"),

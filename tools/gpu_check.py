@@ -1,228 +1,285 @@
-"""One command that proves the GPU path: the ``cuda`` tests, short training runs, zoo-vs-timm throughput, graph
-breaks and the data path, as one table (printed as Markdown, written as JSON and CSV).
+"""The GPU check: what a first GPU must show, in two parts of at most 8 minutes each on one H100/H200, as one table
+(printed as Markdown, written as Markdown, JSON and CSV under ``--out``).
 
-    python tools/gpu_check.py                          # on a CUDA GPU: everything, within --budget (420 s)
-    python tools/gpu_check.py --device cpu --quick     # the same code on a CPU, tiny sizes, well under a minute
+On a machine with only ``python3``, torch, timm and pytest (no network, no install of this package), from a plain
+copy of the repository, with the wheels of hydra-core, omegaconf and antlr4-python3-runtime in ``.whl/``::
 
-Rows, in priority order (a row that would start after the budget is spent is reported as skipped):
-1. ``tests``: ``pytest -m "cuda and not slow"`` (``--full``: with the slow compile tests).
-2. ``selective_scan``: the S6 scan alone at ViM2-T stage 1's size (b 2, D 768 as 4 B/C groups, L 3136, N 16; tiny
-   off CUDA): milliseconds per forward and per forward+backward, and the peak memory of the latter, of each backend
-   the device runs (the torch chunked scan; on CUDA the Triton kernels at 8, 16 and 32 channels per program, and
-   mamba_ssm's fused kernel where importable); each one's largest relative error against the torch scan.
-3. ``train``: ``train.py`` on fake data for poolformerv2_s12, caformer_s18 and metaformer_s12 with the ``hydra`` and
-   ``mamba_mixer`` mixers (bf16 autocast, channels_last, EMA): one epoch with evaluation, then ``resume=auto`` to
-   a second; eager, then compiled. Columns: training images/s of the run (data loading included), top-1 (noise
-   on fake data: only finiteness matters), whether the resume continued at the right step.
-4. ``graph_breaks``: ``torch._dynamo.explain`` of each model's forward (0 expected outside fused-kernel
-   boundaries).
-5. ``throughput``: training and inference images/s of the zoo's PoolFormerV2-S12 and CAFormer-S18 (built from
-   ``configs/model``) against timm's same architecture in the same process (``benchmark.measure``: synthetic
-   batches already on the device), eager and compiled; the ratio zoo / timm.
-6. ``loader``: images/s of the training loader alone (ours vs timm's ``create_loader``) over the same generated
-   image folder, same augmentation, one warm-up epoch.
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site python3 tools/gpu_check.py --part 1 --out "$OUT"
+    PYTHONPATH=/tmp/site python3 tools/gpu_check.py --part 2 --out "$OUT"
+    python3 tools/gpu_check.py --device cpu --quick --out /tmp/check      # the same code on a CPU, tiny sizes
 
-On a GPU every row runs in its own subprocess (a crash or a hung compile costs one row, not the table); with
-``--quick`` rows run in this process. Needs only what the README installs (torch, timm, hydra-core, einops).
+``import mixerzoo`` needs no install: this script links the repository (the package's root) as ``mixerzoo`` into a
+temporary folder and puts that folder first on ``sys.path`` and ``PYTHONPATH``, so this process and every process it
+starts (pytest, the rows) load this copy (``use_this_checkout``).
+
+Rows, in priority order (``PLAN``; zoo/timm model names are ``configs/model`` names and timm's):
+
+(a) ``tests``: every ``cuda`` test (``tests/test_cuda.py``: each mixer under bf16/fp16 autocast against its float32
+    CPU result, the scan backends, channels_last, compile, GradScaler, DDP over NCCL, train/resume/eval);
+(b) ``zoo_vs_timm``: training throughput of the zoo's PoolFormerV2-S12 and CAFormer-S18 against timm's same
+    architecture, both models in one process, timed in alternating rounds; eager, then ``torch.compile``d (with each
+    model's compile seconds and graph breaks);
+(c) ``selective_scan`` (the S6 scan alone at ViM2-T stage 1's size, each backend the device runs) and
+    ``throughput``: training images/s of vim2_t with the torch and the Triton scan, and of hydra_vit_s;
+(d) ``train``: ``train.py`` on fake data at 224²: one epoch, ``resume=auto`` to a second, then ``eval_only`` of the
+    result (eager, then compiled);
+(e) ``memory``: one training step of vim2_t/s/b at batch 128: peak CUDA memory, or out-of-memory.
+
+Time: each row is allotted seconds (``PLAN``, estimates for one H100); the part's budget is their sum. A row may use
+what earlier rows left over, never the time allotted to the rows after it (``row_timeout``), so every row is reached
+and the part ends within its budget. Every row runs in its own subprocess (a crash, an out-of-memory or a hung
+compile costs that row only; a row past its time is killed with everything it started). Bf16 autocast and
+channels_last on CUDA; float32 and a trace-only compile (``backend="eager"``) with ``--quick``.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import csv
+import importlib.util
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-TRAIN_MODELS = {  # row name -> train.py model overrides
-    "poolformerv2_s12": ["model=poolformerv2_s12"],
-    "caformer_s18": ["model=caformer_s18"],
-    "metaformer_s12+hydra": ["model=metaformer_s12", "model.mixer=hydra"],
-    "metaformer_s12+mamba_mixer": ["model=metaformer_s12", "model.mixer=mamba_mixer"],
-}
-SCAN_SIZES = {  # selective_scan row: (batch, D, B/C groups, L, d_state)
-    "vim2_t stage 1": (2, 768, 4, 3136, 16),  # 4 scan directions x 192 channels, 56² tokens
-    "tiny": (1, 32, 4, 64, 16),  # off CUDA: the row's code path in a second
-}
-TIMM_PEERS = ["poolformerv2_s12", "caformer_s18"]  # zoo configs whose architecture timm also has
-SHRUNK = {"depths": [1, 1, 1, 1], "dims": [32, 32, 64, 64]}  # --quick (attention heads of 32 channels divide all)
 
 
-def _model_overrides(s: Settings, name: str) -> list[str]:
-    """train.py's model overrides for a row (shrunk with --quick)."""
-    extra = [f"model.{k}={v}".replace(" ", "") for k, v in SHRUNK.items()] if s.shrink else []
-    return [*TRAIN_MODELS[name], *extra]
+def use_this_checkout() -> None:
+    """Make ``import mixerzoo`` load this repository, here and in every subprocess, without an install.
+
+    The package's root is the repository folder, whose name is not ``mixerzoo``: putting the repository's parent
+    on the path does not work. A temporary folder holding one link, ``mixerzoo -> ROOT``, does; it goes first on
+    ``sys.path`` and ``PYTHONPATH`` (so it also wins over another checkout installed in editable mode) and is
+    removed at exit. Nothing is done where ``mixerzoo`` already resolves to this repository."""
+    spec = importlib.util.find_spec("mixerzoo")
+    if spec is not None and spec.origin and Path(spec.origin).resolve() == ROOT / "__init__.py":
+        return
+    folder = Path(tempfile.mkdtemp(prefix="mixerzoo_path_"))
+    (folder / "mixerzoo").symlink_to(ROOT, target_is_directory=True)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    sys.path.insert(0, str(folder))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
+    importlib.invalidate_caches()
 
 
 @dataclass
 class Settings:
-    """Sizes for one device; ``--quick`` shrinks everything to seconds on a CPU."""
+    """Sizes for a GPU (the papers' per-GPU batch) or, with ``--quick``, tiny ones that run in seconds on a CPU."""
 
     device: str
     quick: bool
-    img_size: int
-    batch_size: int
-    train_steps: int
-    val_images: int
-    num_workers: int
+    img_size: int = 224
+    batch_size: int = 128  # zoo_vs_timm, train, memory
+    throughput_batch: int = 64  # (c): vim2_t and hydra_vit_s, well inside memory whatever the scan keeps
     precision: str = "bf16"
     compile_backend: str = "inductor"
-    timing_runs: int = 10
-    loader_images: int = 2048
-    shrink: bool = False  # --quick: every model at depth 1 per stage and small widths (same code paths)
+    warmup_steps: int = 3  # the first compiles
+    rounds: int = 5  # zoo_vs_timm: rounds of (zoo, timm); throughput: rounds of one model
+    steps_per_round: int = 5
+    train_steps: int = 8  # per epoch
+    val_images: int = 512
+    num_workers: int = 8
+    scan_size: str = "vim2_t stage 1"
+    scan_runs: int = 10
 
     @classmethod
     def for_device(cls, device: str, quick: bool) -> Settings:
-        if quick:  # float32 on a CPU: bf16 autocast is emulated (slow) on CPUs without bf16 instructions
-            return cls(device, True, 32, 8, 2, 16, 0, "fp32", "eager", timing_runs=2, loader_images=64, shrink=True)
-        if device == "cpu":
-            return cls(device, False, 64, 16, 4, 64, 2, "fp32", timing_runs=3, loader_images=256)
-        return cls(device, False, 224, 128, 12, 1024, 12)
+        if not quick:
+            return cls(device, quick)
+        # float32 on a CPU: bf16 autocast is emulated (slow) on CPUs without bf16 instructions
+        tiny = dict(img_size=32, batch_size=4, throughput_batch=4, warmup_steps=1, rounds=2, steps_per_round=1)
+        tiny |= dict(train_steps=2, val_images=8, num_workers=0, scan_size="tiny", scan_runs=2)
+        return cls(device, quick, precision="fp32", compile_backend="eager", **tiny)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+# (part, check, name, mode, keyword arguments, seconds allotted on one H100), in priority order
+PLAN: list[tuple[int, str, str, str, dict[str, Any], float]] = [
+    (1, "tests", "tests/test_cuda.py", "-m cuda", {}, 140),
+    (1, "zoo_vs_timm", "poolformerv2_s12", "eager", {"arch": "poolformerv2_s12", "compiled": False}, 30),
+    (1, "zoo_vs_timm", "caformer_s18", "eager", {"arch": "caformer_s18", "compiled": False}, 35),
+    (1, "zoo_vs_timm", "poolformerv2_s12", "compiled", {"arch": "poolformerv2_s12", "compiled": True}, 85),
+    (1, "zoo_vs_timm", "caformer_s18", "compiled", {"arch": "caformer_s18", "compiled": True}, 100),
+    (2, "selective_scan", "S6 scan", "fwd, fwd+bwd", {}, 25),
+    (2, "throughput", "vim2_t", "scan torch", {"model": "vim2_t", "scan": "torch"}, 40),
+    (2, "throughput", "vim2_t", "scan triton", {"model": "vim2_t", "scan": "triton"}, 45),
+    (2, "throughput", "hydra_vit_s", "eager", {"model": "hydra_vit_s", "scan": None}, 30),
+    (2, "train", "poolformerv2_s12", "eager", {"model": "poolformerv2_s12", "compiled": False}, 55),
+    (2, "train", "poolformerv2_s12", "compiled", {"model": "poolformerv2_s12", "compiled": True}, 80),
+    (2, "memory", "vim2_t", "1 training step", {"model": "vim2_t"}, 20),
+    (2, "memory", "vim2_s", "1 training step", {"model": "vim2_s"}, 20),
+    (2, "memory", "vim2_b", "1 training step", {"model": "vim2_b"}, 20),
+]
+OVERHEAD_S = 10  # per part: this process's start, the environment, the table
+NEEDS_CUDA = {"triton"}  # scans a CPU cannot run (Triton's kernels; its interpreter is for the kernel tests)
+
+
+def part_budget(part: int) -> float:
+    return sum(allot for p, *_, allot in PLAN if p == part) + OVERHEAD_S
 
 
 @dataclass
 class Row:
+    part: int
     check: str
     name: str
-    mode: str = ""
+    mode: str
+    allotted: float
     status: str = "ok"
     values: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
 
-# --- the checks (each returns the row's values; an exception marks the row failed) --------------------------------
-def check_tests(s: Settings, full: bool) -> dict[str, Any]:
-    marker = "cuda" if full else "cuda and not slow"
-    cmd = [sys.executable, "-m", "pytest", "-m", marker, "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error)", summary)}
-    if proc.returncode not in (0, 5):  # 5: nothing collected
-        failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-        raise RuntimeError(f"{summary}; " + "; ".join(failed[:5]))
-    return {"passed": counts.get("passed", 0), "failed": counts.get("failed", 0), "skipped": counts.get("skipped", 0)}
-
-
-def _train_overrides(s: Settings, output_dir: Path, model: list[str], compiled: bool) -> list[str]:
-    runtime = "runtime=gpu" if s.device.startswith("cuda") else "runtime=cpu"
-    return [
-        f"output_dir={output_dir}",
-        *model,
-        runtime,
-        f"runtime.device={s.device}",
-        f"runtime.precision={s.precision}",
-        "runtime.channels_last=true",
-        f"runtime.compile={str(compiled).lower()}",
-        f"runtime.compile_backend={s.compile_backend}",
-        "data=fake",
-        "aug=none",
-        "data.crop_pct=1.0",
-        f"data.img_size={s.img_size}",
-        f"data.num_workers={s.num_workers}",
-        f"data.fake_train_size={s.batch_size * s.train_steps}",
-        f"data.fake_val_size={s.val_images}",
-        f"batch_size={s.batch_size}",
-        "ema.enabled=true",
-        "logger.progress_bar=false",
-        "sched.warmup_epochs=0",
-    ]
-
-
-def check_train(s: Settings, name: str, compiled: bool) -> dict[str, Any]:
+# --- what the rows share -------------------------------------------------------------------------------------------
+def _synchronize(device: Any) -> None:
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from mixerzoo import train
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def run(output_dir: Path, *extra: str) -> float:
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            overrides = _train_overrides(s, output_dir, _model_overrides(s, name), compiled)
-            cfg = compose("train", overrides=[*overrides, *extra])
-        return train.run(cfg)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        start = time.time()
-        run(out, "epochs=1")
-        first = json.loads((out / "summary.json").read_text())
-        run(out, "epochs=2", "resume=auto")
-        summary = json.loads((out / "summary.json").read_text())
-        ckpt = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
-    finite = all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
-    resumed = summary["epochs_completed"] == 2 and ckpt["global_step"] == 2 * s.train_steps
-    if not (finite and resumed):
-        raise RuntimeError(f"finite weights: {finite}; resumed to epoch 2 at step {ckpt['global_step']}: {resumed}")
-    values = {
-        "train_img_s": first["train_images_per_sec"],
-        "top1": summary["final_top1"],
-        "resume_ok": resumed,
-        "wall_s": round(time.time() - start, 1),
+def _vim2_kwargs(model: str, scan: str | None) -> dict[str, Any]:
+    """timm.create_model keywords that give every S6 scan of a ViM2 model (token and channel mixers) ``scan``."""
+    if scan is None:
+        return {}
+    from mixerzoo.models import vim2_family
+
+    blocks = vim2_family.SIZES[model]["block"]
+    return {
+        "mixer": {**vim2_family.LAYOUT["mixer"], "backend": scan},
+        "block": [{**b, "mlp": {**b["mlp"], "backend": scan}} for b in blocks],
     }
-    if torch.cuda.is_available():
-        values["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    return values
 
 
-def check_graph_breaks(s: Settings, name: str) -> dict[str, Any]:
+def _training_step(s: Settings, model: Any, batch: int, compiled: bool) -> Callable[[], None]:
+    """One AdamW training step of ``model`` (moved to the device, channels_last) on a fixed synthetic batch, under
+    the settings' autocast, compiled as ``train.py`` compiles (``torch.compile(model)``) when asked."""
     import torch
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+    import torch.nn.functional as F
 
-    overrides = [o.replace("model=", "+model=", 1) if o.startswith("model=") else o for o in _model_overrides(s, name)]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(overrides=overrides)
-    model = instantiate(cfg.model, num_classes=10).to(s.device).eval()
-    x = torch.randn(2, 3, s.img_size, s.img_size, device=s.device)
-    torch._dynamo.reset()
-    with torch.no_grad():
-        explanation = torch._dynamo.explain(model)(x)
-    reasons = sorted({str(b.reason).splitlines()[0][:120] for b in explanation.break_reasons})
-    return {"graph_breaks": explanation.graph_break_count, "graphs": explanation.graph_count, "reasons": reasons[:3]}
+    device = torch.device(s.device)
+    torch.backends.cudnn.benchmark = True  # as train.py on CUDA (and timm's benchmark)
+    model = model.to(device, memory_format=torch.channels_last).train()
+    run = torch.compile(model, backend=s.compile_backend) if compiled else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, 3, s.img_size, s.img_size, device=device, generator=gen)
+    x = x.contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, model.num_classes, (batch,), device=device, generator=gen)
+    amp = s.precision in ("bf16", "fp16")
+    dtype = torch.bfloat16 if s.precision == "bf16" else torch.float16
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype) if amp else contextlib.nullcontext():
+            loss = F.cross_entropy(run(x), target)
+        loss.backward()
+        optimizer.step()
+
+    return step
 
 
-def check_throughput(s: Settings, arch: str, compiled: bool) -> dict[str, Any]:
+def _seconds(step: Callable[[], None], device: Any, count: int) -> float:
+    """Seconds per call of ``step``, over ``count`` calls (the device synchronised before and after)."""
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(count):
+        step()
+    _synchronize(device)
+    return (time.perf_counter() - start) / count
+
+
+def _graph_breaks() -> int:
+    from torch._dynamo.utils import counters
+
+    return sum(counters["graph_break"].values())
+
+
+def _peak_memory_gib(device: Any) -> float:
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux: the process's peak RSS
+
+
+# --- the checks (each returns the row's values; an exception marks the row failed) --------------------------------
+def count_outcomes(text: str) -> dict[str, int]:
+    """How many tests passed, failed, were skipped or errored, from pytest's ``-v`` lines (a partial log too)."""
+    outcomes = re.findall(r"^tests/test_cuda\.py::\S+ (PASSED|FAILED|SKIPPED|ERROR)", text, flags=re.MULTILINE)
+    return {k.lower(): outcomes.count(k) for k in ("PASSED", "FAILED", "SKIPPED", "ERROR")}
+
+
+def check_tests(s: Settings, log: str) -> dict[str, Any]:
+    """Every ``cuda`` test (the slow ones too); their output streams to ``log`` (kept if the row is killed)."""
+    log = Path(log)
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-v", "-p", "no:cacheprovider", "tests/test_cuda.py"]
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True)
+    text = log.read_text()
+    counts = count_outcomes(text)
+    if proc.returncode not in (0, 5) or not any(counts.values()):  # 5: nothing collected
+        failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, flags=re.MULTILINE)
+        summary = (text.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"{summary}; " + "; ".join(failed[:5]))
+    return counts
+
+
+def check_zoo_vs_timm(s: Settings, arch: str, compiled: bool) -> dict[str, Any]:
+    """Training images/s of the zoo's ``arch`` (its model config) and timm's, both built in this process and timed
+    in alternating rounds (zoo, timm, zoo, timm, ...: drift hits both); the median round of each."""
+    import statistics
+
+    import torch
+
     from mixerzoo import benchmark
 
-    opts = benchmark.RunOptions(
-        device=s.device,
-        precision="fp32" if s.precision == "fp32" else f"amp_{s.precision}",
-        channels_last=True,
-        compile=compiled,
-        compile_backend=s.compile_backend,
-        warmup=3 if compiled else 2,
-        runs=s.timing_runs,
-        skip_latency=True,
-        skip_train=s.quick,  # timm's named models take no depth/width overrides: full size, inference only
-    )
-    zoo, peer = benchmark.ModelSpec("config", arch), benchmark.ModelSpec("timm", arch)
-    rounds = 1 if compiled else 2  # zoo, timm, zoo, timm: interleaved against drift; best of each
-    results: dict[str, list[dict[str, Any]]] = {"zoo": [], "timm": []}
-    for _ in range(rounds):
-        for key, spec in (("zoo", zoo), ("timm", peer)):
-            results[key].append(benchmark.measure(spec, s.img_size, None, s.batch_size, opts))
-    values: dict[str, Any] = {}
-    for metric in ("infer_img_s",) if s.quick else ("train_img_s", "infer_img_s"):
-        best = {k: max(r[metric] for r in v) for k, v in results.items()}
-        values[f"zoo_{metric}"], values[f"timm_{metric}"] = round(best["zoo"], 1), round(best["timm"], 1)
-        values[f"{metric.split('_')[0]}_ratio"] = round(best["zoo"] / best["timm"], 3)
+    device = torch.device(s.device)
+    steps, values = {}, {}
+    for key, spec in (("zoo", benchmark.ModelSpec("config", arch)), ("timm", benchmark.ModelSpec("timm", arch))):
+        torch.manual_seed(0)
+        steps[key] = _training_step(s, benchmark.build_model(spec)[0], s.batch_size, compiled)
+        breaks = _graph_breaks()
+        values[f"{key}_first_step_s"] = round(_seconds(steps[key], device, 1), 1)  # compiles, when compiled
+        if compiled:
+            values[f"{key}_graph_breaks"] = _graph_breaks() - breaks
+        _seconds(steps[key], device, s.warmup_steps)
+    rounds: dict[str, list[float]] = {key: [] for key in steps}
+    for _ in range(s.rounds):
+        for key, step in steps.items():
+            rounds[key].append(s.batch_size / _seconds(step, device, s.steps_per_round))
+    for key, images_per_second in rounds.items():
+        values[f"{key}_img_s"] = round(statistics.median(images_per_second), 1)
+    values["ratio"] = round(values["zoo_img_s"] / values["timm_img_s"], 3)
+    values["peak_gib"] = round(_peak_memory_gib(device), 2)
     return values
 
 
-def check_selective_scan(s: Settings, size: str) -> dict[str, Any]:
+def check_selective_scan(s: Settings) -> dict[str, Any]:
+    """The S6 scan alone (b 2, D 768 as 4 B/C groups, L 3136, N 16 on a GPU: ViM2-T stage 1): milliseconds per
+    forward and forward+backward, the peak memory of the latter, and each backend's largest relative error against
+    the torch scan, for every backend the device runs (torch; on CUDA Triton at 8/16/32 channels per program, and
+    mamba_ssm's fused kernel where importable)."""
     import statistics
     from functools import partial
 
@@ -231,7 +288,9 @@ def check_selective_scan(s: Settings, size: str) -> dict[str, Any]:
     from mixerzoo.mixers.ops import selective_scan as s6
 
     device = torch.device(s.device)
-    batch, dim, groups, length, d_state = SCAN_SIZES[size]
+    batch, dim, groups, length, d_state = (
+        (2, 768, 4, 3136, 16) if s.scan_size == "vim2_t stage 1" else (1, 32, 4, 64, 16)
+    )
     gen = torch.Generator().manual_seed(0)
     u, delta, z, weight = (torch.randn(batch, dim, length, generator=gen) for _ in range(4))
     A = -torch.rand(dim, d_state, generator=gen) * 15 - 1  # the S4D-real init's range, -1 .. -16
@@ -247,19 +306,9 @@ def check_selective_scan(s: Settings, size: str) -> dict[str, Any]:
     if device.type == "cuda" and s6.fused_selective_scan_available():
         scans["fused"] = partial(s6.selective_scan, backend="fused")
 
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    def milliseconds(fn: Any) -> float:  # median after two warm-up calls (the first compiles Triton kernels)
-        times = []
-        for _ in range(2 + s.timing_runs):
-            synchronize()
-            start = time.perf_counter()
-            fn()
-            synchronize()
-            times.append(time.perf_counter() - start)
-        return round(1000 * statistics.median(times[2:]), 2)
+    def milliseconds(fn: Callable[[], Any]) -> float:  # median after two warm-up calls (the first compiles Triton)
+        times = [1000 * _seconds(fn, device, 1) for _ in range(2 + s.scan_runs)]
+        return round(statistics.median(times[2:]), 2)
 
     values: dict[str, Any] = {}
     reference = None
@@ -292,179 +341,233 @@ def check_selective_scan(s: Settings, size: str) -> dict[str, Any]:
     return values
 
 
-def _image_folder(root: Path, count: int, size: int) -> None:
-    import numpy as np
-    from PIL import Image
+def check_throughput(s: Settings, model: str, scan: str | None) -> dict[str, Any]:
+    """Training images/s of one model (eager) at ``throughput_batch``, with every S6 scan on ``scan`` if given."""
+    import statistics
 
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        folder = root / "train" / f"class{i % 4}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
-    for c in range(4):  # the same class folders as train (the loader checks the splits agree)
-        (root / "validation" / f"class{c}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(root / "validation" / f"class{c}" / "0.jpg")
-
-
-def _images_per_second(loader: Any, device: Any, epochs: int, before_epoch: Any) -> float:
+    import timm
     import torch
 
-    for epoch in range(epochs):
-        before_epoch(epoch)
-        if epoch == epochs - 1:
-            start, images = time.perf_counter(), 0
-        for x, _ in loader:
-            if epoch == epochs - 1:
-                images += x.shape[0]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return images / (time.perf_counter() - start)
-
-
-def check_loader(s: Settings) -> dict[str, Any]:
-    import torch
-    from omegaconf import OmegaConf
-    from timm.data import create_dataset, create_loader
-
-    from mixerzoo.training.config import AugConfig, DataConfig
-    from mixerzoo.training.data import EpochBatchSampler, create_datasets, train_loader
+    import mixerzoo  # noqa: F401  (registers the zoo's models in timm)
 
     device = torch.device(s.device)
+    torch.manual_seed(0)
+    step = _training_step(s, timm.create_model(model, **_vim2_kwargs(model, scan)), s.throughput_batch, False)
+    values = {"first_step_s": round(_seconds(step, device, 1), 1)}
+    _seconds(step, device, s.warmup_steps)
+    rounds = [s.throughput_batch / _seconds(step, device, s.steps_per_round) for _ in range(s.rounds)]
+    values |= {"batch": s.throughput_batch, "img_s": round(statistics.median(rounds), 1)}
+    values["peak_gib"] = round(_peak_memory_gib(device), 2)
+    return values
+
+
+def _train_overrides(s: Settings, model: str, compiled: bool) -> list[str]:
+    return [
+        f"model={model}",
+        "runtime=gpu" if s.cuda else "runtime=cpu",
+        f"runtime.device={s.device}",
+        f"runtime.precision={s.precision}",
+        "runtime.channels_last=true",
+        f"runtime.compile={str(compiled).lower()}",
+        f"runtime.compile_backend={s.compile_backend}",
+        "data=fake",
+        "aug=none",
+        "data.crop_pct=1.0",
+        f"data.img_size={s.img_size}",
+        f"data.num_workers={s.num_workers}",
+        f"data.fake_train_size={s.batch_size * s.train_steps}",
+        f"data.fake_val_size={s.val_images}",
+        f"batch_size={s.batch_size}",
+        "ema.enabled=true",
+        "logger.progress_bar=false",
+        "sched.warmup_epochs=0",
+    ]
+
+
+def check_train(s: Settings, model: str, compiled: bool) -> dict[str, Any]:
+    """``train.py`` on fake data: one epoch (with evaluation and EMA), ``resume=auto`` to a second, then
+    ``eval_only`` of the final checkpoint, which must give the training run's last top-1 (one image may flip:
+    cuDNN may choose another algorithm)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from mixerzoo import train
+
+    def run(output_dir: Path, *extra: str) -> float:
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose(
+                "train", overrides=[f"output_dir={output_dir}", *_train_overrides(s, model, compiled), *extra]
+            )
+        return train.run(cfg)
+
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        _image_folder(root, s.loader_images, max(s.img_size * 8 // 7, 32))
-        data = OmegaConf.structured(DataConfig(name="folder", root=str(root), num_classes=4, img_size=s.img_size))
-        data.num_workers = s.num_workers
-        aug = OmegaConf.structured(AugConfig(re_prob=0.25))
-        train_ds, _ = create_datasets(data, aug)
-        num_batches = len(train_ds) // s.batch_size
-        sampler = EpochBatchSampler(len(train_ds), s.batch_size, seed=0)
-        ours = train_loader(train_ds, sampler, data, aug, device)
-        ours_img_s = _images_per_second(ours, device, 2, lambda epoch: sampler.set_epoch(epoch, 0, num_batches))
-        dataset = create_dataset("", root=str(root), split="train", is_training=True)
-        theirs = create_loader(
-            dataset,
-            input_size=(3, s.img_size, s.img_size),
-            batch_size=s.batch_size,
-            is_training=True,
-            use_prefetcher=True,
-            scale=tuple(aug.scale),
-            ratio=tuple(aug.ratio),
-            hflip=aug.hflip,
-            color_jitter=aug.color_jitter,
-            interpolation=aug.train_interpolation,
-            re_prob=aug.re_prob,
-            re_mode=aug.re_mode,
-            num_workers=s.num_workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=s.num_workers > 0,
-            device=device,
+        out = Path(tmp)
+        start = time.time()
+        run(out, "epochs=1")
+        first = json.loads((out / "summary.json").read_text())
+        run(out, "epochs=2", "resume=auto")
+        summary = json.loads((out / "summary.json").read_text())
+        ckpt = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+        eval_top1 = run(out / "eval", "eval_only=true", f"resume={out / 'last.pth'}")
+    finite = all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    resumed = summary["epochs_completed"] == 2 and ckpt["global_step"] == 2 * s.train_steps
+    evaluated = abs(eval_top1 - summary["final_top1_model"]) <= 100 / s.val_images + 1e-6
+    if not (finite and resumed and evaluated):
+        raise RuntimeError(
+            f"finite weights: {finite}; resumed to epoch 2 at step {ckpt['global_step']}: {resumed}; eval_only top-1 "
+            f"{eval_top1} vs the run's {summary['final_top1_model']}: {evaluated}"
         )
-        timm_img_s = _images_per_second(theirs, device, 2, lambda epoch: None)
-    return {"ours_img_s": round(ours_img_s, 1), "timm_img_s": round(timm_img_s, 1), "ratio": ours_img_s / timm_img_s}
+    return {
+        "train_img_s": round(first["train_images_per_sec"], 1),
+        "resume_ok": resumed,
+        "eval_ok": evaluated,
+        "wall_s": round(time.time() - start, 1),
+    }
 
 
-CHECKS = {
+def check_memory(s: Settings, model: str) -> dict[str, Any]:
+    """Peak memory of one training step at ``batch_size`` (weights, AdamW state, activations): CUDA's
+    ``max_memory_allocated`` (on a CPU the process's peak RSS), or the out-of-memory error's report."""
+    import timm
+    import torch
+
+    import mixerzoo  # noqa: F401  (registers the zoo's models in timm)
+
+    device = torch.device(s.device)
+    torch.manual_seed(0)
+    values: dict[str, Any] = {"batch": s.batch_size}
+    try:
+        step = _training_step(s, timm.create_model(model), s.batch_size, False)
+        values["step_s"] = round(_seconds(step, device, 1), 2)
+        values["oom"] = False
+    except torch.OutOfMemoryError as error:  # a result: this batch does not fit this device
+        values["oom"] = True
+        values["error"] = str(error).splitlines()[0][:160]
+    peak = _peak_memory_gib(device)
+    values["peak_gib"] = round(peak, 2)
+    if device.type == "cuda":
+        values["peak_mib_per_image"] = round(peak * 1024 / s.batch_size, 1)
+    return values
+
+
+CHECKS: dict[str, Callable[..., dict[str, Any]]] = {
     "tests": check_tests,
+    "zoo_vs_timm": check_zoo_vs_timm,
     "selective_scan": check_selective_scan,
-    "train": check_train,
-    "graph_breaks": check_graph_breaks,
     "throughput": check_throughput,
-    "loader": check_loader,
+    "train": check_train,
+    "memory": check_memory,
 }
 
 
 # --- orchestration --------------------------------------------------------------------------------------------------
-def planned_rows(s: Settings, full: bool) -> list[tuple[Row, dict[str, Any]]]:
+def planned_rows(parts: list[int], only: list[str] | None = None) -> list[tuple[Row, dict[str, Any]]]:
     """(row, keyword arguments of its check), in the order they run."""
-    rows: list[tuple[Row, dict[str, Any]]] = []
-    if s.device.startswith("cuda"):
-        rows.append((Row("tests", "tests/test_cuda.py", "full" if full else "not slow"), {"full": full}))
-    size = "vim2_t stage 1" if s.device.startswith("cuda") else "tiny"
-    rows.append((Row("selective_scan", size, "fwd, fwd+bwd"), {"size": size}))
-    for compiled in (False, True):
-        mode = "compiled" if compiled else "eager"
-        if compiled:  # --quick: not the mamba model (its scans are compile boundaries; re-tracing takes 45 s)
-            traced = [n for n in TRAIN_MODELS if not (s.quick and "mamba" in n)]
-            rows += [(Row("graph_breaks", name, "explain"), {"name": name}) for name in traced]
-        if not (compiled and s.quick):
-            rows += [(Row("throughput", arch, mode), {"arch": arch, "compiled": compiled}) for arch in TIMM_PEERS]
-        if not compiled:
-            rows.append((Row("loader", "image folder", "uint8+prefetch"), {}))
-        # --quick: compiled (trace-only backend) training of PoolFormerV2-S12 only; the other models'
-        # traces take up to a minute on a CPU, and their graph-break rows above already trace them
-        names = TIMM_PEERS[:1] if compiled and s.quick else list(TRAIN_MODELS)
-        rows += [(Row("train", name, mode), {"name": name, "compiled": compiled}) for name in names]
-    return rows
+    return [
+        (Row(part, check, name, mode, allot), dict(kwargs))
+        for part, check, name, mode, kwargs, allot in PLAN
+        if part in parts and (not only or check in only)
+    ]
 
 
-def run_row(row: Row, kwargs: dict[str, Any], s: Settings, in_process: bool, timeout: float) -> None:
+def row_timeout(deadline: float, now: float, later_allotted: float) -> float:
+    """Seconds a row may run: what is left before the deadline, less what the rows after it are allotted."""
+    return deadline - now - later_allotted
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the row's process and everything it started (its own session: loader workers, compile workers)."""
+    with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def run_row(row: Row, kwargs: dict[str, Any], s: Settings, timeout: float, log: Path) -> None:
+    """Run one row's check in a subprocess (``--worker``); its output's tail goes to ``log``."""
     start = time.time()
+    if row.check == "tests":
+        kwargs = {**kwargs, "log": str(log)}
+    job = json.dumps({"check": row.check, "kwargs": kwargs, "settings": asdict(s)})
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", job],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        if in_process:
-            row.values = CHECKS[row.check](s, **kwargs)
-        else:
-            job = json.dumps({"check": row.check, "kwargs": kwargs, "settings": asdict(s)})
-            proc = subprocess.run(
-                [sys.executable, __file__, "--worker", job], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-            )
-            lines = proc.stdout.strip().splitlines()
-            if proc.returncode != 0 or not lines or not lines[-1].startswith("{"):
-                error = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-                raise RuntimeError(error)
-            row.values = json.loads(lines[-1])
+        stdout, stderr = proc.communicate(timeout=max(timeout, 1.0))
     except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        stdout, stderr = proc.communicate()
         row.status = f"timeout after {timeout:.0f} s"
-    except Exception as err:  # a failed row is reported, the table goes on
-        row.status = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-        if in_process:
-            traceback.print_exc()
+        if row.check == "tests":  # what ran before the kill
+            row.values = count_outcomes(log.read_text())
+    else:
+        lines = stdout.strip().splitlines()
+        if proc.returncode == 0 and lines and lines[-1].startswith("{"):
+            row.values = json.loads(lines[-1])
+        else:
+            error = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            row.status = f"failed: {error[:240]}"
     row.seconds = round(time.time() - start, 1)
+    with open(log, "a") as f:
+        f.write(f"\n=== {row.check} {row.name} {row.mode}: {row.status} ({row.seconds} s)\n")
+        f.write("\n".join((stdout + stderr).splitlines()[-80:]) + "\n")
 
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 10 else f"{value:.0f}"
-    if isinstance(value, list):
-        return "; ".join(map(str, value)) or "-"
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
 
 
 def markdown(rows: list[Row], header: str) -> str:
-    lines = [header, "", "| check | name | mode | status | results | s |", "|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        "",
+        "| part | check | name | mode | status | results | s (allotted) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         results = ", ".join(f"{k} {_cell(v)}" for k, v in r.values.items())
-        lines.append(f"| {r.check} | {r.name} | {r.mode} | {r.status} | {results} | {r.seconds:.0f} |")
+        seconds = f"{r.seconds:.0f} ({r.allotted:.0f})"
+        lines.append(f"| {r.part} | {r.check} | {r.name} | {r.mode} | {r.status} | {results} | {seconds} |")
     return "\n".join(lines)
 
 
-def environment(device: str) -> dict[str, Any]:
+def environment(s: Settings) -> dict[str, Any]:
+    import platform
+
     import timm
     import torch
 
-    env = {"torch": torch.__version__, "timm": timm.__version__, "device": device}
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
-    else:
-        env["threads"] = torch.get_num_threads()
-    env["date"] = time.strftime("%Y-%m-%d")
+    env = {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__}
+    env["triton"] = getattr(importlib.import_module("triton"), "__version__", "?") if _has("triton") else None
+    env["mamba_ssm"] = _has("mamba_ssm")
+    env["device"] = torch.cuda.get_device_name(s.device) if s.cuda else f"CPU ({os.cpu_count()} cores)"
+    env["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return env
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, rows in this process (CPU: < 1 minute)")
-    parser.add_argument("--full", action="store_true", help="also the slow cuda tests (compile equality)")
-    parser.add_argument("--budget", type=float, default=420.0, help="seconds; rows that would start later are skipped")
-    parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.json/.csv/.md")
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (with --quick)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and a trace-only compile (a CPU: minutes)")
+    parser.add_argument("--part", choices=["1", "2", "all"], default="all", help="part 1: (a)-(b), part 2: (c)-(e)")
+    parser.add_argument("--budget", type=float, help="seconds for the run (default: the parts' allotted time)")
+    parser.add_argument("--out", type=Path, help="folder for the table, its JSON and CSV, and the log")
     parser.add_argument("--only", nargs="*", choices=sorted(CHECKS), help="run only these checks")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    use_this_checkout()
     if args.worker:
         job = json.loads(args.worker)
         print(json.dumps(CHECKS[job["check"]](Settings(**job["settings"]), **job["kwargs"]), default=str))
@@ -473,41 +576,49 @@ def main() -> int:
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(
-            "--device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is False); use --device cpu"
-        )
+        parser.error(f"--device {args.device}: no CUDA GPU is visible here; use --device cpu --quick")
+    if args.device == "cpu" and not args.quick:
+        parser.error("--device cpu runs the check at --quick sizes only (the GPU sizes take hours on a CPU)")
     s = Settings.for_device(args.device, args.quick)
+    parts = [1, 2] if args.part == "all" else [int(args.part)]
+    label = "all" if args.part == "all" else f"part{args.part}"
+    rows = planned_rows(parts, args.only)
+    # the allotments are a GPU's; a CPU (--quick) gets an hour, whatever its speed
+    budget = args.budget or (sum(part_budget(p) for p in parts) if s.cuda else 3600.0)
     out = args.out or ROOT / "outputs" / "gpu_check" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
-    env = environment(args.device)
+    log = out / f"gpu_check_{label}.log"
+    log.write_text("")
+    env = environment(s)
     header = (
-        f"gpu_check: {env.get('gpu', 'CPU')} | torch {env['torch']}, timm {env['timm']} | {s.precision}, "
-        f"channels_last, batch {s.batch_size}, {s.img_size}px | {env['date']}"
+        f"gpu_check {label}: {env['device']} | torch {env['torch']}, timm {env['timm']}, triton {env['triton']}"
+        f" | {s.precision}, channels_last, batch {s.batch_size}, {s.img_size}px | {env['date']}"
     )
     print(header, flush=True)
-    deadline = time.time() + args.budget
-    rows = []
-    for row, kwargs in planned_rows(s, args.full):
-        if args.only and row.check not in args.only:
-            continue
-        remaining = deadline - time.time()
-        if remaining <= 0:
+    deadline = time.time() + budget - OVERHEAD_S
+    for i, (row, kwargs) in enumerate(rows):
+        timeout = row_timeout(deadline, time.time(), sum(r.allotted for r, _ in rows[i + 1 :]))
+        if timeout <= 0:
             row.status = "skipped: time budget spent"
+        elif kwargs.get("scan") in NEEDS_CUDA and not s.cuda:
+            row.status = "skipped: needs a CUDA device"
         else:
-            run_row(row, kwargs, s, in_process=args.quick, timeout=remaining)
-        rows.append(row)
-        print(f"  {row.check:12} {row.name:28} {row.mode:14} {row.status} {json.dumps(row.values, default=str)}")
-    table = markdown(rows, header)
+            run_row(row, kwargs, s, timeout, log)
+        print(f"  {row.check:14} {row.name:18} {row.mode:12} {row.status} {json.dumps(row.values, default=str)}")
+    table = markdown([r for r, _ in rows], header)
     print("\n" + table)
-    (out / "gpu_check.md").write_text(table + "\n")
-    (out / "gpu_check.json").write_text(json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=2))
-    with open(out / "gpu_check.csv", "w", newline="") as f:
+    stem = out / f"gpu_check_{label}"
+    stem.with_suffix(".md").write_text(table + "\n")
+    report = {"environment": env, "settings": asdict(s), "rows": [asdict(r) for r, _ in rows]}
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["check", "name", "mode", "status", "seconds", "values"])
-        for r in rows:
-            writer.writerow([r.check, r.name, r.mode, r.status, r.seconds, json.dumps(r.values, default=str)])
-    print(f"\nwritten: {out}/gpu_check.md, .json, .csv")
-    return 0 if all(r.status == "ok" for r in rows) else 1
+        writer.writerow(["part", "check", "name", "mode", "status", "seconds", "allotted", "values"])
+        for r, _ in rows:
+            values = json.dumps(r.values, default=str)
+            writer.writerow([r.part, r.check, r.name, r.mode, r.status, r.seconds, r.allotted, values])
+    print(f"\nwritten: {stem}.md, .json, .csv, .log")
+    return 0 if all(r.status == "ok" or r.status.startswith("skipped: needs") for r, _ in rows) else 1
 
 
 if __name__ == "__main__":

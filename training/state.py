@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -50,8 +51,8 @@ class TrainState(EvalState):
     ``samples_in_epoch`` the samples of its global order that all ranks together have trained on: a position that
     means the same with any number of processes or batch size (restored from a checkpoint)."""
 
-    model: nn.Module  # what trains: ``net``, compiled and/or wrapped in DDP
-    eval_model: nn.Module  # ``net``, compiled, not DDP-wrapped
+    model: nn.Module  # what trains: ``net``, wrapped in DDP (several processes), then compiled (runtime.compile)
+    eval_model: nn.Module  # ``net``, compiled (runtime.compile), not DDP-wrapped
     optimizer: torch.optim.Optimizer
     scheduler: Scheduler | None
     scaler: torch.amp.GradScaler
@@ -87,7 +88,7 @@ class TrainState(EvalState):
 
 def build_train_state(cfg: DictConfig, evaluation: EvalState, train_ds: Dataset) -> TrainState:
     """Everything training adds to ``evaluation``: optimizer (its lr scaled to the global batch), batches, schedule,
-    scaler, EMA, Mixup/CutMix and loss, and the model that trains (compiled and/or wrapped in DDP)."""
+    scaler, EMA, Mixup/CutMix and loss, and the model that trains (wrapped in DDP, then compiled)."""
     net, device, rank, world_size = evaluation.net, evaluation.device, evaluation.rank, evaluation.world_size
     accum = cfg.optim.grad_accum_steps
     global_batch = cfg.batch_size * world_size * accum
@@ -156,16 +157,22 @@ def build_train_state(cfg: DictConfig, evaluation: EvalState, train_ds: Dataset)
         criterion = LabelSmoothingCrossEntropy(smoothing=cfg.aug.smoothing)
     else:
         criterion = nn.CrossEntropyLoss()
+    # DDP wraps the bare network and the wrapper is compiled (PyTorch's order): DDP's hooks bucket the gradients and
+    # all-reduce each bucket while the backward runs, and compile's DDP optimiser splits the graph at the buckets'
+    # boundaries so that they can. Wrapping a compiled network makes its backward one graph whose gradients all
+    # appear at its end: nothing left to overlap.
     model: nn.Module = net
-    if cfg.runtime.compile:
-        model = torch.compile(net, mode=cfg.runtime.compile_mode, backend=cfg.runtime.compile_backend)
-    eval_model = model
     if world_size > 1:
         model = DistributedDataParallel(
-            model,
+            net,
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.runtime.distributed.find_unused_parameters,
         )
+    eval_model: nn.Module = net
+    if cfg.runtime.compile:
+        compile_model = partial(torch.compile, mode=cfg.runtime.compile_mode, backend=cfg.runtime.compile_backend)
+        model = compile_model(model)
+        eval_model = model if world_size == 1 else compile_model(net)
     _logger.info(
         f"training {num_epochs} epochs x {updates_per_epoch} steps, global batch {global_batch}, lr {lr:.3e}, "
         f"output {evaluation.output_dir}"
