@@ -4,6 +4,7 @@ model builds on ``meta`` or straight on a GPU, and in bf16 without a float32 cop
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -106,12 +107,12 @@ def test_every_channel_mixer_builds_where_and_as_asked(name: str, dtype: torch.d
     assert {t.dtype for t in _tensors(mixer).values() if t.is_floating_point()} <= {dtype}
 
 
-@pytest.mark.parametrize("registry", [MIXERS, CHANNEL_MIXERS, STEMS, DOWNSAMPLES, BLOCKS, EXTRAS, HEADS], ids=str)
+@pytest.mark.parametrize(
+    "registry", [MIXERS, CHANNEL_MIXERS, STEMS, DOWNSAMPLES, BLOCKS, EXTRAS, HEADS], ids=lambda r: r.kind
+)
 def test_every_registered_entry_takes_device_and_dtype(registry: Any) -> None:
     """The builder hands device and dtype to every slot with the rest of its context, which reaches an entry only if
     its signature names them: an entry without them would build on the CPU in float32 in silence."""
-    import inspect
-
     missing = [
         n for n in registry.names() if not {"device", "dtype"} <= set(inspect.signature(registry.get(n)).parameters)
     ]
