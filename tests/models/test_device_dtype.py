@@ -74,8 +74,9 @@ def test_zoo_models_build_in_bfloat16(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
-def test_model_configs_build_on_meta(name: str) -> None:
-    _assert_built_on_meta(lambda: create_model(name, device="meta"))
+def test_model_configs_build_on_meta_in_bfloat16(name: str) -> None:
+    model = _assert_built_on_meta(lambda: create_model(name, device="meta", dtype=torch.bfloat16))
+    assert {t.dtype for t in _tensors(model).values() if t.is_floating_point()} == {torch.bfloat16}
 
 
 def test_a_bfloat16_model_runs_in_bfloat16() -> None:
