@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # timm's own model tests over the zoo: tests/test_models.py from the source distribution of the installed timm
 # version (downloaded, not copied into the repository), run over the model names the zoo registers, with timm's
-# size caps and the subset in .ci/timm_zoo_plugin.py. Extra arguments go to pytest (e.g. -k fx).
+# size caps and the subset in .ci/timm_zoo_plugin.py. The plugin stops the run at collection if any of timm's generic
+# tests is not collected once per zoo name. Extra arguments go to pytest (e.g. -k fx).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)

@@ -6,6 +6,8 @@ to (1, 0) as in the released code; SquaredReLU(x) = relu(x)^2.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.fx
 import torch.nn as nn
@@ -31,10 +33,18 @@ torch.fx.wrap("star_relu")
 class StarReLU(nn.Module):
     """s * relu(x)^2 + b, with scalar learnable s and b (shape (1,))."""
 
-    def __init__(self, scale_value: float = 1.0, bias_value: float = 0.0, learnable: bool = True) -> None:
+    def __init__(
+        self,
+        scale_value: float = 1.0,
+        bias_value: float = 0.0,
+        learnable: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.full((1,), scale_value), requires_grad=learnable)
-        self.bias = nn.Parameter(torch.full((1,), bias_value), requires_grad=learnable)
+        dd = dict(device=device, dtype=dtype)
+        self.scale = nn.Parameter(torch.full((1,), scale_value, **dd), requires_grad=learnable)
+        self.bias = nn.Parameter(torch.full((1,), bias_value, **dd), requires_grad=learnable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return star_relu(x, self.scale, self.bias)
@@ -57,8 +67,12 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def create_act(name: str) -> nn.Module:
-    """A fresh activation module by name (each instance owns its parameters, e.g. StarReLU's s and b)."""
+def create_act(name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """A fresh activation module by name (each instance owns its parameters, e.g. StarReLU's s and b). ``device``
+    and ``dtype`` go to the activations that create parameters (those whose constructor takes them)."""
     if name not in ACTIVATIONS:
         raise ValueError(f"Unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}.")
-    return ACTIVATIONS[name]()
+    cls = ACTIVATIONS[name]
+    if "device" in inspect.signature(cls).parameters:
+        return cls(device=device, dtype=dtype)
+    return cls()

@@ -20,11 +20,19 @@ __all__ = ["NORMS", "BatchNorm", "GroupNorm1", "LayerNorm", "create_norm"]
 class LayerNorm(nn.Module):
     """LayerNorm over the last (channel) dim, optional bias."""
 
-    def __init__(self, dim: int, eps: float = 1e-6, bias: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        eps: float = 1e-6,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+        self.weight = nn.Parameter(torch.ones(dim, **dd))
+        self.bias = nn.Parameter(torch.zeros(dim, **dd)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
@@ -50,10 +58,17 @@ class BatchNorm(nn.BatchNorm2d):
     ``forward`` is ``nn.BatchNorm2d.forward`` written out on the channels-first view (no ``super()`` call and no
     rank check, so the layer scripts and traces); the same statistics, updates and outputs."""
 
-    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        eps: float = 1e-5,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         if not bias:
             raise ValueError("batchnorm always has a bias (affine); use norm_bias=true with it.")
-        super().__init__(dim, eps=eps)
+        super().__init__(dim, eps=eps, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         momentum = 0.0 if self.momentum is None else self.momentum
@@ -78,10 +93,17 @@ class BatchNorm(nn.BatchNorm2d):
 NORMS: dict[str, type[nn.Module]] = {"layernorm": LayerNorm, "groupnorm1": GroupNorm1, "batchnorm": BatchNorm}
 
 
-def create_norm(name: str | None, dim: int, eps: float, bias: bool) -> nn.Module:
-    """A norm by name (``None`` gives ``nn.Identity``)."""
+def create_norm(
+    name: str | None,
+    dim: int,
+    eps: float,
+    bias: bool,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """A norm by name (``None`` gives ``nn.Identity``), its parameters created on ``device`` in ``dtype``."""
     if name is None:
         return nn.Identity()
     if name not in NORMS:
         raise ValueError(f"Unknown norm {name!r}; known: {', '.join(sorted(NORMS))} (or null for none).")
-    return NORMS[name](dim, eps=eps, bias=bias)
+    return NORMS[name](dim, eps=eps, bias=bias, device=device, dtype=dtype)

@@ -65,8 +65,11 @@ class AFF(nn.Module):
         act: str = "silu",
         inner_skip: bool = False,
         init_scale: float = 0.02,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if dim % num_groups != 0:
             raise ValueError(f"aff: dim ({dim}) must be divisible by num_groups ({num_groups}).")
         self.dim = dim
@@ -74,13 +77,13 @@ class AFF(nn.Module):
         self.block_size = b = dim // num_groups
         self.sparsity_threshold = sparsity_threshold
         self.inner_skip = inner_skip
-        self.act = create_act(act)
+        self.act = create_act(act, **dd)
         if any(True for _ in self.act.parameters()):
             raise ValueError(f"aff: the mask activation must have no parameters; got {act!r}.")
-        self.w1 = nn.Parameter(init_scale * torch.randn(2, num_groups, b, b))
-        self.b1 = nn.Parameter(init_scale * torch.randn(2, num_groups, b))
-        self.w2 = nn.Parameter(init_scale * torch.randn(2, num_groups, b, b))
-        self.b2 = nn.Parameter(init_scale * torch.randn(2, num_groups, b))
+        self.w1 = nn.Parameter(init_scale * torch.randn(2, num_groups, b, b, **dd))
+        self.b1 = nn.Parameter(init_scale * torch.randn(2, num_groups, b, **dd))
+        self.w2 = nn.Parameter(init_scale * torch.randn(2, num_groups, b, b, **dd))
+        self.b2 = nn.Parameter(init_scale * torch.randn(2, num_groups, b, **dd))
 
     def _group_linear(self, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """(G, N, 2b) interleaved complex vectors -> (G, N, 2b)."""

@@ -30,14 +30,17 @@ class Attention(nn.Module):
         proj_bias: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.head_dim = head_dim
         self.num_heads = num_heads if num_heads is not None else max(dim // head_dim, 1)
         self.attn_dim = self.num_heads * head_dim
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, 3 * self.attn_dim, bias=qkv_bias)
-        self.proj = nn.Linear(self.attn_dim, dim, bias=proj_bias)
+        self.qkv = nn.Linear(dim, 3 * self.attn_dim, bias=qkv_bias, **dd)
+        self.proj = nn.Linear(self.attn_dim, dim, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

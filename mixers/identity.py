@@ -17,7 +17,9 @@ __all__ = ["IdentityMixer"]
 
 @register_mixer("identity")
 class IdentityMixer(nn.Module):
-    def __init__(self, dim: int) -> None:
+    def __init__(
+        self, dim: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:  # no parameters: device and dtype are accepted as by every mixer
         super().__init__()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

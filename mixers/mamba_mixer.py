@@ -13,7 +13,9 @@ the paper names as its cross-scan. Registry names ``mamba_mixer`` and ``mamba_ch
     y = Σ_k merge_k(y_k)                            each merge_k the exact inverse of scan_k
     out = out_proj(LayerNorm(y) ⊙ SiLU(z))
 
-The four S6 passes run as one scan of 4E channels with 4 B/C groups (the fused kernel's grouped layout).
+The four S6 passes run as one scan of 4E channels with 4 B/C groups (the fused kernel's grouped layout). A
+TorchScript-scripted mixer runs the sequential reference scan (``ops.selective_scan.selective_scan_ref``, in float32:
+exact, one step per token, slow for long sequences) instead of the dispatch, whose kernels do not script.
 Any grid works. [U] the LayerNorm before the gate is VMamba's (``out_norm``; ``out_norm=False`` drops it).
 
 **Selective channel mixer** (``mamba_channel_mixer``; the MLP slot of a block), with width E (ViM2 table:
@@ -44,7 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops.selective_scan import selective_scan
+from .ops import compute_dtype
+from .ops.selective_scan import selective_scan, selective_scan_ref
 from .registry import register_channel_mixer, register_mixer
 from .ssm_layers import init_dt_bias, s4d_real_A_log
 
@@ -80,16 +83,19 @@ class _S6Params(nn.Module):
         dt_init_floor: float,
         dt_scale: float,
         backend: str,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.num, self.d_inner, self.d_state, self.dt_rank, self.backend = num, d_inner, d_state, dt_rank, backend
         bound = d_inner**-0.5  # nn.Linear's default init, as Mamba/VMamba leave x_proj
-        self.x_proj = nn.Parameter(torch.empty(num, dt_rank + 2 * d_state, d_inner).uniform_(-bound, bound))
+        self.x_proj = nn.Parameter(torch.empty(num, dt_rank + 2 * d_state, d_inner, **dd).uniform_(-bound, bound))
         dt_std = dt_rank**-0.5 * dt_scale
-        self.dt_proj = nn.Parameter(torch.empty(num, d_inner, dt_rank).uniform_(-dt_std, dt_std))
-        self.dt_bias = nn.Parameter(init_dt_bias((num, d_inner), dt_min, dt_max, dt_init_floor))
-        self.A_log = nn.Parameter(s4d_real_A_log((num, d_inner), d_state))
-        self.D = nn.Parameter(torch.ones(num, d_inner))
+        self.dt_proj = nn.Parameter(torch.empty(num, d_inner, dt_rank, **dd).uniform_(-dt_std, dt_std))
+        self.dt_bias = nn.Parameter(init_dt_bias((num, d_inner), dt_min, dt_max, dt_init_floor, **dd))
+        self.A_log = nn.Parameter(s4d_real_A_log((num, d_inner), d_state, **dd))
+        self.D = nn.Parameter(torch.ones(num, d_inner, **dd))
 
     def no_weight_decay(self) -> set[str]:
         return {"A_log", "D", "dt_bias"}
@@ -108,17 +114,16 @@ class _S6Params(nn.Module):
         dt, Bs, Cs = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=2)
         dt = torch.einsum("bkrl,ker->bkel", dt, self.dt_proj)  # (b, K, E, L)
         A = -torch.exp(self.A_log.float())  # (K, E, N), float32
-        y = selective_scan(
-            xs.reshape(b, K * E, L),
-            dt.reshape(b, K * E, L),
-            A.reshape(K * E, self.d_state),
-            Bs,  # (b, K, N, L): group k serves channels k E .. (k + 1) E - 1
-            Cs,
-            D=self.D.reshape(K * E),
-            delta_bias=self.dt_bias.reshape(K * E),
-            delta_softplus=True,
-            backend=self.backend,
-        )
+        u, dt, A = xs.reshape(b, K * E, L), dt.reshape(b, K * E, L), A.reshape(K * E, self.d_state)
+        D, dt_bias = self.D.reshape(K * E), self.dt_bias.reshape(K * E)
+        # Bs, Cs (b, K, N, L): group k serves channels k E .. (k + 1) E - 1
+        if torch.jit.is_scripting():  # the sequential reference in float32 (the dispatch and kernels do not script)
+            fp32 = compute_dtype(u.dtype)
+            y = selective_scan_ref(
+                u.to(fp32), dt.to(fp32), A, Bs.to(fp32), Cs.to(fp32), D.to(fp32), None, dt_bias.to(fp32), True
+            ).to(u.dtype)
+        else:
+            y = selective_scan(u, dt, A, Bs, Cs, D=D, delta_bias=dt_bias, delta_softplus=True, backend=self.backend)
         return y.view(b, K, E, L)
 
     def extra_repr(self) -> str:
@@ -144,18 +149,21 @@ class MambaMixer(nn.Module):
         dt_init_floor: float = 1e-4,
         dt_scale: float = 1.0,
         backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if d_conv % 2 != 1:
             raise ValueError(f"mamba_mixer: d_conv must be odd for a same-size 2-D conv, got {d_conv}.")
         self.dim, self.d_inner = dim, int(expand * dim)
         d_inner = self.d_inner
         self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
-        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=bias)
-        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=d_conv // 2, groups=d_inner, bias=conv_bias)
-        self.ssm = _S6Params(4, d_inner, d_state, self.dt_rank, dt_min, dt_max, dt_init_floor, dt_scale, backend)
-        self.out_norm = nn.LayerNorm(d_inner) if out_norm else nn.Identity()
-        self.out_proj = nn.Linear(d_inner, dim, bias=bias)
+        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=bias, **dd)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=d_conv // 2, groups=d_inner, bias=conv_bias, **dd)
+        self.ssm = _S6Params(4, d_inner, d_state, self.dt_rank, dt_min, dt_max, dt_init_floor, dt_scale, backend, **dd)
+        self.out_norm = nn.LayerNorm(d_inner, **dd) if out_norm else nn.Identity()
+        self.out_proj = nn.Linear(d_inner, dim, bias=bias, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         _, H, W, _ = x.shape
@@ -188,8 +196,11 @@ class MambaChannelMixer(nn.Module):
         dt_init_floor: float = 1e-4,
         dt_scale: float = 1.0,
         backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         hidden_dim = int(hidden_dim or expand * dim)
         if hidden_dim % group_size != 0:
             raise ValueError(f"mamba_channel_mixer: width {hidden_dim} must be divisible by group_size {group_size}.")
@@ -197,16 +208,18 @@ class MambaChannelMixer(nn.Module):
             raise ValueError(f"mamba_channel_mixer: d_conv must be odd, got {d_conv}.")
         self.dim, self.hidden_dim, self.group_size = dim, hidden_dim, group_size
         self.dt_rank = math.ceil(group_size / 16) if dt_rank == "auto" else int(dt_rank)
-        self.cw_in = nn.Linear(dim, hidden_dim, bias=bias)
-        self.conv1d = nn.Conv1d(group_size, group_size, d_conv, padding=d_conv // 2, groups=group_size)
-        self.ssm = _S6Params(2, group_size, d_state, self.dt_rank, dt_min, dt_max, dt_init_floor, dt_scale, backend)
-        self.cw_out = nn.Linear(hidden_dim, dim, bias=bias)
+        self.cw_in = nn.Linear(dim, hidden_dim, bias=bias, **dd)
+        self.conv1d = nn.Conv1d(group_size, group_size, d_conv, padding=d_conv // 2, groups=group_size, **dd)
+        self.ssm = _S6Params(
+            2, group_size, d_state, self.dt_rank, dt_min, dt_max, dt_init_floor, dt_scale, backend, **dd
+        )
+        self.cw_out = nn.Linear(hidden_dim, dim, bias=bias, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
-        shape = x.shape
+        B, H, W, _ = x.shape
         u = self.cw_in(x).reshape(-1, self.hidden_dim // self.group_size, self.group_size)  # (T, S, g)
         xs = F.silu(self.conv1d(u.transpose(1, 2)))  # (T, g, S): a sequence of S channel groups
         y = self.ssm(torch.stack([xs, xs.flip(-1)], dim=1))  # (T, 2, g, S)
         y = (y[:, 0] + y[:, 1].flip(-1)).transpose(1, 2)  # (T, S, g)
-        y = (y * F.silu(u)).reshape(*shape[:-1], self.hidden_dim)
+        y = (y * F.silu(u)).reshape(B, H, W, self.hidden_dim)
         return self.cw_out(y)

@@ -86,8 +86,11 @@ class MatrixMixer(nn.Module):
         head_dim: int = 64,
         d_conv: int = 7,
         grid: tuple[int, int] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if data_dependent and self.data_independent_only:
             raise ValueError(f"matrix_mixer: structure {self.structure!r} exists only data-independent.")
         if not data_dependent and grid is None:
@@ -100,11 +103,11 @@ class MatrixMixer(nn.Module):
         self.grid = None if data_dependent else (int(grid[0]), int(grid[1]))
         self.branch = self.branch_width() if data_dependent else 0  # conv'd projections after z and v
         dt_dim = self.dt_width() if data_dependent else 0  # projections that skip the conv
-        self.in_proj = nn.Linear(dim, 2 * self.d_inner + self.branch + dt_dim, bias=False)
-        self.conv1d = same_conv1d("matrix_mixer", self.d_inner + self.branch, d_conv)
-        self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, norm_before_gate=True)
-        self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
-        self.init_structure(self.grid[0] * self.grid[1] if self.grid else 0)
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner + self.branch + dt_dim, bias=False, **dd)
+        self.conv1d = same_conv1d("matrix_mixer", self.d_inner + self.branch, d_conv, **dd)
+        self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, norm_before_gate=True, **dd)
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=False, **dd)
+        self.init_structure(self.grid[0] * self.grid[1] if self.grid else 0, **dd)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -116,8 +119,11 @@ class MatrixMixer(nn.Module):
     def dt_width(self) -> int:
         return 0
 
-    def init_structure(self, num_tokens: int) -> None:
-        """The structure's own parameters (``num_tokens``: L of the grid, 0 if data-dependent)."""
+    def init_structure(
+        self, num_tokens: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        """The structure's own parameters and buffers (``num_tokens``: L of the grid, 0 if data-dependent), created
+        on ``device`` in ``dtype``."""
 
     def operator(self, v: torch.Tensor, extra: torch.Tensor, dt: torch.Tensor | None) -> torch.Tensor:
         """The operator on v (B, L, d_inner): (B or 1, heads, L, L)."""
@@ -182,8 +188,11 @@ class DenseMixer(MatrixMixer):
     structure = "dense"
     data_independent_only = True
 
-    def init_structure(self, num_tokens: int) -> None:
-        self.M = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.num_heads, num_tokens, num_tokens)))
+    def init_structure(
+        self, num_tokens: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        M = torch.empty(self.num_heads, num_tokens, num_tokens, device=device, dtype=dtype)
+        self.M = nn.Parameter(nn.init.xavier_normal_(M))
 
     def operator(self, v: torch.Tensor, extra: torch.Tensor, dt: torch.Tensor | None) -> torch.Tensor:
         L = v.shape[1]
@@ -196,9 +205,12 @@ class DFTMixer(MatrixMixer):
     structure = "dft"
     data_independent_only = True
 
-    def init_structure(self, num_tokens: int) -> None:
-        index = torch.arange(num_tokens, dtype=torch.float64)
-        self.register_buffer("dft_matrix", torch.cos(2 * math.pi * index[:, None] * index / num_tokens).float())
+    def init_structure(
+        self, num_tokens: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        index = torch.arange(num_tokens, dtype=torch.float64, device=device)  # the angles in float64
+        matrix = torch.cos(2 * math.pi * index[:, None] * index / num_tokens)
+        self.register_buffer("dft_matrix", matrix.to(torch.get_default_dtype() if dtype is None else dtype))
 
     def operator(self, v: torch.Tensor, extra: torch.Tensor, dt: torch.Tensor | None) -> torch.Tensor:
         L = v.shape[1]
@@ -214,9 +226,12 @@ class ToeplitzMixer(MatrixMixer):
     def branch_width(self) -> int:
         return 2 * self.num_heads  # forward and reverse taps
 
-    def init_structure(self, num_tokens: int) -> None:
+    def init_structure(
+        self, num_tokens: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         if not self.data_dependent:
-            self.kernel = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.num_heads, 2 * num_tokens - 1)))
+            kernel = torch.empty(self.num_heads, 2 * num_tokens - 1, device=device, dtype=dtype)
+            self.kernel = nn.Parameter(nn.init.xavier_uniform_(kernel))
 
     def taps(self, extra: torch.Tensor) -> torch.Tensor:
         """(B or 1, heads, 2L - 1): entry L - 1 + t is κ_t, the coefficient of M_ij for i - j = t."""
@@ -255,17 +270,22 @@ class _QKMixer(MatrixMixer):
         head_dim: int = 64,
         d_conv: int = 7,
         grid: tuple[int, int] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.qk_dim = qk_dim  # set first: the wrapper's constructor sizes the q, k branch from it
-        super().__init__(dim, data_dependent, expand, head_dim, d_conv, grid)
+        super().__init__(dim, data_dependent, expand, head_dim, d_conv, grid, device, dtype)
 
     def branch_width(self) -> int:
         return 2 * self.num_heads * self.qk_dim
 
-    def init_structure(self, num_tokens: int) -> None:
+    def init_structure(
+        self, num_tokens: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         if not self.data_dependent:
-            self.q_table = nn.Parameter(self.init_table(torch.empty(num_tokens, self.num_heads, self.qk_dim)))
-            self.k_table = nn.Parameter(self.init_table(torch.empty(num_tokens, self.num_heads, self.qk_dim)))
+            shape, dd = (num_tokens, self.num_heads, self.qk_dim), dict(device=device, dtype=dtype)
+            self.q_table = nn.Parameter(self.init_table(torch.empty(shape, **dd)))
+            self.k_table = nn.Parameter(self.init_table(torch.empty(shape, **dd)))
 
     def init_table(self, table: torch.Tensor) -> torch.Tensor:
         return nn.init.xavier_normal_(table)
@@ -286,7 +306,7 @@ class VandermondeMixer(_QKMixer):
     silu_on_branch = False
 
     def init_table(self, table: torch.Tensor) -> torch.Tensor:
-        return torch.randn(table.shape) / table.shape[0]
+        return torch.randn(table.shape, device=table.device, dtype=table.dtype) / table.shape[0]
 
     def operator(self, v: torch.Tensor, extra: torch.Tensor, dt: torch.Tensor | None) -> torch.Tensor:
         L, (q, k) = v.shape[1], self.qk(extra)
@@ -305,10 +325,12 @@ class CauchyMixer(_QKMixer):
     structure = "cauchy"
     silu_on_branch = False
 
-    def init_structure(self, num_tokens: int) -> None:
-        super().init_structure(num_tokens)
+    def init_structure(
+        self, num_tokens: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        super().init_structure(num_tokens, device, dtype)
         if self.data_dependent:
-            self.cauchy_bias = nn.Parameter(torch.tensor(0.5))
+            self.cauchy_bias = nn.Parameter(torch.tensor(0.5, device=device, dtype=dtype))
 
     def operator(self, v: torch.Tensor, extra: torch.Tensor, dt: torch.Tensor | None) -> torch.Tensor:
         L, (q, k) = v.shape[1], self.qk(extra)
@@ -363,22 +385,26 @@ class QuasiseparableMixer(_QKMixer):
         grid: tuple[int, int] | None = None,
         chunk_size: int | None = None,
         backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(dim, data_dependent, qk_dim, expand, head_dim, d_conv, grid)
+        super().__init__(dim, data_dependent, qk_dim, expand, head_dim, d_conv, grid, device, dtype)
         self.chunk_size, self.backend = chunk_size, backend
 
     def dt_width(self) -> int:
         return 2 * self.num_heads
 
-    def init_structure(self, num_tokens: int) -> None:
-        h = self.num_heads
+    def init_structure(
+        self, num_tokens: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        h, dd = self.num_heads, dict(device=device, dtype=dtype)
         self.d_state = h * self.qk_dim
         if not self.data_dependent:
-            self.BC = nn.Parameter(nn.init.xavier_normal_(torch.empty(num_tokens, 2 * self.d_state)))
-        self.dt_bias = nn.Parameter(init_dt_bias(h))
-        self.A_log = nn.Parameter(torch.zeros(h))
-        self.D = nn.Parameter(torch.ones(h))
-        self.fc_D = nn.Linear(self.d_inner, h, bias=False)
+            self.BC = nn.Parameter(nn.init.xavier_normal_(torch.empty(num_tokens, 2 * self.d_state, **dd)))
+        self.dt_bias = nn.Parameter(init_dt_bias(h, **dd))
+        self.A_log = nn.Parameter(torch.zeros(h, **dd))
+        self.D = nn.Parameter(torch.ones(h, **dd))
+        self.fc_D = nn.Linear(self.d_inner, h, bias=False, **dd)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -422,14 +448,19 @@ STRUCTURES: dict[str, type[MatrixMixer]] = {
 
 @register_mixer("matrix_mixer")
 def matrix_mixer(
-    dim: int, structure: str = "quasiseparable", grid: tuple[int, int] | None = None, **options: Any
+    dim: int,
+    structure: str = "quasiseparable",
+    grid: tuple[int, int] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **options: Any,
 ) -> MatrixMixer:
     """The matrix mixer of one ``structure`` (its class in ``STRUCTURES``), with that class's ``options``."""
     if structure not in STRUCTURES:
         raise ValueError(f"matrix_mixer: unknown structure {structure!r}; use one of {', '.join(STRUCTURES)}.")
     cls = STRUCTURES[structure]
-    accepted = [name for name in inspect.signature(cls).parameters if name not in ("dim", "grid")]
+    accepted = [name for name in inspect.signature(cls).parameters if name not in ("dim", "grid", "device", "dtype")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"matrix_mixer ({structure}) got unknown option(s) {unknown}; it accepts {accepted}.")
-    return cls(dim, grid=grid, **options)
+    return cls(dim, grid=grid, device=device, dtype=dtype, **options)

@@ -21,7 +21,13 @@ __all__ = ["Pooling"]
 
 @register_mixer("pooling")
 class Pooling(nn.Module):
-    def __init__(self, dim: int, pool_size: int = 3) -> None:
+    def __init__(
+        self,
+        dim: int,
+        pool_size: int = 3,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:  # no parameters: device and dtype are accepted as by every mixer
         super().__init__()
         if pool_size % 2 != 1:
             raise ValueError(f"pooling: pool_size must be odd so the grid keeps its size; got {pool_size}.")

@@ -35,13 +35,21 @@ ADVICE = (
 
 @register_mixer("random")
 class RandomMixing(nn.Module):
-    def __init__(self, dim: int, grid: Sequence[int], img_size: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        grid: Sequence[int],
+        img_size: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.grid = (int(grid[0]), int(grid[1]))
         self.img_size = tuple(img_size) if img_size is not None else None
         self.built_for, self.advice = built_for(self.img_size), ADVICE  # for the grid check's error
         num_tokens = self.grid[0] * self.grid[1]
-        self.register_buffer("random_matrix", torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1))
+        weights = torch.softmax(torch.rand(num_tokens, num_tokens, device=device), dim=-1)  # drawn in float32
+        self.register_buffer("random_matrix", weights.to(dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_grid(x, self.grid, "random mixer", self.built_for, self.advice)

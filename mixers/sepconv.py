@@ -29,16 +29,19 @@ class SepConv(nn.Module):
         act1: str = "starrelu",
         act2: str = "identity",
         bias: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if kernel_size % 2 != 1:
             raise ValueError(f"sepconv: kernel_size must be odd so the grid keeps its size; got {kernel_size}.")
         hidden = int(expand * dim)
-        self.pwconv1 = nn.Linear(dim, hidden, bias=bias)
-        self.act1 = create_act(act1)
-        self.dwconv = nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=bias)
-        self.act2 = create_act(act2)
-        self.pwconv2 = nn.Linear(hidden, dim, bias=bias)
+        self.pwconv1 = nn.Linear(dim, hidden, bias=bias, **dd)
+        self.act1 = create_act(act1, **dd)
+        self.dwconv = nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=bias, **dd)
+        self.act2 = create_act(act2, **dd)
+        self.pwconv2 = nn.Linear(hidden, dim, bias=bias, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.pwconv1(x))  # (B, H, W, rC)

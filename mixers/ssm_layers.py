@@ -28,11 +28,18 @@ class GatedRMSNorm(nn.Module):
     """``RMSNorm(y) * weight * SiLU(z)`` (norm before gate) or ``RMSNorm(y * SiLU(z)) * weight``, over the last
     dim, computed in float32 (mamba_ssm ``rms_norm_ref`` semantics without groups)."""
 
-    def __init__(self, dim: int, eps: float = 1e-5, norm_before_gate: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        eps: float = 1e-5,
+        norm_before_gate: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.eps = eps
         self.norm_before_gate = norm_before_gate
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         dtype = y.dtype
@@ -50,17 +57,30 @@ class GatedRMSNorm(nn.Module):
 
 
 def init_dt_bias(
-    shape: int | tuple[int, ...], dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4
+    shape: int | tuple[int, ...],
+    dt_min: float = 1e-3,
+    dt_max: float = 1e-1,
+    dt_init_floor: float = 1e-4,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Inverse softplus of Δ ~ exp(U[log dt_min, log dt_max]), floored at dt_init_floor (Mamba-1 and Mamba-2)."""
-    dt = torch.exp(torch.rand(shape) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    dt = dt.clamp(min=dt_init_floor)
-    return dt + torch.log(-torch.expm1(-dt))
+    """Inverse softplus of Δ ~ exp(U[log dt_min, log dt_max]), floored at dt_init_floor (Mamba-1 and Mamba-2);
+    drawn and computed in the default dtype on ``device``, returned in ``dtype``."""
+    dt = torch.rand(shape, device=device)
+    dt = torch.exp(dt * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+    return (dt + torch.log(-torch.expm1(-dt))).to(dtype=dtype)
 
 
-def s4d_real_A_log(shape: tuple[int, ...], d_state: int) -> torch.Tensor:
-    """S4D-real init: A[..., n] = -(n + 1), stored as log(n + 1), shape (*shape, d_state)."""
-    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).expand(*shape, d_state).clone()
+def s4d_real_A_log(
+    shape: tuple[int, ...],
+    d_state: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """S4D-real init: A[..., n] = -(n + 1), stored as log(n + 1), shape (*shape, d_state); computed in float32 on
+    ``device``, returned in ``dtype``."""
+    log_n = torch.log(torch.arange(1, d_state + 1, device=device, dtype=torch.float32))
+    return log_n.expand(*shape, d_state).to(dtype=dtype, copy=True)
 
 
 def inner_heads(name: str, dim: int, expand: float, head_dim: int) -> tuple[int, int, int]:
@@ -73,11 +93,27 @@ def inner_heads(name: str, dim: int, expand: float, head_dim: int) -> tuple[int,
     return d_inner, head_dim, d_inner // head_dim
 
 
-def same_conv1d(name: str, channels: int, kernel_size: int, bias: bool = True) -> nn.Conv1d:
+def same_conv1d(
+    name: str,
+    channels: int,
+    kernel_size: int,
+    bias: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Conv1d:
     """Depthwise, non-causal Conv1d keeping the sequence length (odd ``kernel_size``, padding k // 2)."""
     if kernel_size % 2 != 1:
         raise ValueError(f"{name}: d_conv must be odd for a same-length non-causal conv, got {kernel_size}.")
-    return nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias)
+    return nn.Conv1d(
+        channels,
+        channels,
+        kernel_size,
+        padding=kernel_size // 2,
+        groups=channels,
+        bias=bias,
+        device=device,
+        dtype=dtype,
+    )
 
 
 class _DepthwiseConv1dSiLU(torch.autograd.Function):

@@ -102,8 +102,18 @@ class StripMLPLayer(nn.Module):
     ``weight[g L + l_out, l_in, 0, t] = A[g, t, l_out, l_in]`` and ``bias`` (G L,), L = ``length``.
     """
 
-    def __init__(self, dim: int, length: int, num_patches: int, axis: str = "row", resize: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        length: int,
+        num_patches: int,
+        axis: str = "row",
+        resize: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if axis not in STRIP_AXES:
             raise ValueError(f"Unknown strip axis {axis!r}; use one of {STRIP_AXES}.")
         if dim % num_patches != 0:
@@ -111,8 +121,8 @@ class StripMLPLayer(nn.Module):
         self.dim, self.length, self.num_patches, self.axis, self.resize = dim, length, num_patches, axis, resize
         self.group_dim = G = dim // num_patches
         bound = 1.0 / math.sqrt(3 * length)  # nn.Conv2d's default init (fan-in 3 L), as in the official layer
-        self.weight = nn.Parameter(torch.empty(G * length, length, 1, 3).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(G * length).uniform_(-bound, bound))
+        self.weight = nn.Parameter(torch.empty(G * length, length, 1, 3, **dd).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(G * length, **dd).uniform_(-bound, bound))
 
     def weights_for(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Conv1d weight (G L', L', 3) and bias (G L',) for strips of ``length`` L' (interpolated if resizing)."""
@@ -141,10 +151,13 @@ class StripMLPLayer(nn.Module):
 class RelativePosition(nn.Module):
     """Toeplitz position embedding ``Pos[i, j] = table[clip(j - i, -M, M) + M]`` for row i, column j: (H, W, C)."""
 
-    def __init__(self, dim: int, max_distance: int) -> None:
+    def __init__(
+        self, dim: int, max_distance: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.max_distance = max_distance
-        self.table = nn.Parameter(trunc_normal_(torch.empty(2 * max_distance + 1, dim), std=0.02))
+        table = torch.empty(2 * max_distance + 1, dim, device=device, dtype=dtype)
+        self.table = nn.Parameter(trunc_normal_(table, std=0.02))
 
     def forward(self, height: int, width: int) -> torch.Tensor:
         rows = torch.arange(height, device=self.table.device)
@@ -158,16 +171,25 @@ class CGSMM(nn.Module):
     """Cascade Group Strip Mixing Module: row strip MLP, 1x1 fusion with the input, BN-GELU, column strip MLP,
     1x1 fusion with the input; ``(B, H, W, C')`` in and out."""
 
-    def __init__(self, dim: int, grid: Sequence[int], num_patches: int, resize: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        grid: Sequence[int],
+        num_patches: int,
+        resize: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         H, W = int(grid[0]), int(grid[1])
-        self.pos_h = RelativePosition(dim, H)
-        self.proj_h = StripMLPLayer(dim, W, num_patches, "row", resize)
-        self.fuse_h = nn.Linear(2 * dim, dim, bias=False)
-        self.norm = nn.BatchNorm2d(dim)
-        self.pos_w = RelativePosition(dim, W)
-        self.proj_w = StripMLPLayer(dim, H, num_patches, "column", resize)
-        self.fuse_w = nn.Linear(2 * dim, dim, bias=False)
+        self.pos_h = RelativePosition(dim, H, **dd)
+        self.proj_h = StripMLPLayer(dim, W, num_patches, "row", resize, **dd)
+        self.fuse_h = nn.Linear(2 * dim, dim, bias=False, **dd)
+        self.norm = nn.BatchNorm2d(dim, **dd)
+        self.pos_w = RelativePosition(dim, W, **dd)
+        self.proj_w = StripMLPLayer(dim, H, num_patches, "column", resize, **dd)
+        self.fuse_w = nn.Linear(2 * dim, dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C')
         H, W = x.shape[1], x.shape[2]
@@ -180,10 +202,10 @@ class CGSMM(nn.Module):
 class StripReweight(nn.Module):
     """The LSMM's branch weights: fc1 (C' -> C'/2) -> GELU -> fc2 (C'/2 -> 3 C'), on pooled ``(B, C')``."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, dim // 2)
-        self.fc2 = nn.Linear(dim // 2, 3 * dim)
+        self.fc1 = nn.Linear(dim, dim // 2, device=device, dtype=dtype)
+        self.fc2 = nn.Linear(dim // 2, 3 * dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
@@ -193,11 +215,12 @@ class LSMM(nn.Module):
     """Local Strip Mixing Module: depthwise 3x7 and 7x3 "small strips" and the identity, mixed per channel by a
     softmax over the three (ViP-style re-weighting); ``(B, H, W, C')`` in and out."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.fc_h = nn.Conv2d(dim, dim, (3, 7), padding=(1, 3), groups=dim, bias=False)
-        self.fc_w = nn.Conv2d(dim, dim, (7, 3), padding=(3, 1), groups=dim, bias=False)
-        self.reweight = StripReweight(dim)
+        dd = dict(device=device, dtype=dtype)
+        self.fc_h = nn.Conv2d(dim, dim, (3, 7), padding=(1, 3), groups=dim, bias=False, **dd)
+        self.fc_w = nn.Conv2d(dim, dim, (7, 3), padding=(3, 1), groups=dim, bias=False, **dd)
+        self.reweight = StripReweight(dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C')
         B, C = x.shape[0], x.shape[-1]
@@ -221,8 +244,11 @@ class StripMLP(nn.Module):
         img_size: Sequence[int] | None = None,
         num_patches: int | None = None,
         resize: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if dim % 2 != 0:
             raise ValueError(f"strip_mlp: dim must be even (half the channels go to each module), got {dim}.")
         self.dim = dim
@@ -237,13 +263,13 @@ class StripMLP(nn.Module):
                 f"strip_mlp: dim/2 = {half} is not divisible by num_patches = {self.num_patches} "
                 "(the official rule gives 2 patches if dim % 80 == 0, else 4; set num_patches explicitly)."
             )
-        self.dwsc_norm = nn.BatchNorm2d(dim)
-        self.dwsc_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_norm = nn.BatchNorm2d(dim)
-        self.cgsmm = CGSMM(half, self.grid, self.num_patches, resize)
-        self.lsmm = LSMM(half)
-        self.fuse = nn.Linear(dim, dim, bias=False)
+        self.dwsc_norm = nn.BatchNorm2d(dim, **dd)
+        self.dwsc_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_norm = nn.BatchNorm2d(dim, **dd)
+        self.cgsmm = CGSMM(half, self.grid, self.num_patches, resize, **dd)
+        self.lsmm = LSMM(half, **dd)
+        self.fuse = nn.Linear(dim, dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         if not self.resize:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
 from timm.models._features import FeatureGetterNet, feature_take_indices
 
@@ -188,6 +189,9 @@ class MetaFormer(nn.Module):
             ``constant`` (the rate in every block, as Strip-MLP).
         global_pool: ``avg``, ``max`` or '' (keep the map).
         drop_rate: dropout on the pooled features.
+        device, dtype: where and in which dtype every parameter and buffer is created (timm's factory arguments:
+            ``device="meta"`` builds the structure without memory, ``dtype=torch.bfloat16`` builds in bf16). They
+            travel with the builder's context to every stem, downsampling layer, block, mixer, extra and head.
     """
 
     def __init__(
@@ -207,8 +211,11 @@ class MetaFormer(nn.Module):
         drop_path_schedule: str = "linear",
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         depths, dims = [int(d) for d in depths], [int(d) for d in dims]
         num_stages = len(depths)
         if len(dims) != num_stages:
@@ -224,11 +231,14 @@ class MetaFormer(nn.Module):
         if downsamples[0] is not None:
             raise ValueError("downsample: stage 0 follows the stem, so its entry must be null (set the stem's stride).")
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.img_size = _to_pair(img_size)
 
         stem_name, stem_options = split_spec(plain(stem), "stem")
         stem_options.setdefault("dim", dims[0])
-        self.stem = STEMS.create({"name": stem_name, **stem_options}, in_chans, context=dict(img_size=self.img_size))
+        self.stem = STEMS.create(
+            {"name": stem_name, **stem_options}, in_chans, context=dict(img_size=self.img_size, **dd)
+        )
         grid, reduction = _resampled(self.stem, self.img_size, 1)
         num_blocks = sum(depths)  # drop path grows linearly with the global block index, 0 -> drop_path_rate
         rates = [drop_path_rate * j / max(num_blocks - 1, 1) for j in range(num_blocks)]
@@ -239,12 +249,14 @@ class MetaFormer(nn.Module):
         for i in range(num_stages):
             downsample_ = nn.Identity()
             if downsamples[i] is not None:
-                downsample_ = DOWNSAMPLES.create(downsamples[i], in_dim, dims[i], context=dict(img_size=self.img_size))
+                downsample_ = DOWNSAMPLES.create(
+                    downsamples[i], in_dim, dims[i], context=dict(img_size=self.img_size, **dd)
+                )
                 grid, reduction = _resampled(downsample_, grid, reduction)
                 in_dim = dims[i]
             stage_blocks = []
             for j in range(depths[i]):
-                context = dict(grid=grid, img_size=self.img_size, mixer=mixers[i], in_dim=in_dim, index=j)
+                context = dict(grid=grid, img_size=self.img_size, mixer=mixers[i], in_dim=in_dim, index=j, **dd)
                 stage_blocks.append(BLOCKS.create(blocks_[i], dims[i], context=dict(drop_path=rates.pop(0), **context)))
                 grid, reduction = _resampled(stage_blocks[-1], grid, reduction)
                 in_dim = dims[i]
@@ -258,25 +270,28 @@ class MetaFormer(nn.Module):
         self.cross_shortcuts = None
         self.final_conv = nn.Identity()
         for spec in extras:
-            self._attach(spec, dims)
+            self._attach(spec, dims, dd)
         self.num_features = self.head_hidden_size = getattr(self.final_conv, "out_dim", dims[-1])
-        context = dict(pool_type=global_pool, drop_rate=drop_rate)
+        context = dict(pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.head = HEADS.create(plain(head), self.num_features, num_classes, context=context)
         self.apply(init_weights)
         for module in self.modules():  # mixers with an init of their own get the last word
             if module is not self and hasattr(module, "init_weights"):
                 module.init_weights()
 
-    def _attach(self, spec: Spec, dims: list[int]) -> None:
-        """Build an extra and put it where its class says (``attach``): on the model, or on its ``stages``."""
+    def _attach(self, spec: Spec, dims: list[int], dd: dict[str, Any]) -> None:
+        """Build an extra (``dd``: its device and dtype) and put it where its class says (``attach``): on the model,
+        or on its ``stages``."""
         name, options = split_spec(plain(spec), "extra")
         attach = EXTRAS.get(name).attach
         if attach in ("cross_shortcuts", "final_conv"):
-            setattr(self, attach, EXTRAS.create({"name": name, **options}, context=dict(dims=dims, dim=dims[-1])))
+            setattr(self, attach, EXTRAS.create({"name": name, **options}, context=dict(dims=dims, dim=dims[-1], **dd)))
             return
         for i in options.pop("stages", range(len(self.stages))):
             stage = self.stages[i]
-            module = EXTRAS.create({"name": name, **options}, context=dict(dim=dims[i], blocks=list(stage.blocks)))
+            module = EXTRAS.create(
+                {"name": name, **options}, context=dict(dim=dims[i], blocks=list(stage.blocks), **dd)
+            )
             setattr(stage, attach, module)
 
     # --- timm model contract -------------------------------------------------------------------------------
@@ -314,11 +329,20 @@ class MetaFormer(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False):
+    def reset_classifier(
+        self,
+        num_classes: int,
+        global_pool: str | None = None,
+        reset_other: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        """A new classifier for ``num_classes`` (0: none), on the model's device and in its dtype unless given."""
+        dd = get_device_dtype(self, device=device, dtype=dtype)
         self.num_classes = num_classes
         if reset_other:
             self.head.norm = nn.Identity()
-        self.head.reset(num_classes, global_pool)
+        self.head.reset(num_classes, global_pool, **dd)
 
     def _stage_outputs(self, x: torch.Tensor, num_stages: int) -> list[torch.Tensor]:
         """The outputs (NCHW) of the first ``num_stages`` stages from the stem output, adding the cross-stage

@@ -63,12 +63,15 @@ class Stem(nn.Module):
         norm_bias: bool = False,
         bias: bool = True,
         act: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.stride = stride
-        self.conv = nn.Conv2d(in_chans, dim, kernel_size, stride=stride, padding=padding, bias=bias)
-        self.norm = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
-        self.act = create_act(act) if act is not None else nn.Identity()
+        self.conv = nn.Conv2d(in_chans, dim, kernel_size, stride=stride, padding=padding, bias=bias, **dd)
+        self.norm = create_norm(norm, dim, eps=norm_eps, bias=norm_bias, **dd)
+        self.act = create_act(act, **dd) if act is not None else nn.Identity()
 
     def out_grid(self, grid: Sequence[int]) -> tuple[int, int]:
         return conv_out_grid(self.conv, grid)
@@ -93,11 +96,14 @@ class Downsample(nn.Module):
         norm_eps: float = 1e-6,
         norm_bias: bool = False,
         bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.stride = stride
-        self.norm = create_norm(norm, in_dim, eps=norm_eps, bias=norm_bias)
-        self.conv = nn.Conv2d(in_dim, dim, kernel_size, stride=stride, padding=padding, bias=bias)
+        self.norm = create_norm(norm, in_dim, eps=norm_eps, bias=norm_bias, **dd)
+        self.conv = nn.Conv2d(in_dim, dim, kernel_size, stride=stride, padding=padding, bias=bias, **dd)
 
     def out_grid(self, grid: Sequence[int]) -> tuple[int, int]:
         return conv_out_grid(self.conv, grid)
@@ -120,11 +126,14 @@ class ConvNormAct(nn.Module):
         groups: int = 1,
         act: str | None = "silu",
         bn_eps: float = 1e-5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
-        self.norm = nn.BatchNorm2d(out_dim, eps=bn_eps)
-        self.act = create_act(act) if act is not None else nn.Identity()
+        dd = dict(device=device, dtype=dtype)
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, stride, kernel_size // 2, groups=groups, bias=False, **dd)
+        self.norm = nn.BatchNorm2d(out_dim, eps=bn_eps, **dd)
+        self.act = create_act(act, **dd) if act is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(x)))
@@ -148,13 +157,16 @@ class InvertedResidual(nn.Module):
         expansion: float = 4.0,
         act: str = "silu",
         drop_path: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.stride = stride
         hidden = in_dim if expansion == 1 else make_divisible(round(in_dim * expansion), 8)
-        self.conv_pw = ConvNormAct(in_dim, hidden, 1, act=act) if expansion != 1 else nn.Identity()
-        self.conv_dw = ConvNormAct(hidden, hidden, 3, stride=stride, groups=hidden, act=act)
-        self.conv_pwl = ConvNormAct(hidden, out_dim, 1, act=None)
+        self.conv_pw = ConvNormAct(in_dim, hidden, 1, act=act, **dd) if expansion != 1 else nn.Identity()
+        self.conv_dw = ConvNormAct(hidden, hidden, 3, stride=stride, groups=hidden, act=act, **dd)
+        self.conv_pwl = ConvNormAct(hidden, out_dim, 1, act=None, **dd)
         self.has_skip = stride == 1 and in_dim == out_dim
         self.drop_path = DropPath(drop_path) if drop_path > 0 and self.has_skip else nn.Identity()
 
@@ -173,8 +185,17 @@ class InvertedResidual(nn.Module):
 class InvertedResidualDownsample(InvertedResidual):
     """An inverted residual in the role of a stage's downsampling layer: NCHW in and out, like ``Downsample``."""
 
-    def __init__(self, in_dim: int, dim: int, stride: int = 2, expansion: float = 4.0, act: str = "silu") -> None:
-        super().__init__(in_dim, dim, stride, expansion, act)
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        stride: int = 2,
+        expansion: float = 4.0,
+        act: str = "silu",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_dim, dim, stride, expansion, act, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         return self.forward_nchw(x)
@@ -189,15 +210,24 @@ def inverted_residual_block(
     stride: int = 1,
     expansion: float = 4.0,
     act: str = "silu",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> InvertedResidual:
     """A block of a conv stage: the stage's first block (``index`` 0) does its ``stride`` and width change."""
-    return InvertedResidual(in_dim, dim, stride if index == 0 else 1, expansion, act, drop_path)
+    stride = stride if index == 0 else 1
+    return InvertedResidual(in_dim, dim, stride, expansion, act, drop_path, device=device, dtype=dtype)
 
 
 @register_channel_mixer("inverted_residual")
-def inverted_residual_mlp(dim: int, ratio: float = 4.0, act: str = "silu") -> InvertedResidual:
+def inverted_residual_mlp(
+    dim: int,
+    ratio: float = 4.0,
+    act: str = "silu",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> InvertedResidual:
     """An inverted residual (expansion ``ratio``, its own skip) in a block's MLP slot, as in AFFNet."""
-    return InvertedResidual(dim, dim, 1, ratio, act)
+    return InvertedResidual(dim, dim, 1, ratio, act, device=device, dtype=dtype)
 
 
 def _check_width(block: str, in_dim: int, dim: int) -> None:
@@ -208,8 +238,8 @@ def _check_width(block: str, in_dim: int, dim: int) -> None:
         )
 
 
-def _scale(dim: int, init: float | None) -> nn.Module:
-    return Scale(dim, init) if init is not None else nn.Identity()
+def _scale(dim: int, init: float | None, **dd) -> nn.Module:
+    return Scale(dim, init, **dd) if init is not None else nn.Identity()
 
 
 @BLOCKS.register("metaformer")
@@ -241,22 +271,25 @@ class MetaFormerBlock(nn.Module):
         mlp_every: int = 1,
         layer_scale_init: float | None = None,
         res_scale_init: float | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         _check_width("metaformer", dim if in_dim is None else in_dim, dim)
-        context = dict(grid=grid, img_size=img_size)
-        self.norm1 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
+        dd = dict(device=device, dtype=dtype)
+        context = dict(grid=grid, img_size=img_size, **dd)
+        self.norm1 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias, **dd)
         self.token_mixer = create_mixer(mixer, dim, context=context)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.layer_scale1 = _scale(dim, layer_scale_init)
-        self.res_scale1 = _scale(dim, res_scale_init)
+        self.layer_scale1 = _scale(dim, layer_scale_init, **dd)
+        self.res_scale1 = _scale(dim, res_scale_init, **dd)
         self.norm2 = self.mlp = None
         if mlp is not None and (index + 1) % mlp_every == 0:
-            self.norm2 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
+            self.norm2 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias, **dd)
             self.mlp = create_channel_mixer(mlp, dim, context=context)
             self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-            self.layer_scale2 = _scale(dim, layer_scale_init)
-            self.res_scale2 = _scale(dim, res_scale_init)
+            self.layer_scale2 = _scale(dim, layer_scale_init, **dd)
+            self.res_scale2 = _scale(dim, res_scale_init, **dd)
 
     @property
     def num_sublayers(self) -> int:
@@ -316,13 +349,16 @@ class AFFBlock(nn.Module):
         norm_eps: float = 1e-5,
         norm_bias: bool = True,
         mlp: Spec = "inverted_residual",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         _check_width("aff", dim if in_dim is None else in_dim, dim)
-        context = dict(grid=grid, img_size=img_size)
-        self.norm1 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
+        dd = dict(device=device, dtype=dtype)
+        context = dict(grid=grid, img_size=img_size, **dd)
+        self.norm1 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias, **dd)
         self.token_mixer = create_mixer(mixer, dim, context=context)
-        self.norm2 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
+        self.norm2 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias, **dd)
         self.mlp = create_channel_mixer(mlp, dim, context=context)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 

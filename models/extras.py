@@ -43,11 +43,14 @@ class StageFusion(nn.Module):
         norm_eps: float = 1e-5,
         norm_bias: bool = True,
         act: str = "silu",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.norm = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
-        self.proj = ConvNormAct(dim, dim, 1, act=None)
-        self.fuse = ConvNormAct(2 * dim, dim, 1, act=act)
+        dd = dict(device=device, dtype=dtype)
+        self.norm = create_norm(norm, dim, eps=norm_eps, bias=norm_bias, **dd)
+        self.proj = ConvNormAct(dim, dim, 1, act=None, **dd)
+        self.fuse = ConvNormAct(2 * dim, dim, 1, act=act, **dd)
 
     def forward(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         x = self.proj(self.norm(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -69,9 +72,17 @@ class CrossStageShortcuts(nn.Module):
     attach = "cross_shortcuts"
 
     def __init__(
-        self, dims: Sequence[int], sources: Sequence[int], kernel_size: int = 2, stride: int = 2, padding: int = 0
+        self,
+        dims: Sequence[int],
+        sources: Sequence[int],
+        kernel_size: int = 2,
+        stride: int = 2,
+        padding: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.chains = nn.ModuleDict()
         for s in sorted(set(int(i) for i in sources)):
             if not 0 <= s < len(dims) - 1:
@@ -85,7 +96,8 @@ class CrossStageShortcuts(nn.Module):
                         f"cross_stage_shortcuts: a grouped conv from width {dims[k]} to {dims[k + 1]} needs "
                         "the later width to be a multiple of the earlier one."
                     )
-                links.append(nn.Conv2d(dims[k], dims[k + 1], kernel_size, stride, padding, groups=dims[k], bias=False))
+                link = nn.Conv2d(dims[k], dims[k + 1], kernel_size, stride, padding, groups=dims[k], bias=False, **dd)
+                links.append(link)
             self.chains[str(s)] = nn.ModuleList(links)
 
     def carry(self, stage: int, x: torch.Tensor, num_stages: int) -> dict[int, torch.Tensor]:
@@ -130,11 +142,16 @@ class WeightedAverage(nn.Module):
 
     attach = "averaging"
 
-    def __init__(self, blocks: Sequence[nn.Module]) -> None:
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         num_sublayers = sum(block.num_sublayers for block in blocks)
         self.num_sublayers = num_sublayers
-        init = torch.zeros(num_sublayers * (num_sublayers + 1) // 2)
+        init = torch.zeros(num_sublayers * (num_sublayers + 1) // 2, device=device, dtype=dtype)
         for k in range(num_sublayers):  # row k (inputs y_0..y_k of sub-layer k + 1) starts at k (k + 1) / 2
             init[k * (k + 1) // 2 + k] = 1.0
         self.weights = nn.Parameter(init)
@@ -159,6 +176,13 @@ class FinalConv(ConvNormAct):
 
     attach = "final_conv"
 
-    def __init__(self, dim: int, out_dim: int, act: str = "silu") -> None:
-        super().__init__(dim, out_dim, act=act)
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        act: str = "silu",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(dim, out_dim, act=act, device=device, dtype=dtype)
         self.out_dim = out_dim

@@ -9,7 +9,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
+from timm.layers import get_device_dtype, trunc_normal_
 
 from ..layers import LayerNorm, create_act, create_norm
 from ..mixers import register_channel_mixer
@@ -32,13 +32,23 @@ __all__ = [
 class Mlp(nn.Module):
     """Channel MLP on the last dim: fc1 (C -> rC) -> act -> drop -> fc2 (rC -> C) -> drop."""
 
-    def __init__(self, dim: int, ratio: float = 4.0, act: str = "starrelu", bias: bool = False, drop: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        ratio: float = 4.0,
+        act: str = "starrelu",
+        bias: bool = False,
+        drop: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         hidden_dim = int(ratio * dim)
-        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
-        self.act = create_act(act)
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias, **dd)
+        self.act = create_act(act, **dd)
         self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias, **dd)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,11 +62,13 @@ class GRN(nn.Module):
 
     ``gamma`` and ``beta`` start at zero (the identity)."""
 
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+    def __init__(
+        self, dim: int, eps: float = 1e-6, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.eps = eps
-        self.gamma = nn.Parameter(torch.zeros(dim))
-        self.beta = nn.Parameter(torch.zeros(dim))
+        self.gamma = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
+        self.beta = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)  # (B, 1, 1, C)
@@ -84,16 +96,19 @@ class ConvNeXtMlp(nn.Module):
         grn: bool = False,
         norm_eps: float = 1e-6,
         drop: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         hidden_dim = int(ratio * dim)
-        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=conv_bias)
-        self.norm = LayerNorm(dim, eps=norm_eps, bias=True)
-        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
-        self.act = create_act(act)
-        self.grn = GRN(hidden_dim) if grn else nn.Identity()
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=conv_bias, **dd)
+        self.norm = LayerNorm(dim, eps=norm_eps, bias=True, **dd)
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias, **dd)
+        self.act = create_act(act, **dd)
+        self.grn = GRN(hidden_dim, **dd) if grn else nn.Identity()
         self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias, **dd)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
@@ -105,9 +120,15 @@ class ConvNeXtMlp(nn.Module):
 class Scale(nn.Module):
     """Learnable per-channel scale on the last dim (LayerScale on a branch, ResScale on a skip)."""
 
-    def __init__(self, dim: int, init_value: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        init_value: float,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.full((dim,), float(init_value)))
+        self.scale = nn.Parameter(torch.full((dim,), float(init_value), device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale
@@ -124,21 +145,25 @@ class MlpHead(nn.Module):
         act: str = "squaredrelu",
         norm_eps: float = 1e-5,
         drop: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         hidden = int(hidden_ratio * dim)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = create_act(act)
-        self.norm = LayerNorm(hidden, eps=norm_eps, bias=True)
+        self.fc1 = nn.Linear(dim, hidden, **dd)
+        self.act = create_act(act, **dd)
+        self.norm = LayerNorm(hidden, eps=norm_eps, bias=True, **dd)
         self.drop = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden, num_classes)
+        self.fc2 = nn.Linear(hidden, num_classes, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
 
 
 class ClassifierHead(nn.Module):
-    """Global pool and final norm (in either order), dropout, then the classifier ``fc`` (``make_fc(num_classes)``).
+    """Global pool and final norm (in either order), dropout, then the classifier ``fc`` (``make_fc(num_classes,
+    device=..., dtype=...)``).
 
     ``norm_before_pool=False`` (MetaFormer v2, timm): pool -> norm. ``True`` (official PoolFormer v1, Strip-MLP):
     the norm normalises the whole map, then pool. With ``pool_type=''`` the map is kept (NCHW out). NCHW in.
@@ -156,14 +181,17 @@ class ClassifierHead(nn.Module):
         norm_eps: float = 1e-6,
         norm_before_pool: bool = False,
         drop_rate: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.make_fc = make_fc
         self.norm_before_pool = norm_before_pool
         self.pool_type = self._check_pool(pool_type)
-        self.norm = create_norm(norm, dim, eps=norm_eps, bias=True)
+        self.norm = create_norm(norm, dim, eps=norm_eps, bias=True, **dd)
         self.drop = nn.Dropout(drop_rate)
-        self.fc = make_fc(num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = make_fc(num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     @classmethod
     def _check_pool(cls, pool_type: str) -> str:
@@ -171,13 +199,22 @@ class ClassifierHead(nn.Module):
             raise ValueError(f"Unknown global_pool {pool_type!r}; use one of {cls.POOL_TYPES} ('' keeps the map).")
         return pool_type
 
-    def reset(self, num_classes: int, pool_type: str | None = None) -> None:
-        """A new, freshly initialised classifier for ``num_classes`` (0: none), and optionally a new pooling."""
+    def reset(
+        self,
+        num_classes: int,
+        pool_type: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        """A new, freshly initialised classifier for ``num_classes`` (0: none), in the head's train/eval mode, and
+        optionally a new pooling. ``device``/``dtype`` default to those of the head's parameters (the model passes
+        its own: a head may have none left)."""
         if pool_type is not None:
             self.pool_type = self._check_pool(pool_type)
-        device = next((p.device for p in self.parameters()), None)
-        self.fc = (self.make_fc(num_classes) if num_classes > 0 else nn.Identity()).to(device)
+        dd = get_device_dtype(self, device=device, dtype=dtype)
+        self.fc = self.make_fc(num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.fc.apply(init_weights)
+        self.fc.train(self.training)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
@@ -212,10 +249,13 @@ def linear_head(
     norm: str | None = "layernorm",
     norm_eps: float = 1e-6,
     norm_before_pool: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> ClassifierHead:
     """Pool and norm -> dropout -> Linear."""
     make_fc = partial(nn.Linear, dim)
-    return ClassifierHead(dim, make_fc, num_classes, pool_type, norm, norm_eps, norm_before_pool, drop_rate)
+    dd = dict(device=device, dtype=dtype)
+    return ClassifierHead(dim, make_fc, num_classes, pool_type, norm, norm_eps, norm_before_pool, drop_rate, **dd)
 
 
 @HEADS.register("mlp")
@@ -230,7 +270,10 @@ def mlp_head(
     hidden_ratio: float = 4.0,
     mlp_norm_eps: float = 1e-5,
     dropout: float = 0.0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> ClassifierHead:
     """Pool and norm -> dropout -> the ConvFormer/CAFormer MLP classifier (``MlpHead``; ``dropout`` before fc2)."""
     make_fc = partial(MlpHead, dim, hidden_ratio=hidden_ratio, norm_eps=mlp_norm_eps, drop=dropout)
-    return ClassifierHead(dim, make_fc, num_classes, pool_type, norm, norm_eps, norm_before_pool, drop_rate)
+    dd = dict(device=device, dtype=dtype)
+    return ClassifierHead(dim, make_fc, num_classes, pool_type, norm, norm_eps, norm_before_pool, drop_rate, **dd)

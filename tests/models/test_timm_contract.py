@@ -1,18 +1,21 @@
 """timm's model contract for every family of the zoo, on small members (timm's own ``tests/test_models.py`` runs over
-every registered name in CI, ``.ci/timm_model_tests.sh``; it skips ``forward_intermediates`` and ``feature_cls=
-"getter"`` for models outside timm, which these tests cover).
+every registered name in CI, ``.ci/timm_model_tests.sh``, with the selection checked here).
 
 Per family: ``features_only`` with every ``feature_cls`` (the default, ``"getter"``, ``"fx"``, ``"hook"``) giving the
 same maps as ``forward_intermediates``; ``prune_intermediate_layers``; FX tracing with timm's notrace registries,
-forward equal and backward reaching every parameter; TorchScript where timm's comparable models script; gradient
+forward equal and backward reaching every parameter; TorchScript (model and FX graph) equal to the model; gradient
 checkpointing (weighted averaging included) giving the same outputs and gradients; the API checks of timm's
-``test_model_default_cfgs`` on every name.
-``forward_intermediates`` (indices, ``stop_early``, formats) is checked on every model in test_contract.py.
+``test_model_default_cfgs`` on every name. ``forward_intermediates`` (indices, ``stop_early``, formats) is checked on
+every model in test_contract.py; ``device``/``dtype`` in test_device_dtype.py.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +29,8 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 from mixerzoo.models import MetaFormer
 from tests.conftest import ZOO_TIMM_NAMES
 
+REPO = Path(__file__).resolve().parents[2]
+
 # one member per family, made small through the family's own builder options (the layouts are the family's)
 FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "identityformer": ("identityformer_s12", dict(depths=(1, 1, 1, 1))),
@@ -36,12 +41,6 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "vim2": ("vim2_t", dict(depths=(2, 2, 2, 2), dims=(16, 32, 64, 128))),
 }
 SIZE = {"vim2": 32}  # input side, default 64 (the PyTorch selective scan steps through every token)
-
-# TorchScript: as timm's EXCLUDE_JIT_FILTERS, with the reason. The SSM mixers dispatch to mamba_ssm's fused kernels
-# (Triton / CUDA extensions) or to a PyTorch path with a custom autograd.Function, under torch.compiler.disable;
-# none of that compiles in TorchScript (timm has no SSM model to compare with; its TorchScript-excluded models are
-# excluded for similar dynamic code). FX and torch.compile cover these families.
-NOT_SCRIPTABLE = {"hydra_vit": "SSD scan dispatch (mamba_ssm kernels)", "vim2": "selective-scan dispatch"}
 
 
 def _model(family: str, **kwargs: Any) -> nn.Module:
@@ -158,9 +157,8 @@ def test_fx_graph_equals_the_model_and_trains(family: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_torchscript_equals_the_model(family: str) -> None:
-    """timm's ``test_model_forward_torchscript`` and the scripted graph of ``test_model_forward_fx_torchscript``."""
-    if family in NOT_SCRIPTABLE:
-        pytest.skip(f"not scriptable, as timm excludes models from TorchScript: {NOT_SCRIPTABLE[family]}")
+    """timm's ``test_model_forward_torchscript`` and the scripted graph of ``test_model_forward_fx_torchscript``. The
+    SSM mixers script their plain-PyTorch forms (Hydra's materialised matrix, the sequential selective scan)."""
     model = _model(family).eval()
     x = _x(family)
     with warnings.catch_warnings():
@@ -209,8 +207,86 @@ def test_model_api_contract(name: str) -> None:
         with pytest.raises(TypeError):
             timm.create_model(name, not_a_model_arg=1)
     assert isinstance(model, MetaFormer)
+    assert model.in_chans == model.default_cfg["input_size"][0]
     groups = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
     assert len(set(groups.values())) > 1
     params = {n for n, _ in model.named_parameters()}
     assert model.no_weight_decay() <= params
     assert len(model.feature_info) >= 3
+
+
+# --- the CI selection of timm's own model tests (.ci/timm_zoo_plugin.py) ----------------------------------------
+# A stand-in for timm 1.0.31's tests/test_models.py: its generic tests, parametrised as timm parametrises them (by
+# name, by tagged name, by module, by pretrained weights), with empty bodies. {param} is the parameter's name.
+TIMM_STYLE_TESTS = """
+import os
+import pytest
+from timm import list_models
+
+FEAT_INTER_FILTERS = ["resnet", "vision_transformer"]
+NON_STD_FILTERS = ["vit_*", "poolformer_*"]
+EXCLUDE_FILTERS = ["*enormous*"]
+
+def _test(name, models):
+    def case({param}):
+        pass
+
+    case.__name__ = case.__qualname__ = name
+    globals()[name] = pytest.mark.parametrize("{param}", models)(case)
+
+for name in ["test_model_forward", "test_model_forward_torchscript", "test_model_forward_fx"]:
+    _test(name, list_models(exclude_filters=EXCLUDE_FILTERS))
+for name in ["test_model_backward", "test_model_backward_fx"]:
+    _test(name, list_models(exclude_filters=EXCLUDE_FILTERS, name_matches_cfg=True))
+_test("test_model_default_cfgs", list_models(exclude_filters=EXCLUDE_FILTERS + NON_STD_FILTERS, include_tags=True))
+_test("test_model_default_cfgs_non_std", list_models(filter=NON_STD_FILTERS, include_tags=True))
+_test("test_model_forward_features", list_models(exclude_filters=EXCLUDE_FILTERS + NON_STD_FILTERS))
+for name in ["test_model_forward_intermediates", "test_model_forward_intermediates_features",
+             "test_prune_intermediate_layers_contract"]:
+    _test(name, list_models(module=FEAT_INTER_FILTERS, exclude_filters=EXCLUDE_FILTERS))
+_test("test_model_inference", ["test_resnet.r160_in1k"])
+if "GITHUB_ACTIONS" not in os.environ:
+    _test("test_model_load_pretrained", list_models(pretrained=True))
+    _test("test_model_features_pretrained", list_models(pretrained=True, exclude_filters=NON_STD_FILTERS))
+    _test("test_model_forward_fx_torchscript", list_models(exclude_filters=EXCLUDE_FILTERS, name_matches_cfg=True))
+"""
+WITH_WEIGHTS = [n for n in ZOO_TIMM_NAMES if n.startswith(("identityformer", "randformer"))]  # sail-sg releases
+
+
+def _collect_timm_style(tmp_path: Path, param: str) -> subprocess.CompletedProcess:
+    (tmp_path / "test_models.py").write_text(TIMM_STYLE_TESTS.replace("{param}", param))
+    env = {k: v for k, v in os.environ.items() if k != "GITHUB_ACTIONS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / ".ci"), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "pytest", "test_models.py", "-p", "timm_zoo_plugin", "-p", "no:cacheprovider"]
+    return subprocess.run(
+        [*command, "--collect-only", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_ci_selection_collects_every_generic_timm_test_once_per_zoo_name(tmp_path: Path) -> None:
+    """Config tests on tagged names, the tests timm selects by module (intermediates, prune) and the pretrained ones
+    are collected for the zoo, once per name, and nothing of timm's own models."""
+    result = _collect_timm_style(tmp_path, "model_name")
+    assert result.returncode == 0, result.stdout + result.stderr
+    cases = [line.split("::")[1] for line in result.stdout.splitlines() if "::" in line]
+    counts: dict[str, int] = {}
+    for case in cases:
+        test, name = case.rstrip("]").split("[")
+        assert name.split(".")[0] in ZOO_TIMM_NAMES, case
+        counts[test] = counts.get(test, 0) + 1
+    everywhere = ["forward", "backward", "default_cfgs", "forward_torchscript", "forward_features",
+                  "forward_intermediates_features", "forward_intermediates", "forward_fx", "backward_fx",
+                  "forward_fx_torchscript"]  # fmt: skip
+    expected = {f"test_model_{t}": len(ZOO_TIMM_NAMES) for t in everywhere}
+    expected["test_prune_intermediate_layers_contract"] = len(ZOO_TIMM_NAMES)
+    expected |= {"test_model_load_pretrained": len(WITH_WEIGHTS), "test_model_features_pretrained": len(WITH_WEIGHTS)}
+    assert counts == expected
+    assert {c.split("[")[1].rstrip("]") for c in cases if c.startswith("test_model_default_cfgs[")} == {
+        n for n in timm.list_models(include_tags=True) if n.split(".")[0] in ZOO_TIMM_NAMES
+    }
+
+
+def test_ci_selection_fails_loudly_when_timm_renames_the_model_parameter(tmp_path: Path) -> None:
+    result = _collect_timm_style(tmp_path, "model")
+    assert result.returncode != 0
+    assert "test_model_default_cfgs: 0 zoo cases collected, expected 22" in result.stdout + result.stderr
