@@ -250,15 +250,16 @@ def check_zoo_vs_timm(s: Settings, arch: str, compiled: bool) -> dict[str, Any]:
     in alternating rounds (zoo, timm, zoo, timm, ...: drift hits both); the median round of each."""
     import statistics
 
+    import timm
     import torch
 
-    from mixerzoo import benchmark
+    from mixerzoo.models import build_model
 
     device = torch.device(s.device)
     steps, values = {}, {}
-    for key, spec in (("zoo", benchmark.ModelSpec("config", arch)), ("timm", benchmark.ModelSpec("timm", arch))):
+    for key, build in (("zoo", build_model), ("timm", timm.create_model)):
         torch.manual_seed(0)
-        steps[key] = _training_step(s, benchmark.build_model(spec)[0], s.batch_size, compiled)
+        steps[key] = _training_step(s, build(arch), s.batch_size, compiled)
         breaks = _graph_breaks()
         values[f"{key}_first_step_s"] = round(_seconds(steps[key], device, 1), 1)  # compiles, when compiled
         if compiled:
@@ -385,20 +386,18 @@ def _train_overrides(s: Settings, model: str, compiled: bool) -> list[str]:
 
 
 def check_train(s: Settings, model: str, compiled: bool) -> dict[str, Any]:
-    """``train.py`` on fake data: one epoch (with evaluation and EMA), ``resume=auto`` to a second, then
-    ``eval_only`` of the final checkpoint, which must give the training run's last top-1 (one image may flip:
-    cuDNN may choose another algorithm)."""
+    """``train.py`` on fake data, run as a user runs it: one epoch (with evaluation and EMA), ``resume=auto`` to a
+    second, then ``eval_only`` of the final checkpoint, which must give the training run's last top-1 (one image may
+    flip: cuDNN may choose another algorithm)."""
     import torch
-    from hydra import compose, initialize_config_dir
-
-    from mixerzoo import train
 
     def run(output_dir: Path, *extra: str) -> float:
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            cfg = compose(
-                "train", overrides=[f"output_dir={output_dir}", *_train_overrides(s, model, compiled), *extra]
-            )
-        return train.run(cfg)
+        overrides = [f"hydra.run.dir={output_dir}", *_train_overrides(s, model, compiled), *extra]
+        done = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"train.py {' '.join(extra)} failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+        result = output_dir / ("eval.json" if "eval_only=true" in extra else "summary.json")
+        return json.loads(result.read_text())["top1" if "eval_only=true" in extra else "best_top1"]
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
