@@ -9,7 +9,9 @@ A spec is a name (``"pooling"``) or a mapping holding the name plus options (``{
 - an unknown name raises an error listing the registered names, with the closest ones first;
 - *context* (what a caller knows about the surroundings, e.g. the builder's ``grid``, ``img_size``,
   ``drop_path``) travels separately, in ``context``, and is passed only where the entry's signature names it and
-  the spec does not set it: an entry that can take any grid simply does not ask for it.
+  the spec does not set it: an entry that can take any grid simply does not ask for it. Context a registry
+  declares ``required`` (the model registries: ``device`` and ``dtype``, timm's factory arguments) must be
+  accepted by every entry when it is set, so a module is never built on the CPU in float32 in silence.
 
 Every registry of the zoo is one of these: token and channel mixers (``mixerzoo.mixers.registry``), the builder's
 stems, downsamplings, blocks, extras and heads and the named model layouts (``mixerzoo.models.registry``), and the
@@ -77,8 +79,9 @@ def _accepted_options(entry: Callable[..., Any], num_args: int) -> tuple[list[st
 class Registry:
     """Named classes or factories of one kind (``kind`` names it in error messages)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, required_context: tuple[str, ...] = ()) -> None:
         self.kind = kind
+        self.required_context = required_context  # context every entry must take when it is set (not None)
         self._entries: dict[str, Any] = {}
 
     def register(self, name: str) -> Callable[[Any], Any]:
@@ -128,5 +131,12 @@ class Registry:
         unknown = sorted(set(options) - set(accepted))
         if unknown and not takes_any:
             raise TypeError(f"{self.kind} {name!r} got unknown option(s) {unknown}; it accepts {accepted}.")
-        wanted_context = {k: v for k, v in (context or {}).items() if k in accepted and k not in options}
+        context = dict(context or {})
+        refused = [k for k in self.required_context if context.get(k) is not None and k not in accepted]
+        if refused and not takes_any:
+            raise TypeError(
+                f"{self.kind} {name!r} cannot take {refused} (given {[str(context[k]) for k in refused]}): add "
+                f"{' and '.join(refused)} arguments to its constructor and create its parameters and buffers with them."
+            )
+        wanted_context = {k: v for k, v in context.items() if k in accepted and k not in options}
         return entry(*args, **options, **wanted_context)

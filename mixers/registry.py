@@ -31,8 +31,8 @@ __all__ = [
 ]
 
 
-MIXERS = Registry("token mixer")
-CHANNEL_MIXERS = Registry("channel mixer")
+MIXERS = Registry("token mixer", required_context=("device", "dtype"))
+CHANNEL_MIXERS = Registry("channel mixer", required_context=("device", "dtype"))
 
 
 def register_mixer(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -28,11 +28,12 @@ from ..registry import Registry, plain
 
 __all__ = ["BLOCKS", "DOWNSAMPLES", "EXTRAS", "HEADS", "LAYOUTS", "STEMS", "Layout", "merge_options", "register_layout"]
 
-STEMS = Registry("stem")
-DOWNSAMPLES = Registry("downsample")
-BLOCKS = Registry("block")
-EXTRAS = Registry("extra")
-HEADS = Registry("head")
+FACTORY_CONTEXT = ("device", "dtype")  # timm's factory arguments: every module must take them
+STEMS = Registry("stem", required_context=FACTORY_CONTEXT)
+DOWNSAMPLES = Registry("downsample", required_context=FACTORY_CONTEXT)
+BLOCKS = Registry("block", required_context=FACTORY_CONTEXT)
+EXTRAS = Registry("extra", required_context=FACTORY_CONTEXT)
+HEADS = Registry("head", required_context=FACTORY_CONTEXT)
 LAYOUTS = Registry("model")
 
 

@@ -225,3 +225,18 @@ def test_channel_mixers_mix_no_tokens(name: str) -> None:
         changed = (mixer(y) - mixer(x)).abs().amax(dim=-1)[0] > 1e-6  # (H, W)
     reach = {"convnext": 4, "inverted_residual": 2}.get(name, 1)  # rows/columns a k x k conv reaches from a corner
     assert changed[:reach, :reach].any() and not changed[reach:].any() and not changed[:, reach:].any()
+
+
+def test_a_mixer_that_cannot_take_device_and_dtype_refuses_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``device``/``dtype`` (builder context every model registry requires) are never dropped in silence: a mixer
+    without them raises when they are set, and builds as before when they are not."""
+
+    class NoFactoryArgs(nn.Module):
+        def __init__(self, dim: int) -> None:
+            super().__init__()
+            self.proj = nn.Linear(dim, dim)
+
+    monkeypatch.setitem(MIXERS._entries, "no_factory_args", NoFactoryArgs)
+    assert isinstance(create_mixer("no_factory_args", 8, context={"device": None, "grid": (2, 2)}), NoFactoryArgs)
+    with pytest.raises(TypeError, match=r"cannot take \['device'\].*add device arguments"):
+        create_mixer("no_factory_args", 8, context={"device": torch.device("meta")})
