@@ -33,11 +33,22 @@ from typing import Any
 import torch
 
 from mixerzoo.models import build_model
+from mixerzoo.models.factory import legacy_spec
 from mixerzoo.models.macs import count_macs
 from mixerzoo.registry import spec_label
 
 COLUMNS = ["job", "model", "mixer", "params_m", "gmacs", "train_img_s", "best_top1", "final_top1", "epochs"]
 EXTRA_COLUMNS = ["data", "img_size", "seed", "wall_min"]
+
+
+def _recorded_model_choice(job_dir: Path) -> str:
+    """The ``model=`` choice Hydra recorded for a job (runs of earlier versions kept no name in the model config)."""
+    from omegaconf import OmegaConf
+
+    hydra_file = job_dir / ".hydra" / "hydra.yaml"
+    if hydra_file.exists():
+        return str(OmegaConf.load(hydra_file).hydra.runtime.choices.get("model") or "")
+    return ""
 
 
 def job_row(summary_file: Path, root: Path) -> dict[str, Any]:
@@ -61,14 +72,14 @@ def job_row(summary_file: Path, root: Path) -> dict[str, Any]:
     cfg = OmegaConf.load(config_file)
     row.update(data=cfg.data.get("name"), img_size=cfg.data.get("img_size"), seed=cfg.get("seed"))
     row["wall_min"] = max(0.0, summary_file.stat().st_mtime - config_file.stat().st_mtime) / 60
-    row["model"] = str(cfg.model.get("name") or "")
+    row["model"] = str(cfg.model.get("name") or cfg.model.get("model_name") or _recorded_model_choice(job_dir))
     row["mixer"] = spec_label(cfg.model.get("mixer"))
     try:
         data = OmegaConf.to_container(cfg.data, resolve=True)
         if data["num_classes"] is None:  # data=folder: the count the run settled from the data
             data["num_classes"] = summary.get("num_classes")
         with torch.device("meta"):  # built as train.py built it, for the job's image size
-            model = build_model(cfg.model, data)
+            model = build_model(legacy_spec(cfg.model), data)
             inputs = torch.empty(1, data["in_chans"], data["img_size"], data["img_size"])
         row["gmacs"] = count_macs(model.eval(), inputs).total / 1e9
     except Exception as error:  # MACs are a convenience here; the accuracy columns stand without them

@@ -8,8 +8,9 @@ A spec is a name (``"pooling"``) or a mapping holding the name plus options (``{
 - an option the entry does not accept raises an error that names the accepted ones (never dropped in silence);
 - an unknown name raises an error listing the registered names, with the closest ones first;
 - *context* (what a caller knows about the surroundings, e.g. the builder's ``grid``, ``img_size``,
-  ``drop_path``) travels separately, in ``context``, and is passed only where the entry's signature names it and
-  the spec does not set it: an entry that can take any grid simply does not ask for it. Context a registry
+  ``drop_path``) travels separately, in ``context``, and is passed only where the entry's signature names it: an
+  entry that can take any grid simply does not ask for it. A spec that sets a context key raises (the builder
+  decides the stage's grid and a block's drop path; the model's options set them). Context a registry
   declares ``required`` (the model registries: ``device`` and ``dtype``, timm's factory arguments) must be
   accepted by every entry when it is set, so a module is never built on the CPU in float32 in silence.
 
@@ -120,7 +121,7 @@ class Registry:
         """Build ``spec``: ``entry(*args, **spec_options, **options, **wanted_context)``.
 
         ``options`` are applied like the spec's own (an option given both ways is an error); ``context`` entries
-        only where the entry names them and no option sets them."""
+        only where the entry names them (an option that sets one is an error)."""
         name, spec_options = split_spec(spec, self.kind)
         both = sorted(set(spec_options) & set(options))
         if both:
@@ -132,11 +133,17 @@ class Registry:
         if unknown and not takes_any:
             raise TypeError(f"{self.kind} {name!r} got unknown option(s) {unknown}; it accepts {accepted}.")
         context = dict(context or {})
+        both = sorted(set(options) & set(context))
+        if both:
+            raise TypeError(
+                f"{self.kind} {name!r}: {both} set in the spec, but the caller decides them (the builder gives "
+                f"{', '.join(f'{k}={context[k]!r}' for k in both)}); remove them from the spec."
+            )
         refused = [k for k in self.required_context if context.get(k) is not None and k not in accepted]
         if refused and not takes_any:
             raise TypeError(
                 f"{self.kind} {name!r} cannot take {refused} (given {[str(context[k]) for k in refused]}): add "
                 f"{' and '.join(refused)} arguments to its constructor and create its parameters and buffers with them."
             )
-        wanted_context = {k: v for k, v in context.items() if k in accepted and k not in options}
+        wanted_context = {k: v for k, v in context.items() if k in accepted}
         return entry(*args, **options, **wanted_context)

@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 import mixerzoo  # registers the zoo's models in timm (also used: mixerzoo.load_checkpoint)
 from mixerzoo.models import build_model
 from mixerzoo.models.checkpoint import read_checkpoint
+from mixerzoo.models.factory import legacy_spec
 from mixerzoo.training import signals
 from mixerzoo.training.atomic import remove_stale_temporaries
 from mixerzoo.training.checkpoints import check_unused_run_dir, resolve_resume, restore
@@ -77,6 +78,9 @@ def setup(cfg: DictConfig) -> tuple[EvalState, Dataset]:
     else:
         logging.getLogger().setLevel(logging.WARNING)
     train_ds, val_ds = create_datasets(cfg.data, cfg.aug, seed=cfg.seed)
+    if "_target_" in cfg.model:  # the stored config of a checkpoint from an earlier version
+        with open_dict(cfg):
+            cfg.model = OmegaConf.create(legacy_spec(cfg.model))
     net = build_model(cfg.model, cfg.data).to(device)
     if cfg.runtime.channels_last:
         net = net.to(memory_format=torch.channels_last)

@@ -83,3 +83,46 @@ def test_the_models_do_not_import_hydra() -> None:
     code = "import sys, mixerzoo, mixerzoo.models; print(sorted({'hydra', 'omegaconf'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_model_timm_builds_timms_own_model_of_a_name_the_zoo_also_builds() -> None:
+    with torch.device("meta"):
+        zoo = build_model("caformer_s18")
+        theirs = build_model({"name": "caformer_s18", "source": "timm"}, {"num_classes": 10, "img_size": 64})
+    assert type(zoo).__module__ == "mixerzoo.models.backbone"
+    assert type(theirs).__module__ == "timm.models.metaformer" and theirs.num_classes == 10
+
+
+def test_model_configs_of_earlier_versions_still_build() -> None:
+    """The stored config of a checkpoint or run folder written before model specs had names."""
+    data = {"num_classes": 3, "in_chans": 1, "img_size": 32}
+    builder = {"_target_": "mixerzoo.MetaFormer", "mixer": "pooling", "depths": [1, 1], "dims": [8, 16]}
+    with torch.device("meta"):
+        assert build_model(builder, data).num_classes == 3
+        model = build_model({"_target_": "timm.create_model", "model_name": "resnet10t", "pretrained": False}, data)
+    assert type(model).__name__ == "ResNet" and model.num_classes == 3
+
+
+def test_a_config_renamed_to_another_layout_raises() -> None:
+    cfg = compose_model_config("vim2_t", ["model.name=vim2_s"])
+    with pytest.raises(ValueError, match=r"model.name='vim2_s' on the config of 'vim2_t'.*model=vim2_s"):
+        build_model(cfg)
+
+
+def test_keyword_options_merge_into_the_specs_nested_options() -> None:
+    spec = {"name": "caformer_s18", "head": {"name": "mlp", "dropout": 0.5}}
+    with torch.device("meta"):
+        model = build_model(spec, num_classes=5, head={"hidden_ratio": 2})
+    assert model.head.fc.fc1.out_features == 2 * 512 and model.head.fc.drop.p == 0.5
+
+
+def test_a_spec_cannot_set_what_the_builder_decides() -> None:
+    with pytest.raises(TypeError, match=r"\['drop_path'\] set in the spec, but the caller decides them"):
+        build_model("metaformer_tiny", num_classes=10, block={"drop_path": 0.3})
+
+
+def test_none_options_reach_timm_registered_layouts() -> None:
+    """``downsample=None`` is an option, not "unset": the timm-registered layouts refuse it like the builder ones."""
+    for name in ("poolformerv2_s12", "identityformer_s12"):
+        with pytest.raises(ValueError), torch.device("meta"):
+            build_model(name, num_classes=10, downsample=None)
