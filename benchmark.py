@@ -182,8 +182,10 @@ def build_model(spec: ModelSpec, img_size: int | None = None, num_classes: int =
     """The model (on the current default device) and a note, through the zoo's one build function; zoo models are
     built for ``img_size`` if given (grid-bound mixers depend on it), other timm models at their default."""
     data = {"num_classes": num_classes, "in_chans": 3, "img_size": img_size}
-    model = build_model_from_spec({"name": spec.name, **spec_options(spec.overrides)}, data)
-    note = f"built for {img_size}" if img_size is not None and is_zoo_model(spec.name) else ""
+    source = "timm" if spec.kind == "timm" else "zoo"  # timm:caformer_s18 is timm's model, config:caformer_s18 ours
+    model = build_model_from_spec({"name": spec.name, "source": source, **spec_options(spec.overrides)}, data)
+    zoo = is_zoo_model(spec.name) if source == "zoo" else type(model).__module__.startswith("mixerzoo.")
+    note = f"built for {img_size}" if img_size is not None and zoo else ""
     return model, note
 
 
