@@ -35,7 +35,7 @@ class DataConfig:
     root: str | None = None  # folder: ImageFolder root with train/ and val/ (or a .tar); others ignore it
     dataset: str = ""  # folder: timm create_dataset name ('' = folder or tar, 'wds/...' = WebDataset)
     train_split: str = "train"
-    val_split: str = "validation"  # timm searches val/, validation/, valid/
+    val_split: str = "validation"  # also found as val/, valid/ (or <name>.tar); a missing split is an error
     num_classes: int | None = None  # null: from the data (digits: 10; folder: its class folders); fake needs it
     in_chans: int = 3
     img_size: int = 224
@@ -43,7 +43,7 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     crop_pct: float = 0.875  # eval: resize to img_size / crop_pct, center crop img_size
     interpolation: str = "bicubic"  # eval resize
-    num_workers: int = 4
+    num_workers: int | None = 4  # null: from the CPUs of the process (training/data.py default_num_workers)
     pin_memory: bool = True
     val_fraction: float = 0.2  # digits: held-out share of the 1797 images (fixed stratified split)
     fake_train_size: int = 1024  # fake: images per epoch

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import auto_augment, create_dataset, create_transform
+from timm.data import ImageDataset, auto_augment, create_dataset, create_transform
 from timm.data.loader import PrefetchLoader, fast_collate
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
@@ -39,13 +39,17 @@ __all__ = [
     "DATASETS",
     "DigitsDataset",
     "EpochBatchSampler",
+    "FolderDataset",
     "SeededSamples",
     "create_datasets",
+    "default_num_workers",
     "epoch_order",
     "eval_loader",
     "fix_posterize_for_pillow13",
+    "log_unused_samples",
     "rank_batches",
     "register_dataset",
+    "resolve_num_workers",
     "train_loader",
 ]
 
@@ -137,6 +141,67 @@ class FakeDataset(Dataset):
         img = Image.fromarray(pixels[..., 0] if self.in_chans == 1 else pixels)
         target = int(rng.integers(self.num_classes))
         return (self.transform(img) if self.transform is not None else img), target
+
+
+# the folder names timm accepts for a split (its create_dataset searches these), the requested name first
+_SPLIT_SYNONYMS = (("train", "training"), ("val", "validation", "valid", "eval", "evaluation"))
+
+
+def _split_root(root: str, split: str) -> str:
+    """The folder (or ``.tar``) of ``split`` under a dataset root: ``<root>/<split>``, else a synonym timm accepts
+    (``val``, ``validation``, ``valid``, ...), each as a folder or a ``.tar`` file. timm falls back to the root
+    itself when none exists, so a root of bare class folders would be both the train and the val split and the
+    reported accuracy would be measured on training images: here that is an error naming the layout."""
+    name = split.split("[")[0]
+    synonyms = next((group for group in _SPLIT_SYNONYMS if name in group), ())
+    tried = list(dict.fromkeys([name, *synonyms]))
+    for candidate in tried:
+        for path in (os.path.join(root, candidate), os.path.join(root, f"{candidate}.tar")):
+            if os.path.exists(path):
+                return path
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir() or e.name.endswith(".tar"))[:8]
+    raise FileNotFoundError(
+        f"data.root {root!r} has no {split!r} split (looked for {', '.join(f'{t}/' for t in tried)} and .tar "
+        f"files of those names; found {found or 'nothing'}). Without it the validation images would be the "
+        f"training images. Put the held-out images in their own split, or name the split folders with "
+        f"data.train_split=... data.val_split=...; {FOLDER_LAYOUT.format(root=root)}"
+    )
+
+
+def _empty_class_folders(split_root: str, classes: dict[str, int] | None) -> list[str]:
+    """Sub-folders of a split that hold no image (timm drops them: they are not classes)."""
+    if classes is None or not os.path.isdir(split_root):
+        return []
+    return sorted(e.name for e in os.scandir(split_root) if e.is_dir() and e.name not in classes)
+
+
+class FolderDataset(ImageDataset):
+    """timm's ``ImageDataset`` (a folder or ``.tar`` of images, one class per folder) whose unreadable images are
+    named by path. As timm does, an image that cannot be decoded is replaced by the next one (up to
+    ``TIMM_DATASET_MAX_RETRIES`` in a row), so one bad file does not stop an ImageNet epoch; the warning says which
+    file to remove or repair, not only its index."""
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for _ in range(self._max_retries):
+            try:
+                img, target = self.reader[index][:2]
+                img = Image.open(img)
+                img = img.convert(self.input_img_mode) if self.input_img_mode else img  # decodes: errors surface here
+                break
+            except OSError as err:
+                _logger.warning(
+                    f"unreadable image {self.reader.filename(index, absolute=True)} ({err}): sample {index} replaced "
+                    "by the next one. Remove or repair the file."
+                )
+                index = (index + 1) % len(self.reader)
+        else:
+            raise RuntimeError(
+                f"{self._max_retries} images in a row from {self.reader.filename(index, absolute=True)} back are "
+                "unreadable: is the dataset damaged?"
+            )
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, -1 if target is None else int(target)
 
 
 def _check_folder_root(root: str | None) -> None:
@@ -301,11 +366,21 @@ def _folder(data_cfg: Any, train_tf: Any, val_tf: Any, seed: int) -> tuple[Datas
     _check_folder_root(data_cfg.root)
     mode = "L" if data_cfg.in_chans == 1 else "RGB"
     datasets = []
+    # timm's own readers (folder, tar): each split from its own folder; other sources (wds/, hfds/, torch/...) split
+    # themselves
+    own_reader = "/" not in data_cfg.dataset
     for split, tf, training in ((data_cfg.train_split, train_tf, True), (data_cfg.val_split, val_tf, False)):
-        try:
-            ds = create_dataset(
-                data_cfg.dataset, root=data_cfg.root, split=split, is_training=training, input_img_mode=mode
+        if own_reader and os.path.isfile(data_cfg.root):
+            raise FileNotFoundError(
+                f"data.root {data_cfg.root!r} is one file: the train and the val split would both read it and the "
+                f"validation images would be the training images; {FOLDER_LAYOUT.format(root='<data.root>')}"
             )
+        root = _split_root(data_cfg.root, split) if own_reader else data_cfg.root
+        try:
+            if own_reader:
+                ds = FolderDataset(root, reader=data_cfg.dataset or None, input_img_mode=mode)
+            else:
+                ds = create_dataset(data_cfg.dataset, root=root, split=split, is_training=training, input_img_mode=mode)
         except (RuntimeError, FileNotFoundError) as err:  # timm: "Found 0 images in subfolders of ..."
             raise FileNotFoundError(
                 f"could not read split {split!r} under data.root {data_cfg.root!r} ({err}); "
@@ -314,6 +389,11 @@ def _folder(data_cfg: Any, train_tf: Any, val_tf: Any, seed: int) -> tuple[Datas
         if len(ds) == 0:
             raise FileNotFoundError(
                 f"split {split!r} under {data_cfg.root!r} is empty; {FOLDER_LAYOUT.format(root=data_cfg.root)}"
+            )
+        if empty := _empty_class_folders(root, _class_names(ds)):
+            _logger.warning(
+                f"{root}: {len(empty)} folder(s) without images are not classes ({', '.join(empty[:8])}); "
+                f"the {split!r} split has {len(_class_names(ds) or {})} classes. Add their images or remove them."
             )
         ds.transform = tf
         datasets.append(ds)
@@ -399,11 +479,43 @@ class SeededSamples(Dataset):
         return self.dataset[index]
 
 
+def default_num_workers() -> int:
+    """Loader workers per process when ``data.num_workers`` is null: the CPUs this process may use, shared by the
+    processes of its node (``LOCAL_WORLD_SIZE`` under torchrun), less one for the training loop; at least 1, at
+    most 8 (more rarely helps, and each worker holds a copy of the dataset's index)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, cpus // max(local_processes, 1) - 1))
+
+
+def resolve_num_workers(num_workers: int | None) -> int:
+    """``data.num_workers``, or ``default_num_workers()`` for null."""
+    return default_num_workers() if num_workers is None else num_workers
+
+
+def log_unused_samples(num_samples: int, used: int, limited: bool) -> None:
+    """Say how many training samples each epoch leaves out (full batches only: the rest of the epoch's order is
+    not trained on that epoch; a new order every epoch picks others): a warning when it is more than a tenth, which
+    on a small set can be half of it, unless ``limit_train_batches`` asked for fewer."""
+    unused = num_samples - used
+    if unused <= 0 or limited:
+        return
+    message = (
+        f"each epoch trains {used} of the {num_samples} training samples: the last {unused} "
+        f"({100 * unused / num_samples:.0f}%) of every epoch's order do not fill a whole step (batch_size x "
+        "processes x optim.grad_accum_steps) and are left out"
+    )
+    if unused > num_samples / 10:
+        _logger.warning(message + ". Lower batch_size to use more of them.")
+    else:
+        _logger.info(message + ".")
+
+
 def _on_device(dataset: Dataset, data_cfg: Any, device: torch.device, erasing: dict[str, Any], **kwargs: Any) -> Any:
     """A loader of uint8 batches (persistent workers, timm's ``fast_collate``) wrapped in timm's ``PrefetchLoader``:
     each batch goes to ``device`` (side stream on CUDA) and is converted to float, normalised and (``erasing``:
     ``re_prob``/``re_mode``/``re_count``, off at ``re_prob`` 0) randomly erased there."""
-    workers = data_cfg.num_workers
+    workers = resolve_num_workers(data_cfg.num_workers)
     loader = DataLoader(
         dataset,
         num_workers=workers,
@@ -422,6 +534,8 @@ def train_loader(
 ) -> Any:
     """The run's training loader (built once): ``batch_sampler`` picks the epoch and the first batch."""
     erasing = dict(re_prob=aug_cfg.re_prob, re_mode=aug_cfg.re_mode, re_count=aug_cfg.re_count)
+    if data_cfg.num_workers is None:
+        _logger.info(f"data.num_workers=null: {default_num_workers()} loader worker(s) per process (from its CPUs)")
     seeded = SeededSamples(dataset, batch_sampler.seed)
     return _on_device(seeded, data_cfg, device, erasing, batch_sampler=batch_sampler)
 
