@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -40,7 +41,6 @@ import math
 import os
 import random
 import re
-import shutil
 import signal
 import sys
 import time
@@ -67,9 +67,9 @@ from torch.utils.data import Dataset
 
 import mixerzoo  # registers the zoo's models in timm (also used: mixerzoo.load_checkpoint)
 from mixerzoo.models.checkpoint import CheckpointError, read_checkpoint
-from mixerzoo.training.atomic import atomic_write, remove_stale_temporaries
-from mixerzoo.training.config import register_configs, validate_config
-from mixerzoo.training.data import EpochBatchSampler, create_datasets, eval_loader, train_loader
+from mixerzoo.training.atomic import AtomicWriteError, atomic_write, remove_stale_temporaries
+from mixerzoo.training.config import register_configs, run_outputs, validate_config
+from mixerzoo.training.data import EpochBatchSampler, create_datasets, eval_loader, log_unused_samples, train_loader
 
 _logger = logging.getLogger("train")
 register_configs()
@@ -250,25 +250,18 @@ def all_rng_states(world_size: int) -> list[dict[str, Any]]:
 def save_atomic(obj: Any, path: str) -> None:
     """``torch.save`` through ``atomic_write``: a crash never leaves a half-written checkpoint, and a failed write
     (disk full, no permission) removes its temporary file, leaves the previous ``path`` as it was and says which
-    path could not be written and why."""
+    path could not be written, why, and the free space when it failed (``AtomicWriteError``)."""
     try:
-        with atomic_write(path) as f:  # a Python file: a failed write is an OSError with its reason (ENOSPC, EACCES)
+        with atomic_write(path) as f:
             torch.save(obj, f)
-    except (OSError, RuntimeError) as err:
-        folder = os.path.dirname(os.path.abspath(path))
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-        with contextlib.suppress(OSError):
-            reason += f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free on its file system"
-        raise OSError(
-            f"Could not write checkpoint {path!r} ({reason}). Its temporary file was removed and the previous "
-            f"{os.path.basename(path)} (if any) is unchanged. Free space in {folder!r} (or make it writable), then "
-            "continue with resume=auto."
-        ) from err
+    except AtomicWriteError as err:
+        error = AtomicWriteError(f"{err} Then continue the run with resume=auto.")
+        error.errno = err.errno
+        raise error from err
 
 
 STEP_PREFIX = "step_"  # step checkpoints: step_<optimizer step, 8 digits>.pth
 STEP_NAME = re.compile(rf"{STEP_PREFIX}(\d+)\.pth")
-RUN_OUTPUTS = ("last.pth", "best.pth", "metrics.csv", "metrics.jsonl", "summary.json")
 
 
 def _mtime(path: str) -> float:
@@ -351,8 +344,7 @@ def _resolve_resume(resume: str | None, output_dir: str) -> str | None:
 def check_unused_run_dir(output_dir: str) -> None:
     """Training without ``resume`` into a directory that holds a run would overwrite its checkpoints and mix two
     runs in its metrics: refused."""
-    found = [n for n in RUN_OUTPUTS if os.path.exists(os.path.join(output_dir, n))]
-    found += [os.path.basename(p) for p in step_checkpoints(output_dir)]
+    found = run_outputs(output_dir)
     if found:
         raise FileExistsError(
             f"{output_dir!r} already holds a run ({', '.join(found[:6])}). Continue it with resume=auto, or start "
@@ -409,6 +401,24 @@ def _position(ckpt: dict[str, Any]) -> tuple[int, int | None, int]:
     return ckpt["batch_in_epoch"] * ckpt["config"]["batch_size"] * world_size, None, world_size
 
 
+TRAINING_KEYS = ("model", "optimizer", "scaler", "epoch", "global_step", "best", "rng", "config")
+
+
+def check_training_checkpoint(ckpt: Any, path: str) -> None:
+    """A ``CheckpointError`` unless ``ckpt`` is a ``train.py`` checkpoint (what ``resume`` continues from): a file of
+    weights only (a state dict, timm's or an official release) is named as such, with the option that takes it."""
+    missing = [key for key in TRAINING_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
+    if not missing:
+        return
+    found = ", ".join(map(str, list(ckpt)[:6])) + (", ..." if len(ckpt) > 6 else "") if isinstance(ckpt, dict) else ""
+    raise CheckpointError(
+        f"resume={path!r} is not a train.py checkpoint: it has no {', '.join(missing)} entries"
+        + (f" (its entries: {found})" if found else "")
+        + ". resume continues a training run from its last.pth or step_*.pth; to start a new run from a file of "
+        "weights, use checkpoint=<path> (fine-tuning; another class count gets a new classifier)."
+    )
+
+
 def restore(cfg: DictConfig, state: TrainState) -> bool:
     """Continue from ``cfg.resume`` where it stopped: weights, optimizer, scaler, EMA, position, best score, metrics
     history and (same process count) every rank's RNGs; the lr schedule is set for that position. With another
@@ -421,6 +431,7 @@ def restore(cfg: DictConfig, state: TrainState) -> bool:
             _logger.info(f"resume=auto: no checkpoint in {state.output_dir}, starting from scratch")
         return False
     ckpt = read_checkpoint(path)
+    check_training_checkpoint(ckpt, path)
     if ckpt.get("version", 1) > CHECKPOINT_VERSION:
         raise CheckpointError(
             f"Checkpoint {path!r} has format version {ckpt['version']}, newer than this train.py reads "
@@ -586,11 +597,9 @@ def train_one_epoch(cfg: DictConfig, state: TrainState) -> dict[str, float] | No
     model.train()
     update_loss = torch.zeros((), device=device)  # summed over the micro-steps of the current update
     images, start_time, stop = 0, time.time(), False
-    for i, (x, y) in enumerate(loader):  # x: normalised float32 on the device
+    for i, (x, y) in enumerate(loader):  # x: normalised, erased and mixed on the device (training.data.TrainBatches)
         if cfg.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if mixup_fn is not None:
-            x, y = mixup_fn(x, y)
         is_update = (i + 1) % accum == 0
         sync_ctx = model.no_sync() if world_size > 1 and not is_update else contextlib.nullcontext()
         with sync_ctx:
@@ -686,8 +695,8 @@ def setup(cfg: DictConfig) -> tuple[EvalState, Dataset]:
     if not cfg.eval_only and cfg.resume is None:
         check_unused_run_dir(cfg.output_dir)
     info = setup_runtime(cfg)
-    if cfg.eval_only:
-        use_checkpoint_model_config(cfg)  # after the process group is up: resume=auto is resolved by rank 0
+    if cfg.eval_only or cfg.checkpoint or cfg.resume is not None:
+        use_stored_config(cfg)  # after the process group is up: resume=auto is resolved by rank 0
     device, rank, world_size = info["device"], info["global_rank"], info["world_size"]
     if info["primary"]:
         os.makedirs(cfg.output_dir, exist_ok=True)
@@ -712,7 +721,7 @@ def setup(cfg: DictConfig) -> tuple[EvalState, Dataset]:
         layout = mixerzoo.load_checkpoint(net, cfg.checkpoint, reset_classifier=not cfg.eval_only)
         _logger.info(f"loaded weights from {cfg.checkpoint} ({layout} layout)")
     eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
-    loader = eval_loader(val_ds, eval_batch_size, cfg.data, device, rank=rank, world_size=world_size)
+    loader = eval_loader(val_ds, eval_batch_size, cfg.data, device, rank, world_size, ignored=STOP_SIGNALS)
     return EvalState(net, loader, device, rank, world_size, cfg.output_dir, num_params), train_ds
 
 
@@ -721,27 +730,55 @@ def command_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def use_checkpoint_model_config(cfg: DictConfig) -> None:
-    """``eval_only``: build the model as the checkpoint was trained (its stored ``model`` config), unless this
-    command sets the model (``model=...`` or ``model.<key>=...``); log which config is used."""
+STORED_GROUPS = ("model", "data")  # what a checkpoint's stored config fills in: what its weights were made for
+
+
+def use_stored_config(cfg: DictConfig) -> None:
+    """One rule for every run that starts from a ``train.py`` checkpoint (``eval_only``, fine-tuning with
+    ``checkpoint=``, ``resume``): its stored ``model`` and ``data`` config fill in what this command does not say. A
+    key the command sets (``model.drop_path_rate=0.1``, ``data.root=...``) is the command's; a group it chooses
+    (``model=...``, ``data=...``, or an ``experiment=...``) is the command's whole. The log says which came from where.
+    A checkpoint without a stored config (timm's, an official release) leaves the command's config as it is."""
     path = cfg.checkpoint or resolve_resume(cfg.resume, cfg.output_dir)
     if path is None or not os.path.isfile(path):
-        return  # run_eval_only says what is missing
-    stored = read_checkpoint(path, mmap=True)
-    stored = stored.get("config") if isinstance(stored, dict) else None
-    stored_model = stored.get("model") if isinstance(stored, dict) else None
-    if stored_model is None:
-        _logger.info(f"eval_only: {path} stores no training config; the model is built from this command's config.")
+        return  # restore / run_eval_only say what is missing
+    ckpt = read_checkpoint(path, mmap=True)
+    stored = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if not isinstance(stored, dict):
+        _logger.info(f"{path} stores no training config: model and data as this command's config says.")
         return
-    keys = [o.lstrip("+~").split("=", 1)[0] for o in command_overrides()]
-    overridden = [k for k in keys if k == "model" or k.startswith("model.")]
-    if overridden:
-        _logger.info(f"eval_only: model built from this command's config ({', '.join(overridden)}), not {path}'s.")
-        return
-    if stored_model != OmegaConf.to_container(cfg.model, resolve=True):
+    said: dict[str, bool] = {}  # key -> deleted (~key)
+    for override in command_overrides():
+        key = override.split("=", 1)[0]
+        said[key.lstrip("+~")] = key.startswith("~")
+    sources = []
+    for group in STORED_GROUPS:
+        if group in said or "experiment" in said or not isinstance(stored.get(group), dict):
+            reason = "chosen by this command" if group in said or "experiment" in said else "none stored"
+            sources.append(f"{group} from this command's config ({reason})")
+            continue
+        own = {key[len(group) + 1 :]: deleted for key, deleted in said.items() if key.startswith(f"{group}.")}
         with open_dict(cfg):
-            cfg.model = OmegaConf.create(stored_model)
-    _logger.info(f"eval_only: model built from the config stored in {path} (override model=... to change it).")
+            if dataclasses.is_dataclass(OmegaConf.get_type(cfg[group])):  # a typed group: fill key by key
+                for key, value in stored[group].items():
+                    if key in cfg[group] and key not in own:
+                        cfg[group][key] = value
+            else:  # a free-form group (model): the stored one, then this command's keys on top
+                merged = OmegaConf.create(stored[group])
+                for key, deleted in own.items():
+                    if deleted:
+                        parent, _, leaf = key.rpartition(".")
+                        node = OmegaConf.select(merged, parent) if parent else merged
+                        if isinstance(node, DictConfig) and leaf in node:
+                            del node[leaf]
+                    else:
+                        OmegaConf.update(merged, key, OmegaConf.select(cfg[group], key), force_add=True)
+                cfg[group] = merged
+        set_here = [f"{group}.{key}" for key in own]
+        sources.append(
+            f"{group} from the config stored in the checkpoint" + (f" except {', '.join(set_here)}" if set_here else "")
+        )
+    _logger.info(f"config of {path}: " + "; ".join(sources) + " (a key or group set on the command line wins).")
 
 
 def build(cfg: DictConfig, evaluation: EvalState, train_ds: Dataset) -> TrainState:
@@ -770,8 +807,27 @@ def build(cfg: DictConfig, evaluation: EvalState, train_ds: Dataset) -> TrainSta
             f"No full training step per epoch: {len(train_ds)} images over {world_size} process(es) with "
             f"batch_size={cfg.batch_size} x grad_accum_steps={accum}. Lower them."
         )
+    limited = cfg.limit_train_batches is not None
+    log_unused_samples(len(train_ds), updates_per_epoch * global_batch, limited)
+    mixup = None
+    if cfg.aug.mixup > 0 or cfg.aug.cutmix > 0 or cfg.aug.cutmix_minmax is not None:
+        mixup = Mixup(
+            mixup_alpha=cfg.aug.mixup,
+            cutmix_alpha=cfg.aug.cutmix,
+            cutmix_minmax=cfg.aug.cutmix_minmax,
+            prob=cfg.aug.mixup_prob,
+            switch_prob=cfg.aug.mixup_switch_prob,
+            mode=cfg.aug.mixup_mode,
+            label_smoothing=cfg.aug.smoothing,
+            num_classes=cfg.data.num_classes,
+        )
+        criterion = SoftTargetCrossEntropy()
+    elif cfg.aug.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=cfg.aug.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
     batch_sampler = EpochBatchSampler(len(train_ds), cfg.batch_size, cfg.seed, rank, world_size)
-    loader = train_loader(train_ds, batch_sampler, cfg.data, cfg.aug, device)
+    loader = train_loader(train_ds, batch_sampler, cfg.data, cfg.aug, device, mixup=mixup, ignored=STOP_SIGNALS)
     scheduler, num_epochs = None, cfg.epochs
     if cfg.sched.sched != "none":
         scheduler, num_epochs = create_scheduler_v2(
@@ -798,23 +854,6 @@ def build(cfg: DictConfig, evaluation: EvalState, train_ds: Dataset) -> TrainSta
     ema_evaluated = ema is not None and next(ema.module.parameters()).device == next(net.parameters()).device
     if ema is not None and not ema_evaluated:
         _logger.info("ema.force_cpu=true on a %s run: the EMA weights are saved, not evaluated.", device.type)
-    mixup = None
-    if cfg.aug.mixup > 0 or cfg.aug.cutmix > 0 or cfg.aug.cutmix_minmax is not None:
-        mixup = Mixup(
-            mixup_alpha=cfg.aug.mixup,
-            cutmix_alpha=cfg.aug.cutmix,
-            cutmix_minmax=cfg.aug.cutmix_minmax,
-            prob=cfg.aug.mixup_prob,
-            switch_prob=cfg.aug.mixup_switch_prob,
-            mode=cfg.aug.mixup_mode,
-            label_smoothing=cfg.aug.smoothing,
-            num_classes=cfg.data.num_classes,
-        )
-        criterion = SoftTargetCrossEntropy()
-    elif cfg.aug.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(smoothing=cfg.aug.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
     model: nn.Module = net
     if cfg.runtime.compile:
         model = torch.compile(net, mode=cfg.runtime.compile_mode, backend=cfg.runtime.compile_backend)

@@ -11,8 +11,11 @@ seconds), in a random order drawn from ``--seed``:
 
 - ``--kills`` SIGKILLs, each to a random target: every process of the job at once (a node lost, an OOM kill of the
   job), one rank (``torchrun`` then stops the others), or one data-loader worker (the rank fails on it);
-- one SIGTERM (``--sigterm``) to the ``torchrun`` agent (to the training process with ``--processes 1``), as a
-  scheduler's preemption sends it: the ranks must write ``last.pth`` and ``summary.json`` (``stopped_by``) and exit.
+- ``--sigterm`` stop signals (one by default): SIGTERM (``--stop-signal SIGUSR1`` for Slurm's ``--signal=USR1``) to
+  the ``torchrun`` agent (to the training process with ``--processes 1``), as a scheduler's preemption sends it, or
+  with ``--stop-target all`` to every process of the job at once, loader workers included, as Slurm signals a job
+  step: the ranks must write ``last.pth`` and ``summary.json`` (``stopped_by``) and exit. The agent forwards
+  SIGUSR1 only when it is listed in ``TORCHELASTIC_SIGNALS_TO_HANDLE``, which this script sets.
 
 Then a last attempt trains to the end. The script prints, per fault, the step the run had reached, the step the next
 attempt resumed from and the steps lost, and compares the final ``last.pth`` of both runs (model, EMA): the largest
@@ -93,8 +96,15 @@ def command(args: argparse.Namespace, run_dir: Path) -> list[str]:
     ]
 
 
+# torchrun's agent turns these signals into a shutdown that forwards the signal to the ranks; its default list lacks
+# SIGUSR1, which would end the agent at once and leave the ranks running while the job script goes on
+AGENT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+
 def environment() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = AGENT_SIGNALS
+    return env
 
 
 def children(pid: int) -> list[int]:
@@ -150,8 +160,25 @@ def signal_all(pids: list[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait until every process of ``pids`` has ended (ranks left behind by a killed agent finish their checkpoint);
+    SIGKILL those still there after ``timeout`` seconds, so the next attempt never runs beside them."""
+    end = time.time() + timeout
+    while time.time() < end and any(alive(pid) for pid in pids):
+        time.sleep(0.2)
+    signal_all([pid for pid in pids if alive(pid)], signal.SIGKILL)
+
+
 def attempt(args: argparse.Namespace, run_dir: Path, log: Path, fault: str | None, rng: random.Random) -> Fault | None:
-    """One start of the run; with ``fault`` (SIGKILL or SIGTERM) it is interrupted once it has made progress. Returns
+    """One start of the run; with ``fault`` ("SIGKILL" or "stop") it is interrupted once it has made progress. Returns
     the fault injected, or None when the run finished first (then the fault is not counted)."""
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -162,7 +189,7 @@ def attempt(args: argparse.Namespace, run_dir: Path, log: Path, fault: str | Non
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    injected = None
+    injected, seen = None, [proc.pid]
     try:
         if fault is not None:
             started = None
@@ -178,9 +205,13 @@ def attempt(args: argparse.Namespace, run_dir: Path, log: Path, fault: str | Non
                     if proc.poll() is not None:
                         break
                     ranks, workers = ranks_and_workers(proc.pid, args.processes)
-                    if fault == "SIGTERM":
-                        target, pids = ("agent" if args.processes > 1 else "rank"), [proc.pid]
-                        sig = signal.SIGTERM
+                    seen = process_tree(proc.pid)
+                    if fault == "stop":
+                        sig = signal.Signals[args.stop_signal]
+                        if args.stop_target == "all":
+                            target, pids = "all", seen
+                        else:
+                            target, pids = ("agent" if args.processes > 1 else "rank"), [proc.pid]
                     else:
                         targets = [t for t in KILL_TARGETS if t != "worker" or workers]
                         if args.processes == 1:
@@ -194,15 +225,14 @@ def attempt(args: argparse.Namespace, run_dir: Path, log: Path, fault: str | Non
                         sig = signal.SIGKILL
                     reached = last_step(log)
                     signal_all(pids, sig)
-                    injected = Fault(fault, target, started, reached)
+                    injected = Fault(sig.name, target, started, reached)
                     break
         proc.wait(timeout=args.timeout)
     except subprocess.TimeoutExpired:
         signal_all(process_tree(proc.pid), signal.SIGKILL)
         raise RuntimeError(f"an attempt ran over {args.timeout} s; see {log}") from None
     finally:
-        for pid in process_tree(proc.pid)[1:]:  # orphans of a killed agent or rank
-            signal_all([pid], signal.SIGKILL)
+        wait_gone(seen, timeout=60)  # ranks and workers a killed agent or rank left behind
     if injected is not None:
         injected.exit_code = proc.returncode
         injected.reached = max(injected.reached, last_step(log))  # steps logged while the signal was on its way
@@ -229,7 +259,11 @@ def compare(reference: Path, chaos: Path, report: Report) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLs to inject")
-    parser.add_argument("--sigterm", type=int, default=1, help="SIGTERMs to the torchrun agent to inject")
+    parser.add_argument("--sigterm", type=int, default=1, help="stop signals (SIGTERM by default) to inject")
+    parser.add_argument("--stop-signal", choices=("SIGTERM", "SIGUSR1"), default="SIGTERM")
+    parser.add_argument(
+        "--stop-target", choices=("agent", "all"), default="agent", help="the torchrun agent, or every process"
+    )
     parser.add_argument("--processes", type=int, default=2, help="ranks (torchrun --nproc_per_node); 1: no torchrun")
     parser.add_argument("--workers", type=int, default=1, help="data.num_workers")
     parser.add_argument("--epochs", type=int, default=2)
@@ -252,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
 
     attempt(args, args.out / "reference", args.out / "reference.log", None, rng)
-    plan = ["SIGKILL"] * args.kills + ["SIGTERM"] * args.sigterm
+    plan = ["SIGKILL"] * args.kills + ["stop"] * args.sigterm
     rng.shuffle(plan)
     number = 0
     for fault in plan:
@@ -263,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         if report.faults:
             report.faults[-1].next_resumed_from = injected.resumed_from
         report.faults.append(injected)
-        if fault == "SIGTERM":
+        if fault == "stop":
             summary = json.loads((args.out / "chaos" / "summary.json").read_text())
             report.stopped_by = summary.get("stopped_by")
         number += 1
@@ -283,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             f"final {name} weights: max |difference| {report.max_abs_diff[name]:.3g}, "
             f"bitwise equal: {report.bitwise_equal[name]}"
         )
-    print(f"SIGTERM recorded in summary.json: stopped_by={report.stopped_by}; {report.seconds:.0f} s in all")
+    print(f"stop recorded in summary.json: stopped_by={report.stopped_by}; {report.seconds:.0f} s in all")
     (args.out / "chaos.json").write_text(
         json.dumps({**asdict(report), "steps_lost": [f.steps_lost for f in report.faults]}, indent=2)
     )
@@ -291,10 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     problems = [f"{n} weights differ by {d:.3g} > {args.atol}" for n, d in report.max_abs_diff.items() if d > args.atol]
     lost_too_many = [f for f in report.faults if f.steps_lost is None or f.steps_lost > args.checkpoint_every]
     problems += [f"a {f.kind} to the {f.target} lost {f.steps_lost} steps" for f in lost_too_many]
-    terms = [f for f in report.faults if f.kind == "SIGTERM"]
-    problems += [f"the SIGTERM lost {f.steps_lost} steps" for f in terms if f.steps_lost]
-    if terms and report.stopped_by != "SIGTERM":
-        problems.append(f"after the SIGTERM summary.json says stopped_by={report.stopped_by}")
+    stops = [f for f in report.faults if f.kind != "SIGKILL"]
+    problems += [f"the {f.kind} lost {f.steps_lost} steps" for f in stops if f.steps_lost]
+    if stops and report.stopped_by != args.stop_signal:
+        problems.append(f"after the {args.stop_signal} summary.json says stopped_by={report.stopped_by}")
     if len(report.faults) < len(plan):
         problems.append(f"only {len(report.faults)} of {len(plan)} faults injected")
     for problem in problems:

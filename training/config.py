@@ -245,6 +245,31 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
 
 
+RUN_OUTPUTS = ("last.pth", "best.pth", "metrics.csv", "metrics.jsonl", "summary.json")  # and step_*.pth
+
+
+def run_outputs(output_dir: str) -> list[str]:
+    """The files of a training run that ``output_dir`` already holds (checkpoints, metrics, summary)."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(output_dir, name))]
+    return found + sorted(n for n in os.listdir(output_dir) if n.startswith("step_") and n.endswith(".pth"))
+
+
+def config_record_dir(subdir: str, *, _root_: DictConfig) -> str | None:
+    """``hydra.output_subdir``, where Hydra records a job's config (``.hydra/``): ``subdir`` on rank 0; null (nothing
+    recorded) elsewhere, and where the run directory already holds a run that this job does not go on training: a
+    re-run without ``resume`` (which train.py refuses) or an evaluation. Hydra writes the record before train.py
+    starts, so this is the one place to keep the finished run's ``config.yaml`` and ``overrides.yaml`` its own."""
+    if _rank() != 0:
+        return None
+    output_dir = OmegaConf.select(_root_, "hydra.runtime.output_dir", default=None)
+    continues = _root_.get("resume") is not None and not _root_.get("eval_only")
+    if output_dir and not continues and run_outputs(output_dir):
+        return None
+    return subdir
+
+
 def run_id() -> str:
     """The run directory's name: ``<date>/<time with ms>`` (no two runs share it, even within a second), or
     ``<date>/torchrun_<run id>`` under torchrun, where every rank composes the config and must agree on it."""
@@ -285,12 +310,14 @@ def help_groups() -> str:
 def register_configs() -> None:
     """Register the schema (``train_schema``, first in ``train.yaml``'s defaults) and the resolvers the configs use:
     ``run_id`` (the run directory name), ``job_dir_name`` (a sweep job's directory), ``help_groups`` (the groups
-    ``--help`` lists), ``rank_zero`` (a value on rank 0, null elsewhere), ``log_file_name``."""
+    ``--help`` lists), ``rank_zero`` (a value on rank 0, null elsewhere), ``config_record_dir`` (Hydra's
+    ``output_subdir``), ``log_file_name``."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     OmegaConf.register_new_resolver("run_id", run_id, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("job_dir_name", job_dir_name, replace=True)
     OmegaConf.register_new_resolver("help_groups", help_groups, replace=True)
     OmegaConf.register_new_resolver("rank_zero", lambda value: value if _rank() == 0 else None, replace=True)
+    OmegaConf.register_new_resolver("config_record_dir", config_record_dir, replace=True)
     OmegaConf.register_new_resolver(
         "log_file_name", lambda job: f"{job}.log" if _rank() == 0 else f"{job}_rank{_rank()}.log", replace=True
     )
