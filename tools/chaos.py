@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-per-epoch", type=int, default=10, help="limit_train_batches")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--checkpoint-every", type=int, default=2, help="checkpoint_every_steps")
-    parser.add_argument("--min-steps", type=int, default=2, help="steps an attempt trains before its fault")
+    parser.add_argument("--min-steps", type=int, default=3, help="steps an attempt trains before its fault")
     parser.add_argument("--jitter", type=float, default=1.0, help="random extra delay before a fault (s)")
     parser.add_argument("--seed", type=int, default=0, help="draws the faults' order, targets and delays")
     parser.add_argument("--atol", type=float, default=0.0, help="largest weight difference accepted (0: bitwise)")
