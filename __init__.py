@@ -6,21 +6,22 @@ registered in timm on import), ``mixerzoo.training`` (config schema, data) and t
 ``mixerzoo.benchmark``. ``import mixerzoo`` registers every zoo model in timm.
 
     import mixerzoo
-    model = mixerzoo.create_model("caformer_s18", num_classes=100)   # any configs/model/<name>.yaml or timm name
+    model = mixerzoo.create_model("caformer_s18", num_classes=100)   # any zoo layout (list_layouts()) or timm name
 """
 
 # Only as ``mixerzoo``: pytest imports the repository root's ``__init__.py`` under the folder's name (its package
 # node for the root); that import must not load the zoo a second time under another name.
 if __name__ == "mixerzoo":
     from .mixers import create_mixer, list_mixers, register_mixer
-    from .models import MetaFormer, create_model, list_model_configs, load_checkpoint
+    from .models import MetaFormer, build_model, create_model, list_layouts, load_checkpoint
 
 __all__ = [
     "MetaFormer",
+    "build_model",
     "create_mixer",
     "create_model",
+    "list_layouts",
     "list_mixers",
-    "list_model_configs",
     "load_checkpoint",
     "register_mixer",
 ]

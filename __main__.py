@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import timm
 
-from mixerzoo.mixers.registry import CHANNEL_MIXERS, MIXERS, Registry
-from mixerzoo.models import list_model_configs, model_config
+from mixerzoo.mixers.registry import CHANNEL_MIXERS, MIXERS
+from mixerzoo.models.registry import LAYOUTS
+from mixerzoo.registry import Registry
 
 
 def grid_bound(entry: object) -> str:
@@ -43,12 +44,17 @@ def mixer_lines() -> list[str]:
 
 
 def model_lines() -> list[str]:
-    lines = ["model configs (python train.py model=<name>; mixerzoo.create_model(<name>)): name | builds"]
-    for name in list_model_configs():
-        cfg = model_config(name)
-        builds = cfg.get("model_name") if cfg.get("_target_") == "timm.create_model" else "MetaFormer builder"
-        lines.append(f"  {name} | {builds}")
-    return lines
+    lines = ["models (python train.py model=<name>; mixerzoo.create_model(<name>)): name | in timm | summary"]
+    for name in LAYOUTS.names():
+        layout = LAYOUTS.get(name)
+        lines.append(f"  {name} | {'yes' if layout.timm else 'no'} | {layout.summary}")
+    return [
+        *lines,
+        "in timm = yes: timm.create_model(<name>) builds the same model. no: the comparison backbones, and the zoo's",
+        "builder versions of timm's PoolFormer/ConvFormer/CAFormer names, for which timm.create_model(<name>) is",
+        "timm's own model (same architecture and parameter count, timm's key layout; mixerzoo.load_checkpoint",
+        "converts its weights).",
+    ]
 
 
 def timm_lines() -> list[str]:

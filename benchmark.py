@@ -67,7 +67,6 @@ import contextlib
 import csv
 import fnmatch
 import json
-import math
 import os
 import resource
 import statistics
@@ -84,14 +83,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import yaml
-from torch.utils.flop_counter import FlopCounterMode
 
 import mixerzoo  # noqa: F401  (registers the zoo in timm)
 from mixerzoo.mixers import list_channel_mixers, list_mixers
 from mixerzoo.mixers.grid import GridMismatchError
+from mixerzoo.models import build_model as build_model_from_spec
+from mixerzoo.models import list_layouts
+from mixerzoo.models.factory import is_zoo_model
+from mixerzoo.models.macs import count_macs
 
 ROOT = Path(__file__).resolve().parent
-CONFIG_DIR = ROOT / "configs"
 DEFAULT_REFERENCE = "poolformerv2_s12"
 BASE_SIZE = 224
 
@@ -121,11 +122,12 @@ PRECISIONS = ("fp32", "bf16", "fp16", "amp_bf16", "amp_fp16")
 # --- model specs ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to benchmark: a timm name, or a zoo model config plus Hydra overrides of the model group."""
+    """A model to benchmark: a timm name, or a zoo model (``configs/model/<name>.yaml``) plus overrides of its keys
+    (``key=<yaml value>``, dotted keys into nested options: ``block.norm=layernorm``)."""
 
     kind: str  # "timm" or "config"
     name: str
-    overrides: tuple[str, ...] = ()  # config: Hydra overrides of the model group; timm: create_model kwargs
+    overrides: tuple[str, ...] = ()  # key=<yaml value>: options of the model spec (timm: create_model kwargs)
 
     @property
     def label(self) -> str:
@@ -135,7 +137,7 @@ class ModelSpec:
 
 
 def model_config_names() -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+    return list_layouts()
 
 
 def parse_model_arg(arg: str) -> list[ModelSpec]:
@@ -161,107 +163,28 @@ def parse_models(args: Iterable[str]) -> list[ModelSpec]:
     return specs
 
 
-def compose_model_config(name: str, overrides: Sequence[str] = ()) -> Any:
-    """``configs/model/<name>.yaml`` with overrides of its keys (``mixer=attention``), composed like train.py does."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(overrides=[f"+model={name}", *(f"model.{o.removeprefix('model.')}" for o in overrides)])
-    return cfg.model
+def spec_options(overrides: Sequence[str]) -> dict[str, Any]:
+    """``key=<yaml value>`` overrides as (nested) options: ``block.norm=layernorm`` -> ``{"block": {"norm": ...}}``."""
+    options: dict[str, Any] = {}
+    for override in overrides:
+        key, sep, value = override.removeprefix("model.").partition("=")
+        if not sep:
+            raise ValueError(f"Override {override!r} is not key=value (e.g. mixer=attention, block.norm=layernorm).")
+        *parents, leaf = key.split(".")
+        node = options
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(value)
+    return options
 
 
 def build_model(spec: ModelSpec, img_size: int | None = None, num_classes: int = 1000) -> tuple[nn.Module, str]:
-    """The model (on the current default device) and a note; ``img_size`` is passed to the constructor if given
-    (if the model does not take it, it is built without and the note says so)."""
-    from hydra.utils import instantiate
-
-    kwargs: dict[str, Any] = {"num_classes": num_classes}
-    if spec.kind == "timm":  # overrides of a timm spec are keyword arguments of create_model, as key=<yaml value>
-        kwargs.update({k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in spec.overrides)})
-        build: Callable[..., nn.Module] = lambda **kw: timm.create_model(spec.name, pretrained=False, **kw)  # noqa: E731
-    else:
-        cfg = compose_model_config(spec.name, spec.overrides)
-        build = lambda **kw: instantiate(cfg, **kw)  # noqa: E731
-    if img_size is None:
-        return build(**kwargs), ""
-    try:
-        return build(img_size=img_size, **kwargs), f"built for {img_size}"
-    except TypeError:
-        return build(**kwargs), "takes no img_size"
-
-
-# --- MAC counting -----------------------------------------------------------------------------------------------
-def _fft_flops(points: int, transforms: int, complex_input: bool) -> int:
-    """5·n·log2(n) real FLOPs per complex transform, half of that per real one."""
-    if points <= 1:
-        return 0
-    per = 5.0 * points * math.log2(points)
-    return round(transforms * (per if complex_input else per / 2))
-
-
-def _fft_r2c_flop(x_shape: Sequence[int], dim: Sequence[int], *args: Any, out_shape: Any = None, **kw: Any) -> int:
-    points = math.prod(x_shape[d] for d in dim)
-    return _fft_flops(points, math.prod(x_shape) // points, complex_input=False)
-
-
-def _fft_c2r_flop(x_shape: Sequence[int], dim: Sequence[int], *args: Any, out_shape: Any = None, **kw: Any) -> int:
-    points = math.prod(out_shape[d] for d in dim)  # the real output's sizes
-    return _fft_flops(points, math.prod(out_shape) // points, complex_input=False)
-
-
-def _fft_c2c_flop(x_shape: Sequence[int], dim: Sequence[int], *args: Any, out_shape: Any = None, **kw: Any) -> int:
-    points = math.prod(x_shape[d] for d in dim)
-    return _fft_flops(points, math.prod(x_shape) // points, complex_input=True)
-
-
-def _scan_flop(x_shape: Sequence[int], *args: Any, out_shape: Any = None, **kw: Any) -> int:
-    return 2 * math.prod(out_shape)  # one multiply-add per element
-
-
-aten = torch.ops.aten
-FFT_RULES = {aten._fft_r2c: _fft_r2c_flop, aten._fft_c2r: _fft_c2r_flop, aten._fft_c2c: _fft_c2c_flop}
-SCAN_RULES = {aten.cumsum: _scan_flop, aten.cumprod: _scan_flop, aten.logcumsumexp: _scan_flop}
-
-
-@dataclass
-class MacCount:
-    """Forward MACs of one call, by kind."""
-
-    matmul: int = 0
-    fft: int = 0
-    scan: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.matmul + self.fft + self.scan
-
-
-def count_macs(model: nn.Module, inputs: torch.Tensor) -> MacCount:
-    """Forward MACs of ``model(inputs)`` (FLOPs / 2) with the FFT and scan rules above; run it on the meta device."""
-    fft_ops = {str(op) for op in FFT_RULES}
-    scan_ops = {str(op) for op in SCAN_RULES}
-    module_scan_flops = 0
-
-    def add_module_scan(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        nonlocal module_scan_flops
-        module_scan_flops += 2 * int(module.scan_macs(*args))
-
-    hooks = [m.register_forward_hook(add_module_scan) for m in model.modules() if hasattr(m, "scan_macs")]
-    try:
-        with FlopCounterMode(display=False, custom_mapping={**FFT_RULES, **SCAN_RULES}) as counter:
-            model(inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    count = MacCount(scan=module_scan_flops // 2)
-    for op, flops in counter.get_flop_counts().get("Global", {}).items():
-        if str(op) in fft_ops:
-            count.fft += flops // 2
-        elif str(op) in scan_ops:
-            count.scan += flops // 2
-        else:
-            count.matmul += flops // 2
-    return count
+    """The model (on the current default device) and a note, through the zoo's one build function; zoo models are
+    built for ``img_size`` if given (grid-bound mixers depend on it), other timm models at their default."""
+    data = {"num_classes": num_classes, "in_chans": 3, "img_size": img_size}
+    model = build_model_from_spec({"name": spec.name, **spec_options(spec.overrides)}, data)
+    note = f"built for {img_size}" if img_size is not None and is_zoo_model(spec.name) else ""
+    return model, note
 
 
 # --- timing -----------------------------------------------------------------------------------------------------

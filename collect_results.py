@@ -32,35 +32,12 @@ from typing import Any
 
 import torch
 
-from mixerzoo.benchmark import count_macs
+from mixerzoo.models import build_model
+from mixerzoo.models.macs import count_macs
+from mixerzoo.registry import spec_label
 
 COLUMNS = ["job", "model", "mixer", "params_m", "gmacs", "train_img_s", "best_top1", "final_top1", "epochs"]
 EXTRA_COLUMNS = ["data", "img_size", "seed", "wall_min"]
-
-
-def _mixer_label(spec: Any) -> str:
-    """A mixer spec as text: ``pooling``, ``aff`` (from ``{name: aff, ...}``), ``sepconv/sepconv/attention/...``."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(spec, (DictConfig, ListConfig)):
-        spec = OmegaConf.to_container(spec, resolve=True)
-    if isinstance(spec, dict):
-        return str(spec.get("name", spec))
-    if isinstance(spec, list):
-        return "/".join(_mixer_label(s) for s in spec)
-    return "" if spec is None else str(spec)
-
-
-def _model_label(model_cfg: Any, job_dir: Path) -> str:
-    """The timm name for ``model=timm``, else the model config's name (Hydra's recorded choice), else ''."""
-    from omegaconf import OmegaConf
-
-    if model_cfg.get("_target_") == "timm.create_model":
-        return str(model_cfg.get("model_name"))
-    hydra_file = job_dir / ".hydra" / "hydra.yaml"
-    if hydra_file.exists():
-        return str(OmegaConf.load(hydra_file).hydra.runtime.choices.get("model") or "")
-    return ""
 
 
 def job_row(summary_file: Path, root: Path) -> dict[str, Any]:
@@ -79,20 +56,20 @@ def job_row(summary_file: Path, root: Path) -> dict[str, Any]:
     config_file = job_dir / ".hydra" / "config.yaml"
     if not config_file.exists():
         return row
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(config_file)
     row.update(data=cfg.data.get("name"), img_size=cfg.data.get("img_size"), seed=cfg.get("seed"))
     row["wall_min"] = max(0.0, summary_file.stat().st_mtime - config_file.stat().st_mtime) / 60
-    row["model"] = _model_label(cfg.model, job_dir)
-    row["mixer"] = _mixer_label(cfg.model.get("mixer"))
+    row["model"] = str(cfg.model.get("name") or "")
+    row["mixer"] = spec_label(cfg.model.get("mixer"))
     try:
-        data = cfg.data
-        with torch.device("meta"):
-            num_classes = data.num_classes if data.num_classes is not None else summary.get("num_classes")
-            model = instantiate(cfg.model, num_classes=num_classes, in_chans=data.in_chans)
-            inputs = torch.empty(1, data.in_chans, data.img_size, data.img_size)
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        if data["num_classes"] is None:  # data=folder: the count the run settled from the data
+            data["num_classes"] = summary.get("num_classes")
+        with torch.device("meta"):  # built as train.py built it, for the job's image size
+            model = build_model(cfg.model, data)
+            inputs = torch.empty(1, data["in_chans"], data["img_size"], data["img_size"])
         row["gmacs"] = count_macs(model.eval(), inputs).total / 1e9
     except Exception as error:  # MACs are a convenience here; the accuracy columns stand without them
         row["note"] = f"MACs n/a: {error}"

@@ -1,110 +1,34 @@
-"""Registries of named building blocks, built from *specs*.
+"""The token-mixer and channel-mixer registries (``mixerzoo.registry.Registry``, the zoo's one mechanism).
 
 A spec is a name (``"pooling"``) or a mapping holding the name plus options (``{"name": "attention",
-"head_dim": 32}``, what a Hydra config gives). :class:`Registry` maps names to classes or factory functions;
-``create(spec, *args, **context)`` calls the registered entry with the spec's options as keyword arguments, so a
-misspelt option raises an error listing the accepted ones, and an unknown name an error listing the registered
-names. *Context* entries (what the builder knows: ``grid``, ``img_size``, ``drop_path``, ...) are passed only if
-the entry's signature names them, and never over a spec option of the same name: an entry that can take any
-grid simply does not ask for it.
+"head_dim": 32}``, what a Hydra config gives); options may also be given as keywords
+(``create_mixer("attention", 64, head_dim=32)``). Every option is applied or the call raises an error naming the
+accepted ones. The builder's *context* (``grid``, ``img_size``) travels separately (``context=``) and reaches only
+mixers whose signature names it.
 
 Token mixers (``MIXERS``) map a channels-last grid ``(B, H, W, C)`` to the same shape and mix across tokens;
 channel mixers (``CHANNEL_MIXERS``, the MLP slot of a block) have the same interface but mix each token's channels
-only. The backbone builder keeps its other slots (stem, downsampling, block, extras, head) in registries of the
-same class (``mixerzoo.models.registry``).
+only. The backbone builder keeps its other slots (stem, downsampling, block, extras, head) and the named layouts
+in registries of the same class (``mixerzoo.models.registry``).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from mixerzoo.registry import Registry, Spec
 
 __all__ = [
     "CHANNEL_MIXERS",
     "MIXERS",
-    "Registry",
-    "Spec",
     "create_channel_mixer",
     "create_mixer",
     "list_channel_mixers",
     "list_mixers",
-    "plain",
     "register_channel_mixer",
     "register_mixer",
-    "split_spec",
 ]
-
-
-Spec = str | Mapping[str, Any]  # a registered name, or a mapping with "name" plus options
-
-
-def plain(value: Any) -> Any:
-    """OmegaConf containers (from Hydra) to plain Python lists/dicts, leaving other values alone."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
-        return [plain(v) for v in value]
-    return value
-
-
-def split_spec(spec: str | Mapping[str, Any], kind: str = "spec") -> tuple[str, dict[str, Any]]:
-    """``(name, options)`` of a spec."""
-    if isinstance(spec, str):
-        return spec, {}
-    if isinstance(spec, Mapping):
-        options = plain(spec)
-        if "name" not in options:
-            raise ValueError(f"A {kind} spec mapping needs a 'name' key; got keys {sorted(options)}.")
-        return options.pop("name"), options
-    raise TypeError(
-        f"A {kind} spec is a name or a mapping with 'name' plus options; got {type(spec).__name__}: {spec!r}."
-    )
-
-
-class Registry:
-    """Named classes or factories of one kind (``kind`` names it in error messages)."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._entries: dict[str, Callable[..., Any]] = {}
-
-    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator: register a class or factory under ``name``."""
-
-        def decorator(entry: Callable[..., Any]) -> Callable[..., Any]:
-            if name in self._entries and self._entries[name] is not entry:
-                raise ValueError(
-                    f"{self.kind} name {name!r} is already registered by {self._entries[name].__qualname__}."
-                )
-            self._entries[name] = entry
-            return entry
-
-        return decorator
-
-    def names(self) -> list[str]:
-        return sorted(self._entries)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
-    def get(self, name: str) -> Callable[..., Any]:
-        if name not in self._entries:
-            raise ValueError(f"Unknown {self.kind} {name!r}. Registered: {', '.join(self.names())}.")
-        return self._entries[name]
-
-    def create(self, spec: str | Mapping[str, Any], *args: Any, **context: Any) -> Any:
-        """Build ``spec``: ``entry(*args, **options, **wanted_context)``."""
-        name, options = split_spec(spec, self.kind)
-        entry = self.get(name)
-        parameters = inspect.signature(entry).parameters
-        positional = list(parameters)[: len(args)]
-        accepted = [p for p in parameters if p not in ("self", *positional)]
-        unknown = sorted(set(options) - set(accepted))
-        if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            raise TypeError(f"{self.kind} {name!r} got unknown option(s) {unknown}; it accepts {accepted}.")
-        wanted_context = {k: v for k, v in context.items() if k in accepted and k not in options}
-        return entry(*args, **options, **wanted_context)
 
 
 MIXERS = Registry("token mixer")
@@ -131,11 +55,13 @@ def list_channel_mixers() -> list[str]:
     return CHANNEL_MIXERS.names()
 
 
-def create_mixer(spec: str | Mapping[str, Any], dim: int, **context: Any) -> Any:
-    """Build the token mixer a spec names, for ``dim`` channels (context: see the module docstring)."""
-    return MIXERS.create(spec, dim, **context)
+def create_mixer(spec: Spec, dim: int, *, context: Mapping[str, Any] | None = None, **options: Any) -> Any:
+    """Build the token mixer a spec names, for ``dim`` channels, with ``options`` (every one is applied or the call
+    raises, naming the accepted ones): ``create_mixer("attention", 64, head_dim=16)``. ``context`` is what the
+    builder knows about the surroundings (``grid``, ``img_size``), passed only to mixers that ask for it."""
+    return MIXERS.create(spec, dim, context=context, **options)
 
 
-def create_channel_mixer(spec: str | Mapping[str, Any], dim: int, **context: Any) -> Any:
-    """Build the channel mixer a spec names, for ``dim`` channels."""
-    return CHANNEL_MIXERS.create(spec, dim, **context)
+def create_channel_mixer(spec: Spec, dim: int, *, context: Mapping[str, Any] | None = None, **options: Any) -> Any:
+    """Build the channel mixer a spec names, for ``dim`` channels, with ``options`` (as ``create_mixer``)."""
+    return CHANNEL_MIXERS.create(spec, dim, context=context, **options)

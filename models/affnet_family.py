@@ -33,6 +33,7 @@ from typing import Any
 from timm.models import generate_default_cfgs, register_model
 
 from .backbone import MetaFormer, create_metaformer, pretrained_cfg
+from .registry import LAYOUTS, register_layout
 
 __all__: list[str] = []
 
@@ -111,9 +112,23 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({f"{name}.ms_in1k": _cfg() for name in SIZES})
 
 
+OFFICIAL_MODES = {
+    "affnet_et": ("AFFNet-ET", "xx_small"),
+    "affnet_t": ("AFFNet-T", "x_small"),
+    "affnet": ("AFFNet", "small"),
+}
+for _name, (_title, _mode) in OFFICIAL_MODES.items():
+    register_layout(
+        _name,
+        f"{_title} (official mode {_mode}): inverted residuals, then AFF blocks with fusion; "
+        "default input 256, any size works",
+        timm=True,
+        **layout(**SIZES[_name]),
+    )
+
+
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
-    options = {**layout(**SIZES[variant]), **kwargs}
-    return create_metaformer(variant, pretrained, (0, 1, 2, 3, 4), **options)
+    return create_metaformer(variant, pretrained, (0, 1, 2, 3, 4), **LAYOUTS.get(variant)(**kwargs))
 
 
 @register_model

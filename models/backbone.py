@@ -27,7 +27,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
 from timm.models._features import FeatureGetterNet, feature_take_indices
 
-from ..mixers.registry import Spec, plain, split_spec
+from ..registry import Spec, plain, split_spec
 from . import blocks as _blocks  # noqa: F401  (registers the stems, downsampling layers and blocks)
 from . import extras as _extras  # noqa: F401  (registers the extras)
 from .checkpoint import check_pretrained_file, checkpoint_filter_fn
@@ -228,7 +228,7 @@ class MetaFormer(nn.Module):
 
         stem_name, stem_options = split_spec(plain(stem), "stem")
         stem_options.setdefault("dim", dims[0])
-        self.stem = STEMS.create({"name": stem_name, **stem_options}, in_chans, img_size=self.img_size)
+        self.stem = STEMS.create({"name": stem_name, **stem_options}, in_chans, context=dict(img_size=self.img_size))
         grid, reduction = _resampled(self.stem, self.img_size, 1)
         num_blocks = sum(depths)  # drop path grows linearly with the global block index, 0 -> drop_path_rate
         rates = [drop_path_rate * j / max(num_blocks - 1, 1) for j in range(num_blocks)]
@@ -239,13 +239,13 @@ class MetaFormer(nn.Module):
         for i in range(num_stages):
             downsample_ = nn.Identity()
             if downsamples[i] is not None:
-                downsample_ = DOWNSAMPLES.create(downsamples[i], in_dim, dims[i], img_size=self.img_size)
+                downsample_ = DOWNSAMPLES.create(downsamples[i], in_dim, dims[i], context=dict(img_size=self.img_size))
                 grid, reduction = _resampled(downsample_, grid, reduction)
                 in_dim = dims[i]
             stage_blocks = []
             for j in range(depths[i]):
                 context = dict(grid=grid, img_size=self.img_size, mixer=mixers[i], in_dim=in_dim, index=j)
-                stage_blocks.append(BLOCKS.create(blocks_[i], dims[i], drop_path=rates.pop(0), **context))
+                stage_blocks.append(BLOCKS.create(blocks_[i], dims[i], context=dict(drop_path=rates.pop(0), **context)))
                 grid, reduction = _resampled(stage_blocks[-1], grid, reduction)
                 in_dim = dims[i]
             stages.append(MetaFormerStage(downsample_, stage_blocks))
@@ -261,7 +261,7 @@ class MetaFormer(nn.Module):
             self._attach(spec, dims)
         self.num_features = self.head_hidden_size = getattr(self.final_conv, "out_dim", dims[-1])
         context = dict(pool_type=global_pool, drop_rate=drop_rate)
-        self.head = HEADS.create(plain(head), self.num_features, num_classes, **context)
+        self.head = HEADS.create(plain(head), self.num_features, num_classes, context=context)
         self.apply(init_weights)
         for module in self.modules():  # mixers with an init of their own get the last word
             if module is not self and hasattr(module, "init_weights"):
@@ -272,11 +272,11 @@ class MetaFormer(nn.Module):
         name, options = split_spec(plain(spec), "extra")
         attach = EXTRAS.get(name).attach
         if attach in ("cross_shortcuts", "final_conv"):
-            setattr(self, attach, EXTRAS.create({"name": name, **options}, dims=dims, dim=dims[-1]))
+            setattr(self, attach, EXTRAS.create({"name": name, **options}, context=dict(dims=dims, dim=dims[-1])))
             return
         for i in options.pop("stages", range(len(self.stages))):
             stage = self.stages[i]
-            module = EXTRAS.create({"name": name, **options}, dim=dims[i], blocks=list(stage.blocks))
+            module = EXTRAS.create({"name": name, **options}, context=dict(dim=dims[i], blocks=list(stage.blocks)))
             setattr(stage, attach, module)
 
     # --- timm model contract -------------------------------------------------------------------------------

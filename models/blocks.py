@@ -24,7 +24,7 @@ from timm.layers import DropPath, make_divisible
 
 from ..layers import create_act, create_norm
 from ..mixers import create_channel_mixer, create_mixer, register_channel_mixer
-from ..mixers.registry import Spec
+from ..registry import Spec
 from .layers import Scale
 from .registry import BLOCKS, DOWNSAMPLES, STEMS
 
@@ -246,14 +246,14 @@ class MetaFormerBlock(nn.Module):
         _check_width("metaformer", dim if in_dim is None else in_dim, dim)
         context = dict(grid=grid, img_size=img_size)
         self.norm1 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
-        self.token_mixer = create_mixer(mixer, dim, **context)
+        self.token_mixer = create_mixer(mixer, dim, context=context)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.layer_scale1 = _scale(dim, layer_scale_init)
         self.res_scale1 = _scale(dim, res_scale_init)
         self.norm2 = self.mlp = None
         if mlp is not None and (index + 1) % mlp_every == 0:
             self.norm2 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
-            self.mlp = create_channel_mixer(mlp, dim, **context)
+            self.mlp = create_channel_mixer(mlp, dim, context=context)
             self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
             self.layer_scale2 = _scale(dim, layer_scale_init)
             self.res_scale2 = _scale(dim, res_scale_init)
@@ -321,9 +321,9 @@ class AFFBlock(nn.Module):
         _check_width("aff", dim if in_dim is None else in_dim, dim)
         context = dict(grid=grid, img_size=img_size)
         self.norm1 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
-        self.token_mixer = create_mixer(mixer, dim, **context)
+        self.token_mixer = create_mixer(mixer, dim, context=context)
         self.norm2 = create_norm(norm, dim, eps=norm_eps, bias=norm_bias)
-        self.mlp = create_channel_mixer(mlp, dim, **context)
+        self.mlp = create_channel_mixer(mlp, dim, context=context)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)

@@ -1,68 +1,127 @@
-"""Every model one Python call away: ``create_model(name, **overrides)``.
+"""One way to build every model: ``build_model(spec, data)``, used by ``train.py``, the benchmark, the collector,
+the tools and the tests.
 
-``name`` is a model config (``configs/model/<name>.yaml``, what ``python train.py model=<name>`` builds: the
-builder-made PoolFormer/ConvFormer/CAFormer, the mixer ablations, the named families) or else any timm model name
-(the zoo's families are registered in timm). Keyword arguments override the config's keys, e.g.
-``create_model("caformer_s18", mixer=["pooling", "pooling", "attention", "attention"], num_classes=100)``.
+A model *spec* is a name, or a mapping with ``name`` plus options (what ``configs/model/<name>.yaml`` holds):
 
-The builder-made versions of timm's PoolFormer/ConvFormer/CAFormer are not registered in timm under second names:
-``timm.create_model("caformer_s18")`` stays timm's own model (same architecture and parameter count, timm's key
-layout), and one name in timm's registry means one model. Here the config wins, so
-``create_model("caformer_s18")`` is the zoo's; ``timm.create_model`` is one import away for timm's.
+- a zoo layout (``list_layouts()``: written once in Python beside its family, ``mixerzoo.models.registry.LAYOUTS``)
+  with options merged into it (``merge_options``: ``block={"norm": "layernorm"}`` changes one block option);
+- or any other timm model name (``{"name": "resnet18"}``), its options passed to ``timm.create_model``.
+
+A *data* spec (``train.py``'s ``data`` config, or any mapping with ``num_classes``, ``in_chans`` and ``img_size``)
+gives the class count and channels, and zoo models are built for its image size (grid-bound mixers depend on it).
+
+How the zoo's names relate to timm's: the families the zoo adds (IdentityFormer, RandFormer, AFFNet, Strip-MLP,
+Hydra-ViT, ViM2) are registered in timm, so ``timm.create_model(name)`` and ``build_model(name)`` build the same
+model. PoolFormer/PoolFormerV2/ConvFormer/CAFormer names are timm's own: ``timm.create_model("caformer_s18")`` is
+timm's model (same architecture and parameter count, timm's key layout), while ``build_model("caformer_s18")`` and
+``python train.py model=caformer_s18`` build the zoo's (``mixerzoo.load_checkpoint`` converts timm's weights).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import difflib
+import textwrap
+from collections.abc import Mapping
 from typing import Any
 
 import timm
 import torch.nn as nn
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+import yaml
 
-__all__ = ["CONFIG_DIR", "create_model", "list_model_configs", "model_config"]
+from ..registry import Spec, plain, split_spec
+from .backbone import MetaFormer
+from .registry import LAYOUTS
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+__all__ = ["DATA_KEYS", "build_model", "create_model", "is_zoo_model", "layout_config", "list_layouts"]
 
-
-def list_model_configs() -> list[str]:
-    """The names of ``configs/model/*.yaml``, sorted (the values ``model=`` takes in ``train.py``)."""
-    return sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+DATA_KEYS = ("num_classes", "in_chans", "img_size")  # what the data spec decides
 
 
-def model_config(name: str, overrides: list[str] | None = None) -> DictConfig:
-    """The composed ``configs/model/<name>.yaml`` (its family defaults merged), with Hydra ``overrides`` on the
-    ``model`` group (e.g. ``["model.dims=[32,64,160,256]"]``). Works inside a running Hydra app too."""
-    if name not in list_model_configs():
+def list_layouts() -> list[str]:
+    """The zoo's named models (every one has ``configs/model/<name>.yaml``), sorted."""
+    return LAYOUTS.names()
+
+
+def is_zoo_model(name: str) -> bool:
+    """A zoo layout, or a timm name the zoo registers (built for the data's image size)."""
+    return name in LAYOUTS or (
+        timm.is_model(name) and timm.models.model_entrypoint(name).__module__.startswith("mixerzoo.")
+    )
+
+
+def _data_options(data: Any, name: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    data = plain(data) if isinstance(data, Mapping) else dict(vars(data))
+    if data.get("num_classes") is None:
         raise ValueError(
-            f"No model config {name!r} in {CONFIG_DIR / 'model'}; known: {', '.join(list_model_configs())}."
+            "data.num_classes is null: it is taken from the data when the datasets are built (train.py); set "
+            "data.num_classes=<count> to build the model on its own."
         )
-    global_hydra = GlobalHydra.instance()
-    running = global_hydra.hydra if global_hydra.is_initialized() else None
-    global_hydra.clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(overrides=[f"+model={name}", *(overrides or [])]).model
-    finally:
-        if running is not None:
-            global_hydra.clear()
-            global_hydra.initialize(running)
+    options = {"num_classes": data["num_classes"], "in_chans": data.get("in_chans", 3)}
+    if is_zoo_model(name) and data.get("img_size") is not None:
+        options["img_size"] = data["img_size"]  # grid-bound mixers are built for the data's size
+    return options
 
 
-def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """The model of ``configs/model/<name>.yaml`` with ``kwargs`` overriding its keys, or timm's model ``name``
-    (``timm.create_model(name, pretrained, **kwargs)``) when there is no such config."""
-    if name not in list_model_configs():
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
-    cfg = model_config(name)
-    if pretrained:
-        if cfg.get("_target_") != "timm.create_model":
+def _unknown_model(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, list_layouts(), n=3, cutoff=0.6)
+    close += [n for n in timm.list_models(f"*{name.split('.')[0][:8]}*")[:5] if n not in close]
+    return ValueError(
+        f"Unknown model {name!r}: neither a zoo layout nor a timm model."
+        + (f" Did you mean {', '.join(repr(c) for c in close[:5])}?" if close else "")
+        + " Zoo models: python -m mixerzoo models (train.py: model=<name>); any timm model: model=timm "
+        "model.name=<timm name>."
+    )
+
+
+def build_model(spec: Spec, data: Any = None, *, pretrained: bool = False, **options: Any) -> nn.Module:
+    """The model ``spec`` names, with ``options`` merged into its options, for ``data`` (its class count, channels
+    and, for zoo models, image size). A spec option that the data decides and that disagrees with it raises."""
+    name, spec_options = split_spec(spec, "model")
+    spec_options = {**spec_options, **plain(options)}
+    pretrained = bool(spec_options.pop("pretrained", False)) or pretrained  # a config may say pretrained: true
+    from_data = _data_options(data, name)
+    clash = {k: (spec_options[k], v) for k, v in from_data.items() if k in spec_options and spec_options[k] != v}
+    if clash:
+        said = ", ".join(f"{k}={a!r} in the model spec but {b!r} from the data" for k, (a, b) in clash.items())
+        raise ValueError(
+            f"model {name!r}: {said}. Set them on the data (data.num_classes, data.in_chans, data.img_size), not "
+            "on the model."
+        )
+    spec_options.update(from_data)
+    if name in LAYOUTS:
+        layout = LAYOUTS.get(name)
+        if layout.timm:  # the family's registration adds timm's pretrained cfg and features_only support
+            return timm.create_model(name, pretrained=pretrained, **layout(**spec_options))
+        if pretrained:
             raise ValueError(
-                f"{name!r} is a builder config with no weights of its own; load a file with "
-                "mixerzoo.load_checkpoint(model, path) (timm and official layouts are converted)."
+                f"{name!r} is built by the zoo's builder and has no weights of its own; load a file with "
+                "mixerzoo.load_checkpoint(model, path) (timm's and the official key layouts are converted)."
             )
-        kwargs["pretrained"] = True
-    return instantiate(cfg, **kwargs)
+        return MetaFormer(**layout(**spec_options))
+    if timm.is_model(name):
+        return timm.create_model(name, pretrained=pretrained, **spec_options)
+    raise _unknown_model(name)
+
+
+def create_model(name: str, pretrained: bool = False, **options: Any) -> nn.Module:
+    """``build_model(name, pretrained=pretrained, **options)``: any zoo layout or timm name, with options
+    (``create_model("caformer_s18", mixer=["pooling", "pooling", "attention", "attention"], num_classes=100)``)."""
+    return build_model(name, pretrained=pretrained, **options)
+
+
+def layout_config(name: str) -> str:
+    """The text of ``configs/model/<name>.yaml``: the layout's name and options (less what the data decides),
+    generated from the layout so that a config never drifts from the model it names."""
+    layout = LAYOUTS.get(name)
+    options = {k: v for k, v in layout().items() if k not in DATA_KEYS}
+    first = {k: options.pop(k) for k in ("mixer", "depths", "dims") if k in options}  # the keys most overridden
+    body = yaml.safe_dump({"name": name, **first, **options}, sort_keys=False, default_flow_style=None, width=120)
+    source = layout.module.replace("mixerzoo.", "").replace(".", "/") + ".py"
+    header = (
+        f"{layout.summary}. Generated from the layout in {source} (python tools/model_configs.py --write): do not "
+        "edit. Override any key on the command line (model.mixer=sepconv, model.block.norm=layernorm) or in an "
+        "experiment config."
+    )
+    return "".join(f"# {line}\n" for line in textwrap.wrap(header, 116)) + body

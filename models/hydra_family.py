@@ -30,6 +30,7 @@ from typing import Any
 from timm.models import generate_default_cfgs, register_model
 
 from .backbone import MetaFormer, create_metaformer, pretrained_cfg
+from .registry import LAYOUTS, register_layout
 
 __all__: list[str] = []
 
@@ -61,8 +62,24 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in SIZES})
 
 
+register_layout(
+    "hydra_vit_s",
+    "Hydra-ViT-S (ours, not in the paper): width 384, 24 mixer-only Hydra layers, 16x16 patches",
+    timm=True,
+    **LAYOUT,
+    **SIZES["hydra_vit_s"],
+)
+register_layout(
+    "hydra_vit_b",
+    "Hydra-ViT-B (Table 5): width 768, 24 mixer-only Hydra layers, 16x16 patches",
+    timm=True,
+    **LAYOUT,
+    **SIZES["hydra_vit_b"],
+)
+
+
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
-    options = {**LAYOUT, **SIZES[variant], **kwargs}
+    options = LAYOUTS.get(variant)(**kwargs)
     depth = options["depths"][0]
     last_three = tuple(range(max(depth - 3, 0), depth))  # the feature levels are the blocks; timm's ViT default
     return create_metaformer(variant, pretrained, last_three, default_feature_cls="getter", **options)

@@ -35,6 +35,7 @@ from typing import Any
 from timm.models import generate_default_cfgs, register_model
 
 from .backbone import MetaFormer, create_metaformer, pretrained_cfg
+from .registry import LAYOUTS, register_layout
 
 __all__: list[str] = []
 
@@ -84,9 +85,25 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in SIZES})
 
 
+TITLES = {
+    "stripmlp_t_light": "Strip-MLP-T* (light tiny)",
+    "stripmlp_t": "Strip-MLP-T",
+    "stripmlp_s": "Strip-MLP-S",
+    "stripmlp_b": "Strip-MLP-B",
+}
+for _name, _title in TITLES.items():
+    register_layout(
+        _name,
+        f"{_title}: strip MLPs for one input size (224 by default; img_size or mixer.resize=true for others)",
+        timm=True,
+        **LAYOUT,
+        **SIZES[_name],
+    )
+
+
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
     # the cross-stage shortcuts live outside the stages, so features come from forward_intermediates
-    options = {**LAYOUT, **SIZES[variant], **kwargs}
+    options = LAYOUTS.get(variant)(**kwargs)
     return create_metaformer(variant, pretrained, (0, 1, 2, 3), default_feature_cls="getter", **options)
 
 

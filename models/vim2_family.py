@@ -37,6 +37,7 @@ from typing import Any
 from timm.models import generate_default_cfgs, register_model
 
 from .backbone import MetaFormer, create_metaformer, pretrained_cfg
+from .registry import LAYOUTS, register_layout
 
 __all__: list[str] = []
 
@@ -94,9 +95,19 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in SIZES})
 
 
+for _name in SIZES:
+    register_layout(
+        _name,
+        f"ViM2-{_name[5:].upper()} (MambaMixer): selective token mixers, selective channel mixers "
+        "every second block, weighted averaging inside each stage; no official code or weights",
+        timm=True,
+        **LAYOUT,
+        **SIZES[_name],
+    )
+
+
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaFormer:
-    options = {**LAYOUT, **SIZES[variant], **kwargs}
-    return create_metaformer(variant, pretrained, (0, 1, 2, 3), **options)
+    return create_metaformer(variant, pretrained, (0, 1, 2, 3), **LAYOUTS.get(variant)(**kwargs))
 
 
 @register_model

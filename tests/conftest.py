@@ -9,9 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-import mixerzoo  # noqa: F401  (registers the zoo in timm)
+import mixerzoo
 from mixerzoo.models.affnet_family import SIZES as AFFNET_SIZES
 from mixerzoo.models.hydra_family import SIZES as HYDRA_SIZES
 from mixerzoo.models.metaformer_baselines import SIZES
@@ -31,10 +30,10 @@ def compose_model_config(name: str, overrides: list[str] | None = None) -> Any:
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """A model from ``configs/model/<name>.yaml`` (``hydra.utils.instantiate``), like train.py builds it.
+    """A model from ``configs/model/<name>.yaml`` through the one build function, like train.py builds it.
 
     The model group is composed on its own, so these tests do not depend on the rest of the training tree."""
-    return instantiate(compose_model_config(name), **kwargs)
+    return mixerzoo.build_model(compose_model_config(name), **kwargs)
 
 
 def num_params(model: nn.Module) -> int:

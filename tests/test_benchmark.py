@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mixerzoo import benchmark, collect_results
 from mixerzoo.mixers import create_channel_mixer, list_channel_mixers, list_mixers
+from mixerzoo.models.macs import count_macs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,7 @@ class DeclaredScan(nn.Module):
 def test_conv_linear_macs_equal_the_analytic_count_and_the_plain_counter() -> None:
     with torch.device("meta"):
         model, x = ConvLinear(), torch.empty(2, 3, 6, 6)
-    macs = benchmark.count_macs(model, x)
+    macs = count_macs(model, x)
     analytic = 2 * (6 * 6 * 8 * 3 * 9 + 8 * 6 * 6 * 10)  # batch 2: conv (HW·Cout·Cin·k²) + linear (in·out)
     with FlopCounterMode(display=False) as plain:
         model(x)
@@ -70,7 +71,7 @@ def test_conv_linear_macs_equal_the_analytic_count_and_the_plain_counter() -> No
 
 def test_real_fft_rule_counts_the_documented_formula() -> None:
     x = torch.empty(2, 8, 8, 4, device="meta")  # 2·4 = 8 transforms of 8x8 = 64 points, forward and inverse
-    macs = benchmark.count_macs(RealFFTFilter(), x)
+    macs = count_macs(RealFFTFilter(), x)
     per_transform = 1.25 * 64 * math.log2(64)
     assert macs.fft == 2 * 8 * per_transform > 0
     assert macs.matmul == 0
@@ -78,13 +79,13 @@ def test_real_fft_rule_counts_the_documented_formula() -> None:
 
 def test_complex_fft_rule_counts_the_documented_formula() -> None:
     x = torch.empty(3, 16, 16, device="meta")  # 3 transforms of 256 points
-    assert benchmark.count_macs(ComplexFFT(), x).fft == 3 * 2.5 * 256 * 8
+    assert count_macs(ComplexFFT(), x).fft == 3 * 2.5 * 256 * 8
 
 
 def test_scan_rules_count_cumsum_elements_and_declared_kernels() -> None:
     x = torch.empty(2, 16, 8, device="meta")
-    assert benchmark.count_macs(CumsumScan(), x).scan == x.numel()
-    assert benchmark.count_macs(DeclaredScan(), x).scan == 9 * x.numel()
+    assert count_macs(CumsumScan(), x).scan == x.numel()
+    assert count_macs(DeclaredScan(), x).scan == 9 * x.numel()
 
 
 def test_model_arguments_parse_names_configs_overrides_and_globs() -> None:
@@ -165,7 +166,7 @@ def _fake_job(root: Path, name: str, mixer: str | None, top1: float, with_config
     summary = {"best_top1": top1, "final_top1": top1 - 1, "epochs_completed": 3, "train_images_per_sec": 500.0}
     (job / "summary.json").write_text(json.dumps({**summary, "params": 440_000}))
     if with_config:
-        model = {"_target_": "mixerzoo.MetaFormer", "mixer": mixer, "depths": [1, 1], "dims": [8, 16]}
+        model = {"name": "metaformer_tiny", "mixer": mixer}
         config = {"model": model, "data": {"num_classes": 10, "in_chans": 1, "img_size": 32}}
         (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
         hydra = {"hydra": {"runtime": {"choices": {"model": "metaformer_tiny"}}}}
@@ -214,7 +215,7 @@ def test_selective_scan_state_updates_are_counted_for_the_mamba_mixers() -> None
     x = torch.empty(2, 4, 5, 32, device="meta")
     with torch.device("meta"):
         token_mixer = create_mixer({"name": "mamba_mixer", "d_state": 16}, 32)
-    count = benchmark.count_macs(token_mixer, x)
+    count = count_macs(token_mixer, x)
     # batch 2 x 4 scan directions x E inner channels x 20 tokens x 16 states
     assert count.scan == 2 * 4 * token_mixer.ssm.d_inner * 20 * 16 > 0
 

@@ -1,4 +1,4 @@
-"""Discovery from the command line (issue 16, item 10): ``python -m mixerzoo`` and ``train.py --help``."""
+"""Discovery from the command line: ``python -m mixerzoo`` and ``train.py --help``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mixerzoo.mixers import list_channel_mixers, list_mixers
-from mixerzoo.models import list_model_configs
+from mixerzoo.models import list_layouts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,14 +24,15 @@ def test_python_m_mixerzoo_lists_mixers_channel_mixers_and_model_configs(tmp_pat
     text = out.stdout
     assert _section(text, "token mixers") == list_mixers()
     assert _section(text, "channel mixers") == list_channel_mixers()
-    assert _section(text, "model configs") == list_model_configs()
+    assert _section(text, "models (") == list_layouts()
     assert "  random | yes |" in text and "  strip_mlp | yes |" in text and "  pooling | no |" in text
-    assert "  vim2_t\n" in text and "  caformer_s18 | MetaFormer builder" in text
+    assert "  vim2_t\n" in text and "  caformer_s18 | no | CAFormer-S18" in text and "  vim2_t | yes | ViM2-T" in text
+    assert "timm's own model (same architecture" in text
 
 
 def test_train_help_offers_choices_not_building_blocks() -> None:
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True)
     groups = {line.split(":")[0] for line in out.stdout.splitlines() if ": " in line and not line.startswith(" ")}
     assert {"model", "data", "experiment", "sweep"} <= groups
-    assert not {"model/family", "recipe"} & groups
+    assert "recipe" not in groups
     assert "python -m mixerzoo" in out.stdout

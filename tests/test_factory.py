@@ -1,4 +1,4 @@
-"""``mixerzoo.create_model``: every model config one Python call away, with overrides."""
+"""``mixerzoo.create_model``: every named model one Python call away, with overrides."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import mixerzoo
 from tests.conftest import MODEL_CONFIGS
 
 
-def test_every_model_config_is_listed() -> None:
-    assert mixerzoo.list_model_configs() == MODEL_CONFIGS and len(MODEL_CONFIGS) >= 40
+def test_every_layout_has_a_model_config() -> None:
+    assert mixerzoo.list_layouts() == [c for c in MODEL_CONFIGS if c != "timm"] and len(MODEL_CONFIGS) >= 40
 
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
@@ -36,5 +36,5 @@ def test_a_name_without_config_is_timm_and_errors_are_clear() -> None:
         assert type(mixerzoo.create_model("resnet18")) is type(timm.create_model("resnet18"))
     with pytest.raises(ValueError, match=r"no weights of its own; load a file with mixerzoo\.load_checkpoint"):
         mixerzoo.create_model("caformer_s18", pretrained=True)
-    with pytest.raises(ValueError, match="No model config 'nope'"):
-        mixerzoo.models.model_config("nope")
+    with pytest.raises(ValueError, match="Unknown model 'nope': neither a zoo layout nor a timm model"):
+        mixerzoo.create_model("nope")

@@ -6,14 +6,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from mixerzoo import train
+from mixerzoo.models import build_model
 from tests.conftest import CONFIG_DIR
 
 
 def _build(*overrides: str) -> torch.nn.Module:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["data=fake", "data.num_classes=10", *overrides])
-    return train.build_model(cfg).eval()
+    return build_model(cfg.model, cfg.data).eval()
 
 
 @pytest.mark.parametrize(

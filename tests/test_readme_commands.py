@@ -52,7 +52,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.distributed.run import get_args_parser as torchrun_parser
 
-from mixerzoo import benchmark, train
+from mixerzoo import benchmark
+from mixerzoo.models import build_model
+from mixerzoo.training import outputs, signals
 from mixerzoo.training.config import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,7 +271,7 @@ def check_job(cfg: DictConfig) -> None:
         key = OmegaConf.to_yaml(job.model) + f"{job.data.num_classes} {job.data.in_chans} {job.data.img_size}"
         if key not in BUILT:
             with torch.device("meta"):
-                train.build_model(job)
+                build_model(job.model, job.data)
             BUILT.add(key)
     finally:
         HydraConfig.instance().cfg = None
@@ -542,12 +544,12 @@ def slurm_signal_is_handled(command: Command, _tmp: Path) -> None:
     """``--signal=USR1@300``: train.py checkpoints and stops on that signal, and names it in summary.json."""
     (option,) = [w for w in shlex.split(command.text) if w.startswith("--signal=")]
     name = "SIG" + option.split("=")[1].split("@")[0]
-    assert getattr(signal, name) in train.STOP_SIGNALS, f"train.py does not stop on {name}"
-    train._on_stop_signal(getattr(signal, name), None)
+    assert getattr(signal, name) in signals.STOP_SIGNALS, f"train.py does not stop on {name}"
+    signals.on_stop_signal(getattr(signal, name), None)
     try:
-        assert train._stop_signal == name
+        assert signals.received() == name
     finally:
-        train._stop_signal = None
+        signals.clear()
 
 
 def variable_is_used(command: Command, _tmp: Path) -> None:
@@ -561,8 +563,8 @@ def variable_is_used(command: Command, _tmp: Path) -> None:
 def grep_finds_the_stop_signal(command: Command, tmp_path: Path) -> None:
     """The pattern matches summary.json as train.py writes it after a SIGUSR1 (and not after a plain finish)."""
     pattern = shlex.split(command.text)[2]
-    train.write_json(str(tmp_path / "stopped.json"), {"epochs_completed": 3, "stopped_by": "SIGUSR1"}, "summary")
-    train.write_json(str(tmp_path / "finished.json"), {"epochs_completed": 3, "stopped_by": None}, "summary")
+    outputs.write_json(str(tmp_path / "stopped.json"), {"epochs_completed": 3, "stopped_by": "SIGUSR1"}, "summary")
+    outputs.write_json(str(tmp_path / "finished.json"), {"epochs_completed": 3, "stopped_by": None}, "summary")
     assert pattern in (tmp_path / "stopped.json").read_text()
     assert pattern not in (tmp_path / "finished.json").read_text()
 

@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from mixerzoo import train
+from mixerzoo.models import build_model
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -55,7 +56,7 @@ def test_smoke_preset_makes_every_experiment_tiny_and_cpu_only(experiment: str) 
     assert cfg.limit_train_batches <= 4 and cfg.limit_val_batches <= 2
     assert cfg.name == "smoke"
     with torch.device("meta"):
-        model = train.build_model(cfg)
+        model = build_model(cfg.model, cfg.data)
     assert model.num_classes == 10
 
 

@@ -62,8 +62,7 @@ def compose_train_config(overrides: Sequence[str]) -> Any:
     """``configs/train.yaml`` composed with ``overrides``, as ``train.py`` sees it."""
     from hydra import compose, initialize_config_dir
 
-    from mixerzoo.models import CONFIG_DIR
-    from mixerzoo.training.config import register_configs
+    from mixerzoo.training.config import CONFIG_DIR, register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -72,9 +71,9 @@ def compose_train_config(overrides: Sequence[str]) -> Any:
 
 def build_for(cfg: Any) -> nn.Module:
     """The model of a (composed or saved) training config, built as ``train.py`` builds it (for the data size)."""
-    from mixerzoo.train import build_model
+    from mixerzoo.models import build_model
 
-    return build_model(cfg)
+    return build_model(cfg.model, cfg.data)
 
 
 def pathfinder_images(count: int, img_size: int, difficulty: str = "hard", seed: int = 0) -> torch.Tensor:
@@ -90,7 +89,7 @@ def trained_checkpoints(run_dir: str | Path, img_size: int) -> dict[str, list[tu
     ``last.pth`` (or ``best.pth``)."""
     from omegaconf import OmegaConf
 
-    from mixerzoo.collect_results import _mixer_label
+    from mixerzoo.registry import spec_label
 
     found: dict[str, list[tuple[Path, Any]]] = {}
     for config_file in sorted(Path(run_dir).rglob(".hydra/config.yaml")):
@@ -99,7 +98,7 @@ def trained_checkpoints(run_dir: str | Path, img_size: int) -> dict[str, list[tu
         cfg = OmegaConf.load(config_file)
         if checkpoint is None or cfg.data.img_size != img_size:
             continue
-        found.setdefault(_mixer_label(cfg.model.get("mixer")), []).append((checkpoint, cfg))
+        found.setdefault(spec_label(cfg.model.get("mixer")), []).append((checkpoint, cfg))
     return found
 
 

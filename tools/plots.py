@@ -194,7 +194,7 @@ def curves(run_dir: str | Path, out: str | Path, metric: str = "top1") -> Path:
     image size: the mean over seeds, the seeds' range shaded."""
     from omegaconf import OmegaConf
 
-    from mixerzoo.collect_results import _mixer_label
+    from mixerzoo.registry import spec_label
 
     plt = pyplot()
     series: dict[tuple[int, str], list[np.ndarray]] = defaultdict(list)
@@ -204,7 +204,7 @@ def curves(run_dir: str | Path, out: str | Path, metric: str = "top1") -> Path:
             continue
         cfg = OmegaConf.load(config)
         values = [_float(r.get(metric)) for r in read_csv(metrics)]
-        series[(int(cfg.data.img_size), _mixer_label(cfg.model.get("mixer")))].append(
+        series[(int(cfg.data.img_size), spec_label(cfg.model.get("mixer")))].append(
             np.array([v for v in values if v is not None])
         )
     sizes = sorted({s for s, _ in series})

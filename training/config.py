@@ -3,8 +3,8 @@
 ``register_configs()`` stores the schema in Hydra's ConfigStore as ``train_schema``, the first entry of
 ``train.yaml``'s defaults list. With it a mistyped key (``optim.lrr=1``) or a value of the wrong type
 (``epochs=ten``) is a composition error instead of a silently ignored setting. The ``model`` node is free-form:
-it is the keyword arguments of its ``_target_`` (``models.MetaFormer`` or ``timm.create_model``), and those
-constructors reject unknown keywords themselves.
+it is a model spec (``name`` plus options, ``mixerzoo.models.build_model``), and the builder rejects unknown
+options itself.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["TrainConfig", "register_configs", "validate_config"]
+__all__ = ["CONFIG_DIR", "TrainConfig", "register_configs", "validate_config"]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -292,12 +292,12 @@ def job_dir_name(overrides: str, max_length: int = 80) -> str:
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-BUILDING_BLOCKS = ("model/family", "recipe")  # groups that configs include, not choices for the command line
+BUILDING_BLOCKS = ("recipe",)  # groups that configs include, not choices for the command line
 
 
 def help_groups() -> str:
     """``group: option, ...`` for every config group a user chooses from (``train.py --help``): the building
-    blocks that model configs and experiments include (``model/family``, ``recipe``) are left out."""
+    blocks that experiments include (``recipe``) are left out."""
     lines = []
     for folder in sorted(p for p in CONFIG_DIR.rglob("*") if p.is_dir()):
         group = folder.relative_to(CONFIG_DIR).as_posix()

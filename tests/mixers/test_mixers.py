@@ -49,10 +49,29 @@ def test_bad_specs_raise_clear_errors() -> None:
 
 def test_context_is_passed_only_to_mixers_that_ask_for_it() -> None:
     # pooling takes any grid and does not name `grid`; random needs it. Both accept the same context.
-    pool = create_mixer("pooling", 8, grid=(4, 4), img_size=(16, 16))
-    rand = create_mixer("random", 8, grid=(4, 4), img_size=(16, 16))
+    context = {"grid": (4, 4), "img_size": (16, 16)}
+    pool = create_mixer("pooling", 8, context=context)
+    rand = create_mixer("random", 8, context=context)
     assert isinstance(pool, mixers.pooling.Pooling)
     assert rand.grid == (4, 4)
+
+
+def test_keyword_options_are_applied_or_raise() -> None:
+    """Options passed as keywords are applied like a spec's: the official name ``headdim`` (Hydra's layer calls it
+    ``head_dim``) raises instead of being dropped, and a context entry never passes as an option."""
+    assert create_mixer("hydra", 192, head_dim=96).head_dim == 96
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['headdim'\].*head_dim"):
+        create_mixer("hydra", 192, headdim=96)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['grid'\]"):
+        create_mixer("pooling", 8, grid=(4, 4))
+    with pytest.raises(TypeError, match="both in the spec and as keywords"):
+        create_mixer({"name": "attention", "head_dim": 16}, 64, head_dim=32)
+    assert create_mixer({"name": "attention"}, 64, head_dim=16).num_heads == 4
+
+
+def test_unknown_mixer_error_suggests_close_names() -> None:
+    with pytest.raises(ValueError, match="Did you mean 'pooling'"):
+        create_mixer("poolin", 16)
 
 
 def test_registering_a_taken_name_raises() -> None:
@@ -64,7 +83,7 @@ ALL = [("token", n) for n in list_mixers()] + [("channel", n) for n in list_chan
 
 
 def _create(kind: str, name: str, dim: int, grid: tuple[int, int]) -> nn.Module:
-    return create_mixer(name, dim, grid=grid) if kind == "token" else create_channel_mixer(name, dim)
+    return create_mixer(name, dim, context={"grid": grid}) if kind == "token" else create_channel_mixer(name, dim)
 
 
 @pytest.mark.parametrize(("kind", "name"), ALL, ids=lambda v: str(v))

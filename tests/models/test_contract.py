@@ -18,16 +18,14 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-from omegaconf import OmegaConf
 from timm.models._features import FeatureGetterNet
 
 from mixerzoo.models import MetaFormer
-from tests.conftest import CONFIG_DIR, MODEL_CONFIGS, ZOO_TIMM_NAMES, build_model
+from tests.conftest import MODEL_CONFIGS, ZOO_TIMM_NAMES, build_model
 
 
 def _is_zoo_name(config: str) -> bool:
-    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{config}.yaml")
-    return cfg.get("_target_") == "timm.create_model" and cfg.get("model_name") in ZOO_TIMM_NAMES
+    return config in ZOO_TIMM_NAMES
 
 
 CASES = [("timm", n) for n in ZOO_TIMM_NAMES] + [("config", c) for c in MODEL_CONFIGS if not _is_zoo_name(c)]

@@ -12,11 +12,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from mixerzoo import train  # noqa: F401  (registers the schema and resolvers)
+from mixerzoo.models import build_model
 from mixerzoo.training.config import run_id
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -63,14 +63,14 @@ def test_readme_configuration_table_lists_every_option_of_the_group(group: str) 
 def test_defaults_are_the_digits_job() -> None:
     cfg = compose_train()
     assert cfg.data.name == "digits" and cfg.data.num_classes == 10
-    assert cfg.model.img_size == cfg.data.img_size
-    model = instantiate(cfg.model, num_classes=cfg.data.num_classes, in_chans=cfg.data.in_chans)
+    assert cfg.model.name == "metaformer_tiny"
+    model = build_model(cfg.model, cfg.data)
     assert model(torch.zeros(2, cfg.data.in_chans, cfg.data.img_size, cfg.data.img_size)).shape == (2, 10)
 
 
 def test_timm_model_config_builds_any_timm_model() -> None:
-    cfg = compose_train("model=timm", "model.model_name=resnet10t")
-    model = instantiate(cfg.model, num_classes=10, in_chans=1)
+    cfg = compose_train("model=timm", "model.name=resnet10t")
+    model = build_model(cfg.model, num_classes=10, in_chans=1)
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
 
 
@@ -117,7 +117,7 @@ def test_every_experiment_composes_and_builds_its_model(name: str) -> None:
     cfg = compose_train(f"experiment={name}", "data.root=/imagenet")
     assert cfg.data.root == "/imagenet" and cfg.epochs > 0
     with torch.device("meta"):  # every key of the experiment's model node is accepted by the constructor
-        model = instantiate(cfg.model, num_classes=cfg.data.num_classes, in_chans=cfg.data.in_chans)
+        model = build_model(cfg.model, cfg.data)
     assert model.num_classes == cfg.data.num_classes
 
 

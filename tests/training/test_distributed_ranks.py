@@ -12,15 +12,14 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from mixerzoo import train
 from mixerzoo.models.checkpoint import CheckpointError
+from mixerzoo.training import checkpoints, signals
 from mixerzoo.training import pathfinder as pf
 
 WORLD_SIZE = 2
@@ -70,7 +69,7 @@ def test_rank_0_decides_which_checkpoint_every_rank_resumes(tmp_path: Path) -> N
     position = {"version": 2, "updates_per_epoch": 6, "world_size": 1}
     torch.save({**position, "epoch": 1, "samples_in_epoch": 0, "global_step": 6}, run_dir / "last.pth")
     torch.save({**position, "epoch": 0, "samples_in_epoch": 128, "global_step": 4}, run_dir / "step_00000004.pth")
-    read_checkpoint = train.read_checkpoint
+    read_checkpoint = checkpoints.read_checkpoint
 
     def unreadable_on(rank: int, names: tuple[str, ...]) -> Callable[..., Any]:
         def read(path: str, mmap: bool = False) -> Any:
@@ -82,8 +81,8 @@ def test_rank_0_decides_which_checkpoint_every_rank_resumes(tmp_path: Path) -> N
 
     def resume_auto(blind: dict[int, tuple[str, ...]]) -> Callable[[int], Any]:
         def work(rank: int) -> Any:
-            train.read_checkpoint = unreadable_on(rank, blind.get(rank, ()))  # this forked rank's own module
-            return train.resolve_resume("auto", str(run_dir))
+            checkpoints.read_checkpoint = unreadable_on(rank, blind.get(rank, ()))  # this forked rank's own module
+            return checkpoints.resolve_resume("auto", str(run_dir))
 
         return work
 
@@ -99,9 +98,8 @@ def test_a_stop_signal_on_one_rank_is_known_to_every_rank(tmp_path: Path) -> Non
     """SIGUSR1 reached rank 1 only: both ranks stop, and rank 0 (which writes summary.json) can name it."""
 
     def work(rank: int) -> Any:
-        train._stop_signal = "SIGUSR1" if rank == 1 else None
-        state = SimpleNamespace(world_size=WORLD_SIZE, device=torch.device("cpu"))
-        return train.stop_signal_anywhere(state), train.stop_signals(state)
+        signals._received = "SIGUSR1" if rank == 1 else None
+        return signals.stop_signal_anywhere(torch.device("cpu"), WORLD_SIZE), signals.stop_signals(WORLD_SIZE)
 
     assert on_two_ranks(tmp_path / "ranks", work) == [("ok", (True, {1: "SIGUSR1"}))] * 2
 

@@ -28,7 +28,10 @@ from hydra import compose, initialize_config_dir
 
 import mixerzoo
 from mixerzoo import train
+from mixerzoo.models import build_model
 from mixerzoo.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from mixerzoo.training import checkpoints, outputs, signals
+from mixerzoo.training.state import build_train_state
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
@@ -132,19 +135,19 @@ def test_each_rank_restores_its_own_rng_states(tmp_path: Path) -> None:
     """A checkpoint of a 2-process run holds every rank's Python, numpy and torch RNG states; resumed with 2
     processes, rank 1 continues from its own (the N -> M test's runs draw too little from them to show this)."""
     cfg = compose_train(tmp_path / "a", "epochs=1")
-    state = train.build(cfg, *train.setup(cfg))
+    state = build_train_state(cfg, *train.setup(cfg))
     states = []
     for seed in (10, 11):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        states.append(train.rng_state())
-    ckpt = {**train.checkpoint(cfg, state, states), "world_size": 2}
+        states.append(checkpoints.rng_state())
+    ckpt = {**checkpoints.make_checkpoint(cfg, state, states), "world_size": 2}
     torch.save(ckpt, tmp_path / "two_ranks.pth")
     cfg = compose_train(tmp_path / "b", "epochs=1", f"resume={tmp_path / 'two_ranks.pth'}")
-    state = train.build(cfg, *train.setup(cfg))
+    state = build_train_state(cfg, *train.setup(cfg))
     state.rank, state.world_size = 1, 2  # restore() as rank 1 of 2 sees it (no collective inside)
-    assert train.restore(cfg, state)
+    assert checkpoints.restore(cfg, state)
     assert random.getstate() == states[1]["python"]
     np.testing.assert_array_equal(np.random.get_state()[1], states[1]["numpy"][1])
     assert torch.equal(torch.get_rng_state(), states[1]["torch"])
@@ -214,12 +217,11 @@ def test_step_checkpoints_rotate_and_a_kill_loses_only_the_steps_since_the_last(
         "step_00000010.pth",
         "step_00000012.pth",
     ]
-    build_model = train.build_model
-    monkeypatch.setattr(train, "build_model", lambda cfg: DieAtForward(build_model(cfg), at=6 + 5))  # epoch 2
+    monkeypatch.setattr(train, "build_model", lambda spec, data: DieAtForward(build_model(spec, data), at=6 + 5))
     with pytest.raises(Killed):
         run(tmp_path / "killed", *extra)
     assert load(tmp_path / "killed" / "last.pth")["global_step"] == 6  # epoch 1's end: a whole epoch behind
-    monkeypatch.setattr(train, "build_model", build_model)
+    monkeypatch.undo()
     run(tmp_path / "killed", *extra, "resume=auto")  # picks step_00000010.pth, written after last.pth
     straight, resumed = load(tmp_path / "straight" / "last.pth"), load(tmp_path / "killed" / "last.pth")
     assert resumed["global_step"] == straight["global_step"] == 12
@@ -284,11 +286,11 @@ def test_unreadable_checkpoints_name_the_file_and_the_problem_everywhere(tmp_pat
 def test_resume_auto_skips_an_unreadable_newest_checkpoint_and_refuses_when_none_is_readable(tmp_path: Path) -> None:
     run(tmp_path, "epochs=1", "checkpoint_every_steps=4")
     (tmp_path / "step_00000099.pth").write_bytes(b"")  # the newest file, empty
-    assert train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "last.pth")
+    assert checkpoints.latest_checkpoint(str(tmp_path)) == str(tmp_path / "last.pth")
     for path in (tmp_path / "last.pth", tmp_path / "step_00000004.pth"):
         path.write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="no readable checkpoint"):
-        train.latest_checkpoint(str(tmp_path))
+        checkpoints.latest_checkpoint(str(tmp_path))
 
 
 def test_resume_auto_goes_by_training_progress_not_by_file_times(tmp_path: Path) -> None:
@@ -300,12 +302,12 @@ def test_resume_auto_goes_by_training_progress_not_by_file_times(tmp_path: Path)
     for last_time, step_time in ((1_000, 2_000), (1_000, 1_000)):
         os.utime(last, (last_time, last_time))
         os.utime(step, (step_time, step_time))
-        assert train.latest_checkpoint(str(tmp_path)) == str(last)
+        assert checkpoints.latest_checkpoint(str(tmp_path)) == str(last)
     for number, when in ((2, 3_000), (10, 1_000), (6, 2_000)):
         path = tmp_path / f"step_{number:08d}.pth"
         path.write_bytes(step.read_bytes())
         os.utime(path, (when, when))
-    assert [Path(p).name for p in train.step_checkpoints(str(tmp_path))] == [
+    assert [Path(p).name for p in checkpoints.step_checkpoints(str(tmp_path))] == [
         f"step_{number:08d}.pth" for number in (2, 4, 6, 10)
     ]
 
@@ -339,32 +341,32 @@ def test_crash_between_the_writes_leaves_a_consistent_run_that_resume_repairs(
     """Killed after epoch 2's last.pth and before its metrics rows: the resume writes them; killed after epoch
     2's best.pth and before last.pth: the resume trains epoch 2 again and best.pth matches what last.pth says."""
     run(tmp_path / "straight", "epochs=3")
-    write_metrics = train.write_metrics
+    write_metrics = outputs.write_metrics
 
     def die_at_epoch_2(cfg: Any, output_dir: str, history: list[dict[str, Any]], repair: bool = False) -> None:
         if len(history) == 2 and not repair:
             raise Killed
         write_metrics(cfg, output_dir, history, repair)
 
-    monkeypatch.setattr(train, "write_metrics", die_at_epoch_2)
+    monkeypatch.setattr(outputs, "write_metrics", die_at_epoch_2)
     with pytest.raises(Killed):
         run(tmp_path / "a", "epochs=3")
     assert len(metric_columns(tmp_path / "a", "epoch")) == 1 and load(tmp_path / "a" / "last.pth")["epoch"] == 2
-    monkeypatch.setattr(train, "write_metrics", write_metrics)
+    monkeypatch.setattr(outputs, "write_metrics", write_metrics)
     run(tmp_path / "a", "epochs=3", "resume=auto")
     assert metric_columns(tmp_path / "a", "epoch", "top1") == metric_columns(tmp_path / "straight", "epoch", "top1")
 
-    save_atomic = train.save_atomic
+    save_atomic = checkpoints.save_atomic
 
     def die_before_last(obj: dict[str, Any], path: str) -> None:
         if path.endswith("last.pth") and obj["epoch"] == 2:
             raise Killed
         save_atomic(obj, path)
 
-    monkeypatch.setattr(train, "save_atomic", die_before_last)
+    monkeypatch.setattr(checkpoints, "save_atomic", die_before_last)
     with pytest.raises(Killed):
         run(tmp_path / "b", "epochs=3")
-    monkeypatch.setattr(train, "save_atomic", save_atomic)
+    monkeypatch.setattr(checkpoints, "save_atomic", save_atomic)
     run(tmp_path / "b", "epochs=3", "resume=auto")
     last, best = load(tmp_path / "b" / "last.pth"), load(tmp_path / "b" / "best.pth")
     assert best["epoch"] == last["best"]["epoch"]  # best.pth holds the epoch last.pth calls the best
@@ -400,7 +402,7 @@ def test_version_1_history_merges_both_metrics_files(tmp_path: Path) -> None:
     line and epochs past the checkpoint are left out."""
     (tmp_path / "metrics.csv").write_text("epoch,top1\n1,10.0\n2,20.0\n3,30.0\n4,40.0\n5\n")
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "top1": 11.0}\n{"epoch": 2, "top1": 21.0}\n{"epo')
-    history = train.history_from_metrics([str(tmp_path)], epochs=3)
+    history = checkpoints.history_from_metrics([str(tmp_path)], epochs=3)
     assert [(row["epoch"], row["top1"]) for row in history] == [(1, 11.0), (2, 21.0), (3, 30.0)]
 
 
@@ -434,11 +436,12 @@ def test_a_stop_signal_ends_a_multirun_sweep_after_its_checkpoint_and_summary(tm
     script = (
         "import os, signal, sys\n"
         "from mixerzoo import train\n"
-        "log_epoch = train.log_epoch\n"
+        "from mixerzoo.training import loop\n"
+        "log_epoch = loop.log_epoch\n"
         "def log_then_signal(*args):\n"
         "    log_epoch(*args)\n"
         "    os.kill(os.getpid(), signal.SIGUSR1)\n"
-        "train.log_epoch = log_then_signal\n"
+        "loop.log_epoch = log_then_signal\n"
         f"sys.argv = ['train.py', '--config-path', {str(CONFIG_DIR)!r}, '-m', 'seed=0,1', 'epochs=2', *sys.argv[1:]]\n"
         "train.main()\n"
     )
@@ -462,10 +465,10 @@ def test_the_next_run_in_the_process_trains_and_a_signal_on_another_rank_is_name
     """The flag of a signal that stopped an earlier run of this process is cleared: this run trains its whole
     first epoch. A signal that reached only rank 1 (simulated: the all-reduce says stop, the gather names rank 1)
     still puts its name in rank 0's summary.json."""
-    monkeypatch.setattr(train, "_stop_signal", "SIGUSR1")  # left by the job before
-    monkeypatch.setattr(train, "stop_signal_anywhere", lambda state: True)
-    monkeypatch.setattr(train, "stop_signals", lambda state: {1: "SIGTERM"})
-    with pytest.raises(train.StopSignalExit) as info:
+    monkeypatch.setattr(signals, "_received", "SIGUSR1")  # left by the job before
+    monkeypatch.setattr(signals, "stop_signal_anywhere", lambda device, world_size: True)
+    monkeypatch.setattr(signals, "stop_signals", lambda world_size: {1: "SIGTERM"})
+    with pytest.raises(signals.StopSignalExit) as info:
         run(tmp_path, "epochs=2")
     assert info.value.code == 0 and "SIGTERM received (rank(s) 1)" in info.value.message
     assert load(tmp_path / "last.pth")["global_step"] == 6  # the whole epoch, not one step

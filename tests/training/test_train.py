@@ -21,10 +21,12 @@ import torch
 import torch.nn as nn
 from hydra import compose, initialize_config_dir
 from PIL import Image, ImageOps
-from timm.data import auto_augment, create_transform
+from timm.data import Mixup, auto_augment, create_transform
 
 import mixerzoo
 from mixerzoo import train
+from mixerzoo.models import build_model
+from mixerzoo.training import loop, signals
 from mixerzoo.training.data import DigitsDataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,13 +63,14 @@ def test_one_epoch_writes_every_output(tmp_path: Path) -> None:
         assert summary[key] is not None, key
     assert summary["num_classes"] == 10  # the settled class count (collect_results needs it for data=folder runs)
     assert summary["epochs_completed"] == 1 and summary["best_top1"] == top1
-    assert summary["params"] == sum(p.numel() for p in train.build_model(compose_train(tmp_path)).parameters())
+    cfg = compose_train(tmp_path)
+    assert summary["params"] == sum(p.numel() for p in build_model(cfg.model, cfg.data).parameters())
     assert (tmp_path / "metrics.csv").read_text().startswith("epoch,train_loss")
     assert read_json_lines(tmp_path / "metrics.jsonl")[0]["epoch"] == 1
     ckpt = load(tmp_path / "last.pth")  # weights_only=True: only tensors and plain Python values inside
     assert {"model", "optimizer", "scheduler", "scaler", "ema", "epoch", "global_step", "rng", "config"} <= set(ckpt)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 6 and ckpt["config"]["data"]["name"] == "digits"
-    fresh = train.build_model(compose_train(tmp_path))
+    fresh = build_model(cfg.model, cfg.data)
     mixerzoo.load_checkpoint(fresh, tmp_path / "best.pth")  # the zoo's loader unwraps {"model": ...}
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -82,19 +85,19 @@ def test_resume_continues_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     extra = ["epochs=2", "ema.enabled=true", "ema.decay=0.9", "aug.mixup=0.8", "aug.cutmix=1.0", "aug.re_prob=0.25"]
     extra += ["sched.warmup_epochs=0.5"]  # the 2nd epoch is on the cosine part of the schedule
     run(tmp_path / "straight", *extra)
-    log_epoch = train.log_epoch
+    log_epoch = loop.log_epoch
 
     def log_then_stop(*args: Any) -> None:  # as if SIGTERM arrived during the 1st epoch's validation
         log_epoch(*args)
-        train._stop_signal = "SIGTERM"
+        signals.on_stop_signal(signal.SIGTERM, None)
 
-    monkeypatch.setattr(train, "log_epoch", log_then_stop)
-    monkeypatch.setattr(train, "_stop_signal", None)
-    with pytest.raises(train.StopSignalExit):  # checkpoint and summary written, then the process would end
+    monkeypatch.setattr(loop, "log_epoch", log_then_stop)
+    monkeypatch.setattr(signals, "_received", None)
+    with pytest.raises(signals.StopSignalExit):  # checkpoint and summary written, then the process would end
         run(tmp_path / "resumed", *extra)
     first = load(tmp_path / "resumed" / "last.pth")
-    monkeypatch.setattr(train, "log_epoch", log_epoch)
-    train._stop_signal = None
+    monkeypatch.setattr(loop, "log_epoch", log_epoch)
+    signals.clear()
     run(tmp_path / "resumed", *extra, "resume=auto")
     straight, resumed = load(tmp_path / "straight" / "last.pth"), load(tmp_path / "resumed" / "last.pth")
     assert first["epoch"] == 1 and resumed["epoch"] == 2 and resumed["global_step"] == straight["global_step"]
@@ -145,14 +148,14 @@ def test_mixup_cutmix_and_randaugment_train(tmp_path: Path, monkeypatch: pytest.
     """Mixup/CutMix mixes the batches of epoch 1 and stops at ``aug.mixup_off_epoch``; the targets it hands the loss
     are soft (mixed) labels."""
     calls: list[tuple[bool, bool]] = []
-    original = train.Mixup.__call__
+    original = Mixup.__call__
 
     def spy(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, target = original(self, x, target)
         calls.append((self.mixup_enabled, bool((target.max(dim=1).values < 1 - 1e-6).any())))
         return x, target
 
-    monkeypatch.setattr(train.Mixup, "__call__", spy)
+    monkeypatch.setattr(Mixup, "__call__", spy)
     overrides = ["aug=deit", "aug.hflip=0.0", "aug.mixup_off_epoch=1", "epochs=2", "data.in_chans=3"]
     run(tmp_path, *overrides, "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]")
     assert read_json(tmp_path / "summary.json")["epochs_completed"] == 2
@@ -168,7 +171,7 @@ def test_grad_accumulation_clipping_layer_decay_and_checkpointing(
     import mixerzoo.models.backbone as backbone
 
     clips: list[tuple[float, bool]] = []
-    clip = train.dispatch_clip_grad
+    clip = loop.dispatch_clip_grad
 
     def clip_spy(parameters, value: float, mode: str = "norm", **kwargs: Any) -> None:
         params = [p for p in parameters if p.grad is not None]
@@ -176,7 +179,7 @@ def test_grad_accumulation_clipping_layer_decay_and_checkpointing(
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
         clips.append((norm.item(), torch.are_deterministic_algorithms_enabled()))
 
-    monkeypatch.setattr(train, "dispatch_clip_grad", clip_spy)
+    monkeypatch.setattr(loop, "dispatch_clip_grad", clip_spy)
     recomputed: list[str] = []
     for fn in ("checkpoint", "checkpoint_seq"):
         original = getattr(backbone, fn)
@@ -229,8 +232,7 @@ class NanAfter(nn.Module):
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    build_model = train.build_model
-    monkeypatch.setattr(train, "build_model", lambda cfg: NanAfter(build_model(cfg), after=6 + 2))
+    monkeypatch.setattr(train, "build_model", lambda spec, data: NanAfter(build_model(spec, data), after=6 + 2))
     with pytest.raises(FloatingPointError, match=r"Loss is nan at epoch 2, step 3 of 6.*last good checkpoint"):
         run(tmp_path, "epochs=2")
     ckpt = load(tmp_path / "last.pth")
@@ -265,8 +267,8 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes(tmp_path: Path) -> None:
 
 
 def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"Unknown model 'resnet_nonexistent'.*import mixerzoo"):
-        run(tmp_path, "model=timm", "model.model_name=resnet_nonexistent")
+    with pytest.raises(ValueError, match=r"Unknown model .resnet_nonexistent.*python -m mixerzoo models"):
+        run(tmp_path, "model=timm", "model.name=resnet_nonexistent")
 
 
 def test_missing_or_empty_data_root_says_the_expected_layout(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_flatten
 
 from mixerzoo import train
 from mixerzoo.mixers import create_mixer, list_mixers
+from mixerzoo.training import loop
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 META = torch.device("meta")
@@ -85,7 +86,7 @@ def run_on_meta(
 ) -> tuple[MetaDeviceAudit, dict[str, Any]]:
     """``train.run`` with the model and the batches on the meta device, under the audit."""
     audit = MetaDeviceAudit()
-    setup_runtime, build_model, evaluate = train.setup_runtime, train.build_model, train.evaluate
+    setup_runtime, build_model, evaluate = train.setup_runtime, train.build_model, loop.evaluate
 
     def setup_on_meta(cfg: Any) -> dict[str, Any]:
         return {**setup_runtime(cfg), "device": META}
@@ -95,7 +96,8 @@ def run_on_meta(
         return evaluate(*args)
 
     monkeypatch.setattr(train, "setup_runtime", setup_on_meta)
-    monkeypatch.setattr(train, "build_model", lambda cfg: Marked(build_model(cfg), audit))
+    monkeypatch.setattr(train, "build_model", lambda spec, data: Marked(build_model(spec, data), audit))
+    monkeypatch.setattr(loop, "evaluate", marked_evaluate)
     monkeypatch.setattr(train, "evaluate", marked_evaluate)
     cfg = compose_train(tmp_path, *overrides)
     with audit:
@@ -160,7 +162,7 @@ def test_one_host_sync_per_update_and_none_between_forward_and_backward(
 def test_every_mixer_keeps_its_tensors_on_the_input_device(name: str) -> None:
     """Forward and backward of each mixer on the meta device: any tensor a forward creates on the CPU (a
     ``torch.arange``/``torch.tensor`` without ``device=``, an unregistered buffer) mixes devices and fails."""
-    mixer = create_mixer(name, 32, grid=(6, 6)).to(META)
+    mixer = create_mixer(name, 32, context={"grid": (6, 6)}).to(META)
     x = torch.randn(2, 6, 6, 32, device=META, requires_grad=True)
     audit = MetaDeviceAudit()
     with audit:
