@@ -360,7 +360,9 @@ def restore(cfg: DictConfig, state: TrainState) -> bool:
     else:
         _logger.warning(
             f"checkpoint written by {world_size} process(es), resumed with {state.world_size}: the training order "
-            "continues from the same sample; augmentation RNGs are reseeded."
+            "continues from the same sample (with the same per-sample augmentation); the model's random states "
+            "(drop path, dropout) start from this run's seeds and batch-level erasing and Mixup/CutMix are drawn per "
+            "rank, so this is a continuation, not the uninterrupted run bit for bit."
         )
     if not same_schedule:
         _logger.warning(

@@ -34,6 +34,7 @@ import logging
 import os
 import random
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -550,11 +551,27 @@ class TrainBatches:
 
 
 def ignore_signals(signals: tuple[signal.Signals, ...], _worker_id: int = 0) -> None:
-    """A loader worker's ``worker_init_fn``: ``signals`` are ignored there. A signal sent to a whole process group
-    (``torchrun``'s agent stopping its ranks, Slurm) reaches the workers too; one that killed them would end the
-    training process with ``DataLoader worker ... is killed by signal`` before it could write its checkpoint."""
+    """A loader worker's ``worker_init_fn``: ``signals`` sent by any process but the worker's own training process
+    are ignored. A signal sent to a whole process group (``torchrun``'s agent stopping its ranks, Slurm signalling a
+    job step) reaches the workers too; one that killed them would end the training process with ``DataLoader
+    worker ... is killed by signal`` before it could write its checkpoint. The training process itself still ends
+    its workers with SIGTERM (multiprocessing does at exit, for loaders that were not shut down): from it, the
+    signal keeps its default action.
+
+    The signals are blocked in the worker and taken by a thread (``sigwaitinfo``), which sees who sent each."""
+    parent = os.getppid()
     for sig in signals:
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, signal.SIG_DFL)  # not the training process's handler, inherited through fork
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+    def serve() -> None:
+        while True:
+            info = signal.sigwaitinfo(signals)
+            if info.si_pid == parent:  # the training process ends this worker: the default action, as unblocked
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, [info.si_signo])
+                os.kill(os.getpid(), info.si_signo)
+
+    threading.Thread(target=serve, name="stop-signals", daemon=True).start()
 
 
 def default_num_workers() -> int:

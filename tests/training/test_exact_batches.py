@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -97,7 +99,54 @@ def test_loader_workers_survive_the_stop_signals(stop_signal: signal.Signals) ->
     iterator = iter(loader)
     next(iterator)
     (worker,) = loader.loader.loader._iterator._workers  # TrainBatches -> PrefetchLoader -> DataLoader's workers
-    os.kill(worker.pid, stop_signal)
+    subprocess.run(["kill", "-s", stop_signal.name.removeprefix("SIG"), str(worker.pid)], check=True)  # not the parent
     time.sleep(0.5)
     assert worker.is_alive()
     assert len(list(iterator)) == STEPS - 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_the_gpu_erasing_and_mixup_are_seeded_and_leave_the_cuda_rng_alone() -> None:
+    """Random erasing draws its pixels from the device's generator: seeded there, and put back afterwards."""
+    overrides = CONFIGS["erasing + mixup/cutmix, no workers"]
+    device = torch.device("cuda", torch.cuda.current_device())
+
+    def batches(start: int) -> list[torch.Tensor]:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[o for o in overrides if o != "+mixup=true"])
+        cfg.data.mean, cfg.data.std = [0.5] * 3, [0.5] * 3
+        train_ds, _ = create_datasets(cfg.data, cfg.aug, seed=0)
+        sampler = EpochBatchSampler(len(train_ds), BATCH, seed=0)
+        mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, num_classes=10)
+        loader = train_loader(train_ds, sampler, cfg.data, cfg.aug, device, mixup=mixup)
+        sampler.set_epoch(1, start * BATCH, STEPS - start)
+        return [x for x, _ in loader]
+
+    torch.cuda.manual_seed(3)
+    before = torch.cuda.get_rng_state(device)
+    straight = batches(0)
+    assert torch.equal(torch.cuda.get_rng_state(device), before)
+    torch.cuda.manual_seed(4)
+    for x, x0 in zip(batches(2), straight[2:], strict=True):
+        assert torch.equal(x, x0)
+
+
+def test_a_process_that_fails_with_its_loader_workers_running_still_exits(tmp_path: Path) -> None:
+    """The workers ignore SIGTERM, and multiprocessing's exit handler ends leftover workers with SIGTERM and then
+    waits for them: a training process failing with a loader still referenced (an exception's traceback holds it)
+    hung at exit. Now they are ended with SIGKILL first."""
+    script = tmp_path / "fail.py"
+    script.write_text(
+        "import signal, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_exact_batches import loader_for, STEPS\n"
+        "loader, sampler = loader_for(['data.num_workers=1'], ignored=(signal.SIGTERM, signal.SIGUSR1))\n"
+        "sampler.set_epoch(0, 0, STEPS)\n"
+        "batches = iter(loader)\n"
+        "next(batches)\n"
+        "raise RuntimeError('a failure with the loader running')\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "RuntimeError: a failure with the loader running" in done.stderr, done.stderr
