@@ -133,6 +133,6 @@ def test_folder_workers_default_from_the_cpus(
     train_ds, _ = create_datasets(cfg.data, cfg.aug)
     sampler = EpochBatchSampler(len(train_ds), 2, 0)
     loader = train_loader(train_ds, sampler, cfg.data, cfg.aug, torch.device("cpu"))
-    assert loader.loader.num_workers == workers
+    assert loader.loader.loader.num_workers == workers  # TrainBatches -> PrefetchLoader -> DataLoader
     assert folder_cfg(root, "data.num_workers=3").data.num_workers == 3  # a set count is kept
     assert os.cpu_count()  # the machine's own count is not what a container's affinity allows
