@@ -39,7 +39,7 @@ import hydra
 import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 import mixerzoo  # registers the zoo's models in timm (also used: mixerzoo.load_checkpoint)
@@ -48,7 +48,7 @@ from mixerzoo.models.checkpoint import read_checkpoint
 from mixerzoo.models.factory import legacy_spec
 from mixerzoo.training import signals
 from mixerzoo.training.atomic import remove_stale_temporaries
-from mixerzoo.training.checkpoints import check_unused_run_dir, resolve_resume, restore
+from mixerzoo.training.checkpoints import check_unused_run_dir, resolve_resume, restore, use_stored_config
 from mixerzoo.training.config import register_configs, validate_config
 from mixerzoo.training.data import create_datasets, eval_loader
 from mixerzoo.training.loop import evaluate, fit
@@ -68,8 +68,8 @@ def setup(cfg: DictConfig) -> tuple[EvalState, Dataset]:
     if not cfg.eval_only and cfg.resume is None:
         check_unused_run_dir(cfg.output_dir)
     info = setup_runtime(cfg)
-    if cfg.eval_only:
-        use_checkpoint_model_config(cfg)  # after the process group is up: resume=auto is resolved by rank 0
+    if cfg.eval_only or cfg.checkpoint or cfg.resume is not None:  # the checkpoint's model and data fill in
+        use_stored_config(cfg, command_overrides())  # after the process group is up: rank 0 resolves resume=auto
     device, rank, world_size = info["device"], info["global_rank"], info["world_size"]
     if info["primary"]:
         os.makedirs(cfg.output_dir, exist_ok=True)
@@ -97,36 +97,13 @@ def setup(cfg: DictConfig) -> tuple[EvalState, Dataset]:
         layout = mixerzoo.load_checkpoint(net, cfg.checkpoint, reset_classifier=not cfg.eval_only)
         _logger.info(f"loaded weights from {cfg.checkpoint} ({layout} layout)")
     eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
-    loader = eval_loader(val_ds, eval_batch_size, cfg.data, device, rank=rank, world_size=world_size)
+    loader = eval_loader(val_ds, eval_batch_size, cfg.data, device, rank, world_size, ignored=signals.STOP_SIGNALS)
     return EvalState(net, loader, device, rank, world_size, cfg.output_dir, num_params), train_ds
 
 
 def command_overrides() -> list[str]:
     """The overrides given on this command line (none when the config was composed in Python)."""
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def use_checkpoint_model_config(cfg: DictConfig) -> None:
-    """``eval_only``: build the model as the checkpoint was trained (its stored ``model`` config), unless this
-    command sets the model (``model=...`` or ``model.<key>=...``); log which config is used."""
-    path = cfg.checkpoint or resolve_resume(cfg.resume, cfg.output_dir)
-    if path is None or not os.path.isfile(path):
-        return  # run_eval_only says what is missing
-    stored = read_checkpoint(path, mmap=True)
-    stored = stored.get("config") if isinstance(stored, dict) else None
-    stored_model = stored.get("model") if isinstance(stored, dict) else None
-    if stored_model is None:
-        _logger.info(f"eval_only: {path} stores no training config; the model is built from this command's config.")
-        return
-    keys = [o.lstrip("+~").split("=", 1)[0] for o in command_overrides()]
-    overridden = [k for k in keys if k == "model" or k.startswith("model.")]
-    if overridden:
-        _logger.info(f"eval_only: model built from this command's config ({', '.join(overridden)}), not {path}'s.")
-        return
-    if stored_model != OmegaConf.to_container(cfg.model, resolve=True):
-        with open_dict(cfg):
-            cfg.model = OmegaConf.create(stored_model)
-    _logger.info(f"eval_only: model built from the config stored in {path} (override model=... to change it).")
 
 
 def run(cfg: DictConfig) -> float:

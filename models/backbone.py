@@ -31,7 +31,7 @@ from timm.models._features import FeatureGetterNet, feature_take_indices
 from ..registry import Spec, plain, split_spec
 from . import blocks as _blocks  # noqa: F401  (registers the stems, downsampling layers and blocks)
 from . import extras as _extras  # noqa: F401  (registers the extras)
-from .checkpoint import checkpoint_filter_fn
+from .checkpoint import check_pretrained_file, checkpoint_filter_fn
 from .layers import init_weights
 from .registry import BLOCKS, DOWNSAMPLES, EXTRAS, HEADS, STEMS
 
@@ -496,6 +496,8 @@ def create_metaformer(
     )
     if _taps_blocks(kwargs.get("depths", ())) and not uses_getter:
         feature_cfg["output_fmt"] = "NHWC"
+    if pretrained:
+        check_pretrained_file(variant, **kwargs)
     return build_model_with_cfg(
         MetaFormer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs
     )

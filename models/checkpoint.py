@@ -11,7 +11,11 @@ file and the problem; it never suggests an unsafe load. Loading is strict and a 
 names the missing, unexpected and mis-shaped keys, except that ``reset_classifier=True`` (fine-tuning) keeps the
 model's own freshly initialised classifier where the checkpoint's was made for another class count.
 ``checkpoint_filter_fn`` is the same conversion in the form timm's ``build_model_with_cfg(pretrained_filter_fn=...)``
-calls it.
+calls it, and as strict: a file written for another model is an error naming the mismatch there too, never random
+weights behind one warning. Only what timm itself adapts after the filter may differ: the classifier (another
+``num_classes``) and the first conv (another ``in_chans``). ``check_pretrained_file`` reads the file that a
+``pretrained_cfg``/``pretrained_cfg_overlay`` names with ``read_checkpoint`` before timm does, so an unreadable one
+gets the same clear error.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch.nn as nn
 __all__ = [
     "OFFICIAL_LAYOUTS",
     "CheckpointError",
+    "check_pretrained_file",
     "checkpoint_filter_fn",
     "load_checkpoint",
     "read_checkpoint",
@@ -270,9 +275,71 @@ def _convert(state_dict: StateDict, model: nn.Module) -> tuple[StateDict, str]:
     return out, layout
 
 
+def _mismatch(state_dict: StateDict, model: nn.Module, exempt: Callable[[str], bool] = lambda key: False) -> list[str]:
+    """The missing, unexpected and mis-shaped keys of ``state_dict`` for ``model`` (keys ``exempt`` says are adapted
+    elsewhere left out), each kind as one line of at most 20 names; empty when it fits."""
+    own = model.state_dict()
+    missing = sorted(k for k in set(own) - set(state_dict) if not exempt(k))
+    unexpected = sorted(k for k in set(state_dict) - set(own) if not exempt(k))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if state_dict[k].shape != own[k].shape and not exempt(k)
+    ]
+    problems = []
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
+            problems.append(f"{len(items)} {title}: {shown}")
+    return problems
+
+
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> StateDict:
-    """timm's ``pretrained_filter_fn``: any known layout -> the zoo's keys and shapes."""
-    return _convert(read_state_dict(state_dict), model)[0]
+    """timm's ``pretrained_filter_fn``: any known layout -> the zoo's keys and shapes, or a ``ValueError`` naming the
+    missing, unexpected and mis-shaped keys when the checkpoint was written for another model.
+
+    timm loads non-strictly whenever ``num_classes`` differs from the pretrained cfg's, which would leave a model of
+    random weights behind a warning; so the fit is checked here, leaving out only what timm adapts after this filter:
+    the classifier (pretrained cfg ``classifier``, or ``get_classifier()``) and the first conv's weight (``first_conv``,
+    re-summed for another ``in_chans``)."""
+    state_dict, layout = _convert(read_state_dict(state_dict), model)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    classifiers = cfg.get("classifier") or ()
+    prefixes = tuple(f"{name}." for name in ((classifiers,) if isinstance(classifiers, str) else classifiers))
+    first_convs = cfg.get("first_conv") or ()
+    first_weights = {f"{name}.weight" for name in ((first_convs,) if isinstance(first_convs, str) else first_convs)}
+    adapted = _classifier_keys(model)
+    problems = _mismatch(
+        state_dict, model, lambda key: key in adapted or key.startswith(prefixes) or key in first_weights
+    )
+    if problems:
+        name = cfg.get("architecture") or type(model).__name__
+        raise ValueError(
+            f"Pretrained checkpoint (detected layout: {layout}) does not fit {name}: "
+            + "; ".join(problems)
+            + ". Check that the file (pretrained_cfg_overlay=dict(file=...)) was written for this model and size."
+        )
+    return state_dict
+
+
+def check_pretrained_file(variant: str, **kwargs: Any) -> None:
+    """Read the local file that ``pretrained_cfg``/``pretrained_cfg_overlay`` in ``kwargs`` point ``variant``'s
+    pretrained weights at with ``read_checkpoint`` (mapped: the tensors are not read), so that a missing, empty,
+    truncated or unsafe file is a ``CheckpointError`` naming it and the problem before timm's own read (an
+    ``EOFError``, or an invitation to load with ``weights_only=False``). Files timm reads another way (``.safetensors``)
+    and downloads are left to timm."""
+    from timm.models import resolve_pretrained_cfg
+
+    cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get("pretrained_cfg"),
+        pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
+    ).to_dict()
+    path = cfg.get("file")
+    if cfg.get("state_dict") is not None or not path or cfg.get("source") in ("hf-hub", "local-dir"):
+        return
+    if not os.fspath(path).endswith(".safetensors"):
+        read_checkpoint(path, mmap=True)
 
 
 def _classifier_keys(model: nn.Module) -> set[str]:
@@ -322,23 +389,8 @@ def load_checkpoint(
             "(fine-tuning onto other classes); every other weight is loaded from the checkpoint."
         )
         state_dict.update({k: own[k] for k in kept})
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state_dict))
-        if state_dict[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        problems = []
-        for title, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", mismatched),
-        ):
-            if items:
-                shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
-                problems.append(f"{len(items)} {title}: {shown}")
+    problems = _mismatch(state_dict, model)
+    if problems:
         raise ValueError(
             f"Checkpoint (detected layout: {layout}) does not fit {type(model).__name__}: "
             + "; ".join(problems)

@@ -2,7 +2,10 @@
 
 ``atomic_write(path)`` opens a temporary file beside ``path`` under a unique name, and when the ``with`` block
 succeeds flushes it, syncs it to disk, renames it over ``path`` and syncs the folder. If anything fails (a full
-disk, an exception in the block) the temporary file is removed and ``path`` is left as it was.
+disk, an exception in the block) the temporary file is removed and ``path`` is left as it was. A failure to write
+(an ``OSError``, also one that ``torch.save``'s C++ writer reports as ``RuntimeError: [enforce fail at
+inline_container.cc] ... unexpected pos``) becomes an ``AtomicWriteError`` naming the file, the reason and the free
+space of its file system, measured before the temporary file is removed (afterwards it would hide a full disk).
 
 Used for every file a run writes that a later run or tool reads: checkpoints, ``metrics.csv``/``metrics.jsonl``,
 ``summary.json``/``eval.json`` (``train.py``) and the Pathfinder cache (``training/pathfinder.py``).
@@ -17,12 +20,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "remove_stale_temporaries"]
+__all__ = ["TMP_SUFFIX", "AtomicWriteError", "atomic_write", "remove_stale_temporaries"]
 
 TMP_SUFFIX = ".tmp"  # temporary files are ``<name>.<host>.<pid>.<token>.tmp`` in the target's folder
 
@@ -35,6 +39,32 @@ def _fsync_folder(folder: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class AtomicWriteError(OSError):
+    """A file ``atomic_write`` could not write: the path, the reason and the free space when it failed. The previous
+    file (if any) is unchanged and the temporary file removed."""
+
+
+def _write_failure(err: BaseException) -> OSError | None:
+    """The ``OSError`` behind a failed write: ``err`` itself, or the one ``torch.save``'s C++ writer swallowed (it
+    raises ``RuntimeError: [enforce fail at inline_container.cc] ... unexpected pos`` with the ``OSError`` of the
+    Python file as context). None for errors that are not about writing (a bug in the ``with`` block)."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(err, RuntimeError) and "inline_container" in str(err):
+        return OSError(f"torch.save's writer stopped: {str(err).splitlines()[0]}")
+    return None
+
+
+def _free_space(folder: str) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free on its file system when the write failed"
+    except OSError:
+        return "free space unknown"
 
 
 @contextlib.contextmanager
@@ -55,10 +85,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) 
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename: a power cut cannot leave an empty file under ``path``
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        failure = _write_failure(err) if isinstance(err, Exception) else None
+        free = _free_space(folder) if failure is not None else ""  # before the removal frees the partial file
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise
+        if failure is None or isinstance(err, AtomicWriteError):
+            raise
+        reason = failure.strerror or str(failure) or type(failure).__name__
+        error = AtomicWriteError(
+            f"Could not write {path!r} ({reason}; {free}). Its temporary file was removed and the previous "
+            f"{name} (if any) is unchanged. Free space in {folder!r} (or make it writable) and write it again."
+        )
+        error.errno = failure.errno  # ENOSPC, EACCES...: for callers that tell them apart
+        raise error from err
     _fsync_folder(folder)
 
 

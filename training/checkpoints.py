@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import os
 import random
 import re
-import shutil
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mixerzoo.models.checkpoint import CheckpointError, read_checkpoint
-from mixerzoo.training.atomic import atomic_write
+from mixerzoo.training.atomic import AtomicWriteError, atomic_write
+from mixerzoo.training.config import RUN_OUTPUTS, run_outputs
 from mixerzoo.training.outputs import write_metrics
 from mixerzoo.training.state import TrainState
 
@@ -34,6 +35,7 @@ __all__ = [
     "RUN_OUTPUTS",
     "STEP_PREFIX",
     "all_rng_states",
+    "check_training_checkpoint",
     "check_unused_run_dir",
     "checkpoint_position",
     "checkpoint_progress",
@@ -47,6 +49,7 @@ __all__ = [
     "save_checkpoint",
     "set_rng_state",
     "step_checkpoints",
+    "use_stored_config",
 ]
 
 _logger = logging.getLogger("train")
@@ -85,26 +88,20 @@ def all_rng_states(world_size: int) -> list[dict[str, Any]]:
 
 def save_atomic(obj: Any, path: str) -> None:
     """``torch.save`` through ``atomic_write``: a crash never leaves a half-written checkpoint, and a failed write
-    (disk full, no permission) removes its temporary file, leaves the previous ``path`` as it was and says which
-    path could not be written and why."""
+    (disk full, no permission; also as torch's C++ writer reports it) removes its temporary file, leaves the previous
+    ``path`` as it was and says which path could not be written, why, and the free space when it failed
+    (``AtomicWriteError``)."""
     try:
-        with atomic_write(path) as f:  # a Python file: a failed write is an OSError with its reason (ENOSPC, EACCES)
+        with atomic_write(path) as f:
             torch.save(obj, f)
-    except (OSError, RuntimeError) as err:
-        folder = os.path.dirname(os.path.abspath(path))
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-        with contextlib.suppress(OSError):
-            reason += f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free on its file system"
-        raise OSError(
-            f"Could not write checkpoint {path!r} ({reason}). Its temporary file was removed and the previous "
-            f"{os.path.basename(path)} (if any) is unchanged. Free space in {folder!r} (or make it writable), then "
-            "continue with resume=auto."
-        ) from err
+    except AtomicWriteError as err:
+        error = AtomicWriteError(f"{err} Then continue the run with resume=auto.")
+        error.errno = err.errno
+        raise error from err
 
 
 STEP_PREFIX = "step_"  # step checkpoints: step_<optimizer step, 8 digits>.pth
 STEP_NAME = re.compile(rf"{STEP_PREFIX}(\d+)\.pth")
-RUN_OUTPUTS = ("last.pth", "best.pth", "metrics.csv", "metrics.jsonl", "summary.json")
 
 
 def _mtime(path: str) -> float:
@@ -187,14 +184,63 @@ def _resolve_resume(resume: str | None, output_dir: str) -> str | None:
 def check_unused_run_dir(output_dir: str) -> None:
     """Training without ``resume`` into a directory that holds a run would overwrite its checkpoints and mix two
     runs in its metrics: refused."""
-    found = [n for n in RUN_OUTPUTS if os.path.exists(os.path.join(output_dir, n))]
-    found += [os.path.basename(p) for p in step_checkpoints(output_dir)]
+    found = run_outputs(output_dir)
     if found:
         raise FileExistsError(
             f"{output_dir!r} already holds a run ({', '.join(found[:6])}). Continue it with resume=auto, or start "
             "a new run in another directory (hydra.run.dir=<new dir>, or leave hydra.run.dir unset for a fresh "
             "timestamped one)."
         )
+
+
+STORED_GROUPS = ("model", "data")  # what a checkpoint's stored config fills in: what its weights were made for
+
+
+def use_stored_config(cfg: DictConfig, overrides: list[str]) -> None:
+    """One rule for every run that starts from a training checkpoint (``eval_only``, fine-tuning with
+    ``checkpoint=``, ``resume``): its stored ``model`` and ``data`` config fill in what the command line
+    (``overrides``) does not say. A key the command sets (``model.drop_path_rate=0.1``, ``data.root=...``) is the
+    command's; a group it chooses (``model=...``, ``data=...``, or an ``experiment=...``) is the command's whole. The
+    log says which came from where. A checkpoint without a stored config (timm's, an official release) leaves the
+    command's config as it is."""
+    path = cfg.checkpoint or resolve_resume(cfg.resume, cfg.output_dir)
+    if path is None or not os.path.isfile(path):
+        return  # restore / run_eval_only say what is missing
+    ckpt = read_checkpoint(path, mmap=True)
+    stored = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if not isinstance(stored, dict):
+        _logger.info(f"{path} stores no training config: model and data as this command's config says.")
+        return
+    said: dict[str, bool] = {}  # key -> deleted (~key)
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        said[key.lstrip("+~")] = key.startswith("~")
+    sources = []
+    for group in STORED_GROUPS:
+        if group in said or "experiment" in said or not isinstance(stored.get(group), dict):
+            reason = "chosen by this command" if group in said or "experiment" in said else "none stored"
+            sources.append(f"{group} from this command's config ({reason})")
+            continue
+        own = {key[len(group) + 1 :]: deleted for key, deleted in said.items() if key.startswith(f"{group}.")}
+        with open_dict(cfg):
+            if dataclasses.is_dataclass(OmegaConf.get_type(cfg[group])):  # a typed group: fill key by key
+                for key, value in stored[group].items():
+                    if key in cfg[group] and key not in own:
+                        cfg[group][key] = value
+            else:  # a free-form group (model): the stored one, then this command's keys on top
+                merged = OmegaConf.create(stored[group])
+                for key, deleted in own.items():
+                    if deleted:
+                        parent, _, leaf = key.rpartition(".")
+                        node = OmegaConf.select(merged, parent) if parent else merged
+                        if isinstance(node, DictConfig) and leaf in node:
+                            del node[leaf]
+                    else:
+                        OmegaConf.update(merged, key, OmegaConf.select(cfg[group], key), force_add=True)
+                cfg[group] = merged
+        set_here = ", ".join(f"{group}.{key}" for key in own)
+        sources.append(f"{group} from the config stored in the checkpoint" + (f" except {set_here}" if own else ""))
+    _logger.info(f"config of {path}: " + "; ".join(sources) + " (a key or group set on the command line wins).")
 
 
 def make_checkpoint(cfg: DictConfig, state: TrainState, rng: list[dict[str, Any]]) -> dict[str, Any]:
@@ -245,6 +291,26 @@ def checkpoint_position(ckpt: dict[str, Any]) -> tuple[int, int | None, int]:
     return ckpt["batch_in_epoch"] * ckpt["config"]["batch_size"] * world_size, None, world_size
 
 
+TRAINING_KEYS = ("model", "optimizer", "scaler", "epoch", "global_step", "best", "rng", "config")
+
+
+def check_training_checkpoint(ckpt: Any, path: str) -> None:
+    """A ``CheckpointError`` unless ``ckpt`` is a training checkpoint (what ``resume`` continues from): a file of
+    weights only (a state dict, timm's or an official release) is named as such, with the option that takes it."""
+    missing = [key for key in TRAINING_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
+    if not missing:
+        return
+    found = ""
+    if isinstance(ckpt, dict):
+        found = ", ".join(map(str, list(ckpt)[:6])) + (", ..." if len(ckpt) > 6 else "")
+    raise CheckpointError(
+        f"resume={path!r} is not a train.py checkpoint: it has no {', '.join(missing)} entries"
+        + (f" (its entries: {found})" if found else "")
+        + ". resume continues a training run from its last.pth or step_*.pth; to start a new run from a file of "
+        "weights, use checkpoint=<path> (fine-tuning; another class count gets a new classifier)."
+    )
+
+
 def restore(cfg: DictConfig, state: TrainState) -> bool:
     """Continue from ``cfg.resume`` where it stopped: weights, optimizer, scaler, EMA, position, best score, metrics
     history and (same process count) every rank's RNGs; the lr schedule is set for that position. With another
@@ -257,6 +323,7 @@ def restore(cfg: DictConfig, state: TrainState) -> bool:
             _logger.info(f"resume=auto: no checkpoint in {state.output_dir}, starting from scratch")
         return False
     ckpt = read_checkpoint(path)
+    check_training_checkpoint(ckpt, path)
     if ckpt.get("version", 1) > CHECKPOINT_VERSION:
         raise CheckpointError(
             f"Checkpoint {path!r} has format version {ckpt['version']}, newer than this train.py reads "
@@ -293,7 +360,9 @@ def restore(cfg: DictConfig, state: TrainState) -> bool:
     else:
         _logger.warning(
             f"checkpoint written by {world_size} process(es), resumed with {state.world_size}: the training order "
-            "continues from the same sample; augmentation RNGs are reseeded."
+            "continues from the same sample (with the same per-sample augmentation); the model's random states "
+            "(drop path, dropout) start from this run's seeds and batch-level erasing and Mixup/CutMix are drawn per "
+            "rank, so this is a continuation, not the uninterrupted run bit for bit."
         )
     if not same_schedule:
         _logger.warning(

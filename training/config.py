@@ -35,7 +35,7 @@ class DataConfig:
     root: str | None = None  # folder: ImageFolder root with train/ and val/ (or a .tar); others ignore it
     dataset: str = ""  # folder: timm create_dataset name ('' = folder or tar, 'wds/...' = WebDataset)
     train_split: str = "train"
-    val_split: str = "validation"  # timm searches val/, validation/, valid/
+    val_split: str = "validation"  # also found as val/, valid/ (or <name>.tar); a missing split is an error
     num_classes: int | None = None  # null: from the data (digits: 10; folder: its class folders); fake needs it
     in_chans: int = 3
     img_size: int = 224
@@ -43,7 +43,7 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     crop_pct: float = 0.875  # eval: resize to img_size / crop_pct, center crop img_size
     interpolation: str = "bicubic"  # eval resize
-    num_workers: int = 4
+    num_workers: int | None = 4  # null: from the CPUs of the process (training/data.py default_num_workers)
     pin_memory: bool = True
     val_fraction: float = 0.2  # digits: held-out share of the 1797 images (fixed stratified split)
     fake_train_size: int = 1024  # fake: images per epoch
@@ -245,6 +245,31 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
 
 
+RUN_OUTPUTS = ("last.pth", "best.pth", "metrics.csv", "metrics.jsonl", "summary.json")  # and step_*.pth
+
+
+def run_outputs(output_dir: str) -> list[str]:
+    """The files of a training run that ``output_dir`` already holds (checkpoints, metrics, summary)."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(output_dir, name))]
+    return found + sorted(n for n in os.listdir(output_dir) if n.startswith("step_") and n.endswith(".pth"))
+
+
+def config_record_dir(subdir: str, *, _root_: DictConfig) -> str | None:
+    """``hydra.output_subdir``, where Hydra records a job's config (``.hydra/``): ``subdir`` on rank 0; null (nothing
+    recorded) elsewhere, and where the run directory already holds a run that this job does not go on training: a
+    re-run without ``resume`` (which train.py refuses) or an evaluation. Hydra writes the record before train.py
+    starts, so this is the one place to keep the finished run's ``config.yaml`` and ``overrides.yaml`` its own."""
+    if _rank() != 0:
+        return None
+    output_dir = OmegaConf.select(_root_, "hydra.runtime.output_dir", default=None)
+    continues = _root_.get("resume") is not None and not _root_.get("eval_only")
+    if output_dir and not continues and run_outputs(output_dir):
+        return None
+    return subdir
+
+
 def run_id() -> str:
     """The run directory's name: ``<date>/<time with ms>`` (no two runs share it, even within a second), or
     ``<date>/torchrun_<run id>`` under torchrun, where every rank composes the config and must agree on it."""
@@ -285,12 +310,14 @@ def help_groups() -> str:
 def register_configs() -> None:
     """Register the schema (``train_schema``, first in ``train.yaml``'s defaults) and the resolvers the configs use:
     ``run_id`` (the run directory name), ``job_dir_name`` (a sweep job's directory), ``help_groups`` (the groups
-    ``--help`` lists), ``rank_zero`` (a value on rank 0, null elsewhere), ``log_file_name``."""
+    ``--help`` lists), ``rank_zero`` (a value on rank 0, null elsewhere), ``config_record_dir`` (Hydra's
+    ``output_subdir``), ``log_file_name``."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     OmegaConf.register_new_resolver("run_id", run_id, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("job_dir_name", job_dir_name, replace=True)
     OmegaConf.register_new_resolver("help_groups", help_groups, replace=True)
     OmegaConf.register_new_resolver("rank_zero", lambda value: value if _rank() == 0 else None, replace=True)
+    OmegaConf.register_new_resolver("config_record_dir", config_record_dir, replace=True)
     OmegaConf.register_new_resolver(
         "log_file_name", lambda job: f"{job}.log" if _rank() == 0 else f"{job}_rank{_rank()}.log", replace=True
     )

@@ -6,32 +6,45 @@ shared between the train and eval pipelines.
 
 The loaders are built once per run (persistent workers) and follow timm's GPU data path: workers decode and
 augment to **uint8** tensors (``create_transform(use_prefetcher=True)`` + timm's ``fast_collate``), and timm's
-``PrefetchLoader`` copies each batch to the device on a side stream (CUDA), converts it to float, normalises it and
-applies random erasing there. Mixup/CutMix run on the device in ``train.py``.
+``PrefetchLoader`` copies each batch to the device on a side stream (CUDA), converts it to float and normalises it
+there. The training loader (``TrainBatches``) then applies the batch-level augmentations on the device: random
+erasing and Mixup/CutMix.
 
 The training order comes from ``EpochBatchSampler``, a stateful batch sampler: each epoch has one global order of
 the samples, a function of ``(seed, epoch)`` only; the ranks consume it in contiguous stretches, and
 ``set_epoch(epoch, start_sample, num_batches)`` starts at any position of it, so a run resumes in the middle of an
-epoch, with the same or another number of processes, without skipping or repeating a sample. In loader workers each
-sample's augmentation RNGs are seeded from ``(seed, epoch, index)`` (``SeededSamples``), so the augmentation a
-sample gets does not depend on which worker loads it or on whether the run was resumed; without workers the main
-process's RNGs (saved in every checkpoint) drive it.
+epoch, with the same or another number of processes, without skipping or repeating a sample.
+
+Every random draw of the data path is a function of where it is in training, never of the global RNGs' history:
+a sample's augmentation draws from RNGs seeded by ``(seed, epoch, index)`` (``SeededSamples``, in a worker or in the
+main process), a batch's erasing and Mixup/CutMix from RNGs seeded by ``(seed, epoch, position, rank)``
+(``TrainBatches``), both inside ``isolated_rngs``, which restores the global RNGs afterwards, and the loaders' own
+seeds come from private generators. So the global RNGs (saved in every checkpoint) drive only the model (drop path,
+dropout), and the prefetcher preparing batch k+1 before step k's checkpoint draws nothing from them: a resume at
+any step continues with the batches, augmentations and RNG states of the uninterrupted run, with or without
+workers. Loader workers ignore the stop signals (``ignore_signals``): a SIGTERM sent to a whole process group (a
+``torchrun`` agent shutting down, Slurm) must reach the training process, which checkpoints, not kill its workers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import random
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import auto_augment, create_dataset, create_transform
+from timm.data import ImageDataset, auto_augment, create_dataset, create_transform
 from timm.data.loader import PrefetchLoader, fast_collate
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from timm.data.random_erasing import RandomErasing
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 _logger = logging.getLogger(__name__)
 
@@ -39,13 +52,20 @@ __all__ = [
     "DATASETS",
     "DigitsDataset",
     "EpochBatchSampler",
+    "FolderDataset",
     "SeededSamples",
+    "TrainBatches",
     "create_datasets",
+    "default_num_workers",
     "epoch_order",
     "eval_loader",
     "fix_posterize_for_pillow13",
+    "ignore_signals",
+    "isolated_rngs",
+    "log_unused_samples",
     "rank_batches",
     "register_dataset",
+    "resolve_num_workers",
     "train_loader",
 ]
 
@@ -137,6 +157,67 @@ class FakeDataset(Dataset):
         img = Image.fromarray(pixels[..., 0] if self.in_chans == 1 else pixels)
         target = int(rng.integers(self.num_classes))
         return (self.transform(img) if self.transform is not None else img), target
+
+
+# the folder names timm accepts for a split (its create_dataset searches these), the requested name first
+_SPLIT_SYNONYMS = (("train", "training"), ("val", "validation", "valid", "eval", "evaluation"))
+
+
+def _split_root(root: str, split: str) -> str:
+    """The folder (or ``.tar``) of ``split`` under a dataset root: ``<root>/<split>``, else a synonym timm accepts
+    (``val``, ``validation``, ``valid``, ...), each as a folder or a ``.tar`` file. timm falls back to the root
+    itself when none exists, so a root of bare class folders would be both the train and the val split and the
+    reported accuracy would be measured on training images: here that is an error naming the layout."""
+    name = split.split("[")[0]
+    synonyms = next((group for group in _SPLIT_SYNONYMS if name in group), ())
+    tried = list(dict.fromkeys([name, *synonyms]))
+    for candidate in tried:
+        for path in (os.path.join(root, candidate), os.path.join(root, f"{candidate}.tar")):
+            if os.path.exists(path):
+                return path
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir() or e.name.endswith(".tar"))[:8]
+    raise FileNotFoundError(
+        f"data.root {root!r} has no {split!r} split (looked for {', '.join(f'{t}/' for t in tried)} and .tar "
+        f"files of those names; found {found or 'nothing'}). Without it the validation images would be the "
+        f"training images. Put the held-out images in their own split, or name the split folders with "
+        f"data.train_split=... data.val_split=...; {FOLDER_LAYOUT.format(root=root)}"
+    )
+
+
+def _empty_class_folders(split_root: str, classes: dict[str, int] | None) -> list[str]:
+    """Sub-folders of a split that hold no image (timm drops them: they are not classes)."""
+    if classes is None or not os.path.isdir(split_root):
+        return []
+    return sorted(e.name for e in os.scandir(split_root) if e.is_dir() and e.name not in classes)
+
+
+class FolderDataset(ImageDataset):
+    """timm's ``ImageDataset`` (a folder or ``.tar`` of images, one class per folder) whose unreadable images are
+    named by path. As timm does, an image that cannot be decoded is replaced by the next one (up to
+    ``TIMM_DATASET_MAX_RETRIES`` in a row), so one bad file does not stop an ImageNet epoch; the warning says which
+    file to remove or repair, not only its index."""
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for _ in range(self._max_retries):
+            try:
+                img, target = self.reader[index][:2]
+                img = Image.open(img)
+                img = img.convert(self.input_img_mode) if self.input_img_mode else img  # decodes: errors surface here
+                break
+            except OSError as err:
+                _logger.warning(
+                    f"unreadable image {self.reader.filename(index, absolute=True)} ({err}): sample {index} replaced "
+                    "by the next one. Remove or repair the file."
+                )
+                index = (index + 1) % len(self.reader)
+        else:
+            raise RuntimeError(
+                f"{self._max_retries} images in a row from {self.reader.filename(index, absolute=True)} back are "
+                "unreadable: is the dataset damaged?"
+            )
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, -1 if target is None else int(target)
 
 
 def _check_folder_root(root: str | None) -> None:
@@ -301,11 +382,21 @@ def _folder(data_cfg: Any, train_tf: Any, val_tf: Any, seed: int) -> tuple[Datas
     _check_folder_root(data_cfg.root)
     mode = "L" if data_cfg.in_chans == 1 else "RGB"
     datasets = []
+    # timm's own readers (folder, tar): each split from its own folder; other sources (wds/, hfds/, torch/...) split
+    # themselves
+    own_reader = "/" not in data_cfg.dataset
     for split, tf, training in ((data_cfg.train_split, train_tf, True), (data_cfg.val_split, val_tf, False)):
-        try:
-            ds = create_dataset(
-                data_cfg.dataset, root=data_cfg.root, split=split, is_training=training, input_img_mode=mode
+        if own_reader and os.path.isfile(data_cfg.root):
+            raise FileNotFoundError(
+                f"data.root {data_cfg.root!r} is one file: the train and the val split would both read it and the "
+                f"validation images would be the training images; {FOLDER_LAYOUT.format(root='<data.root>')}"
             )
+        root = _split_root(data_cfg.root, split) if own_reader else data_cfg.root
+        try:
+            if own_reader:
+                ds = FolderDataset(root, reader=data_cfg.dataset or None, input_img_mode=mode)
+            else:
+                ds = create_dataset(data_cfg.dataset, root=root, split=split, is_training=training, input_img_mode=mode)
         except (RuntimeError, FileNotFoundError) as err:  # timm: "Found 0 images in subfolders of ..."
             raise FileNotFoundError(
                 f"could not read split {split!r} under data.root {data_cfg.root!r} ({err}); "
@@ -314,6 +405,11 @@ def _folder(data_cfg: Any, train_tf: Any, val_tf: Any, seed: int) -> tuple[Datas
         if len(ds) == 0:
             raise FileNotFoundError(
                 f"split {split!r} under {data_cfg.root!r} is empty; {FOLDER_LAYOUT.format(root=data_cfg.root)}"
+            )
+        if empty := _empty_class_folders(root, _class_names(ds)):
+            _logger.warning(
+                f"{root}: {len(empty)} folder(s) without images are not classes ({', '.join(empty[:8])}); "
+                f"the {split!r} split has {len(_class_names(ds) or {})} classes. Add their images or remove them."
             )
         ds.transform = tf
         datasets.append(ds)
@@ -378,10 +474,38 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         return self.num_batches
 
 
+def _seed_of(*key: int) -> int:
+    return hash(key) & (2**63 - 1)  # tuples of ints hash the same in every process (no hash randomisation)
+
+
+@contextlib.contextmanager
+def isolated_rngs(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Seed Python's, numpy's and torch's global RNGs (the CPU generator, and ``device``'s if it is a GPU) from
+    ``seed`` for the block, then put back the states they had: what the block draws depends on ``seed`` only, and
+    the code around it sees the global RNGs as if the block had not run."""
+    on_gpu = device is not None and device.type == "cuda"
+    python, numpy_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    gpu = torch.cuda.get_rng_state(device) if on_gpu else None
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # timm's RandAugment and Mixup draw from numpy
+    torch.default_generator.manual_seed(seed)  # the CPU generator only (torch.manual_seed: ~100x slower)
+    if on_gpu:
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(cpu)
+        if on_gpu:
+            torch.cuda.set_rng_state(gpu, device)
+
+
 class SeededSamples(Dataset):
-    """``dataset[index]`` for a key ``(epoch, index)``; in a loader worker, Python's, numpy's and torch's RNGs are first
-    seeded from ``(seed, epoch, index)``, so a sample's augmentation is independent of the worker that loads it,
-    of the number of workers and of resumes. In the main process the global RNGs are left alone."""
+    """``dataset[index]`` for a key ``(epoch, index)``, its augmentation drawn from RNGs seeded by
+    ``(seed, epoch, index)`` (``isolated_rngs``): independent of the worker that loads it, of the number of workers
+    (none included), of resumes, and of the order in which the loader prefetches."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset, self.seed = dataset, seed
@@ -391,19 +515,104 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
-        if get_worker_info() is not None:
-            sample_seed = hash((self.seed, epoch, index)) & (2**63 - 1)  # int tuples hash deterministically
-            random.seed(sample_seed)
-            np.random.seed(sample_seed % 2**32)  # timm's RandAugment draws its ops from numpy
-            torch.default_generator.manual_seed(sample_seed)  # the CPU generator only (torch.manual_seed: ~100x slower)
-        return self.dataset[index]
+        with isolated_rngs(_seed_of(self.seed, epoch, index)):
+            return self.dataset[index]
 
 
-def _on_device(dataset: Dataset, data_cfg: Any, device: torch.device, erasing: dict[str, Any], **kwargs: Any) -> Any:
-    """A loader of uint8 batches (persistent workers, timm's ``fast_collate``) wrapped in timm's ``PrefetchLoader``:
-    each batch goes to ``device`` (side stream on CUDA) and is converted to float, normalised and (``erasing``:
-    ``re_prob``/``re_mode``/``re_count``, off at ``re_prob`` 0) randomly erased there."""
-    workers = data_cfg.num_workers
+class TrainBatches:
+    """The training batches: ``loader``'s (on the device, normalised), each randomly erased (``erasing``) and mixed
+    (``mixup``: timm's Mixup/CutMix, which also turns the labels into soft targets) with RNGs seeded by
+    ``(seed, epoch, position, rank)``, ``position`` being the batch's first sample in the epoch's global order. A
+    batch's augmentation is thus the same in a resumed run as in the uninterrupted one. ``batch_sampler`` is the
+    loader's ``EpochBatchSampler`` (``set_epoch`` before each epoch)."""
+
+    def __init__(self, loader: Any, seed: int, erasing: Any = None, mixup: Any = None) -> None:
+        self.loader, self.seed, self.erasing, self.mixup = loader, seed, erasing, mixup
+
+    @property
+    def batch_sampler(self) -> EpochBatchSampler:
+        return self.loader.batch_sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        sampler = self.loader.batch_sampler
+        stride = sampler.batch_size * sampler.world_size  # samples of all ranks per micro-step
+        for i, (x, y) in enumerate(self.loader):  # x: (B, C, H, W) float on the device
+            if self.erasing is not None or self.mixup is not None:
+                position = sampler.start_sample + i * stride
+                with isolated_rngs(_seed_of(self.seed, sampler.epoch, position, sampler.rank), x.device):
+                    if self.erasing is not None:
+                        x = self.erasing(x)
+                    if self.mixup is not None:
+                        x, y = self.mixup(x, y)  # y: (B,) labels -> (B, num_classes) soft targets
+            yield x, y
+
+
+def ignore_signals(signals: tuple[signal.Signals, ...], _worker_id: int = 0) -> None:
+    """A loader worker's ``worker_init_fn``: ``signals`` sent by any process but the worker's own training process
+    are ignored. A signal sent to a whole process group (``torchrun``'s agent stopping its ranks, Slurm signalling a
+    job step) reaches the workers too; one that killed them would end the training process with ``DataLoader
+    worker ... is killed by signal`` before it could write its checkpoint. The training process itself still ends
+    its workers with SIGTERM (multiprocessing does at exit, for loaders that were not shut down): from it, the
+    signal keeps its default action.
+
+    The signals are blocked in the worker and taken by a thread (``sigwaitinfo``), which sees who sent each."""
+    parent = os.getppid()
+    for sig in signals:
+        signal.signal(sig, signal.SIG_DFL)  # not the training process's handler, inherited through fork
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+    def serve() -> None:
+        while True:
+            info = signal.sigwaitinfo(signals)
+            if info.si_pid == parent:  # the training process ends this worker: the default action, as unblocked
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, [info.si_signo])
+                os.kill(os.getpid(), info.si_signo)
+
+    threading.Thread(target=serve, name="stop-signals", daemon=True).start()
+
+
+def default_num_workers() -> int:
+    """Loader workers per process when ``data.num_workers`` is null: the CPUs this process may use, shared by the
+    processes of its node (``LOCAL_WORLD_SIZE`` under torchrun), less one for the training loop; at least 1, at
+    most 8 (more rarely helps, and each worker holds a copy of the dataset's index)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, cpus // max(local_processes, 1) - 1))
+
+
+def resolve_num_workers(num_workers: int | None) -> int:
+    """``data.num_workers``, or ``default_num_workers()`` for null."""
+    return default_num_workers() if num_workers is None else num_workers
+
+
+def log_unused_samples(num_samples: int, used: int, limited: bool) -> None:
+    """Say how many training samples each epoch leaves out (full batches only: the rest of the epoch's order is
+    not trained on that epoch; a new order every epoch picks others): a warning when it is more than a tenth, which
+    on a small set can be half of it, unless ``limit_train_batches`` asked for fewer."""
+    unused = num_samples - used
+    if unused <= 0 or limited:
+        return
+    message = (
+        f"each epoch trains {used} of the {num_samples} training samples: the last {unused} "
+        f"({100 * unused / num_samples:.0f}%) of every epoch's order do not fill a whole step (batch_size x "
+        "processes x optim.grad_accum_steps) and are left out"
+    )
+    if unused > num_samples / 10:
+        _logger.warning(message + ". Lower batch_size to use more of them.")
+    else:
+        _logger.info(message + ".")
+
+
+def _on_device(
+    dataset: Dataset, data_cfg: Any, device: torch.device, ignored: tuple[signal.Signals, ...], **kwargs: Any
+) -> Any:
+    """A loader of uint8 batches (persistent workers, timm's ``fast_collate``; workers ignore the signals ``ignored``)
+    wrapped in timm's ``PrefetchLoader``: each batch goes to ``device`` (side stream on CUDA) and is converted to
+    float and normalised there. The loader's own seeds come from a private generator, not from the global RNG."""
+    workers = resolve_num_workers(data_cfg.num_workers)
     loader = DataLoader(
         dataset,
         num_workers=workers,
@@ -411,24 +620,45 @@ def _on_device(dataset: Dataset, data_cfg: Any, device: torch.device, erasing: d
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         collate_fn=fast_collate,
+        worker_init_fn=functools.partial(ignore_signals, ignored) if workers > 0 and ignored else None,
+        generator=torch.Generator(),  # a new iterator draws its base seed: not from the global RNG
         **kwargs,
     )
     mean, std = tuple(data_cfg.mean), tuple(data_cfg.std)
-    return PrefetchLoader(loader, mean, std, channels=data_cfg.in_chans, device=device, **erasing)
+    return PrefetchLoader(loader, mean, std, channels=data_cfg.in_chans, device=device)
 
 
 def train_loader(
-    dataset: Dataset, batch_sampler: EpochBatchSampler, data_cfg: Any, aug_cfg: Any, device: torch.device
-) -> Any:
-    """The run's training loader (built once): ``batch_sampler`` picks the epoch and the first batch."""
-    erasing = dict(re_prob=aug_cfg.re_prob, re_mode=aug_cfg.re_mode, re_count=aug_cfg.re_count)
+    dataset: Dataset,
+    batch_sampler: EpochBatchSampler,
+    data_cfg: Any,
+    aug_cfg: Any,
+    device: torch.device,
+    mixup: Any = None,
+    ignored: tuple[signal.Signals, ...] = (),
+) -> TrainBatches:
+    """The run's training loader (built once): ``batch_sampler`` picks the epoch and the first batch; random erasing
+    (``aug.re_prob``/``re_mode``/``re_count``, off at ``re_prob`` 0) and ``mixup`` (a timm ``Mixup`` or None) are
+    applied on the device; workers ignore the signals ``ignored`` (the training process's stop signals)."""
+    if data_cfg.num_workers is None:
+        _logger.info(f"data.num_workers=null: {default_num_workers()} loader worker(s) per process (from its CPUs)")
+    erasing = None
+    if aug_cfg.re_prob > 0:
+        erasing = RandomErasing(aug_cfg.re_prob, mode=aug_cfg.re_mode, max_count=aug_cfg.re_count, device=device)
     seeded = SeededSamples(dataset, batch_sampler.seed)
-    return _on_device(seeded, data_cfg, device, erasing, batch_sampler=batch_sampler)
+    loader = _on_device(seeded, data_cfg, device, ignored, batch_sampler=batch_sampler)
+    return TrainBatches(loader, batch_sampler.seed, erasing, mixup)
 
 
 def eval_loader(
-    dataset: Dataset, batch_size: int, data_cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1
+    dataset: Dataset,
+    batch_size: int,
+    data_cfg: Any,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    ignored: tuple[signal.Signals, ...] = (),
 ) -> Any:
     """Every ``world_size``-th sample from ``rank``: the ranks cover the set exactly once (no padding)."""
     sampler = range(rank, len(dataset), world_size)
-    return _on_device(dataset, data_cfg, device, {}, batch_size=batch_size, sampler=sampler)
+    return _on_device(dataset, data_cfg, device, ignored, batch_size=batch_size, sampler=sampler)

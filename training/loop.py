@@ -85,11 +85,9 @@ def train_one_epoch(cfg: DictConfig, state: TrainState) -> dict[str, float] | No
     model.train()
     update_loss = torch.zeros((), device=device)  # summed over the micro-steps of the current update
     images, start_time, stop = 0, time.time(), False
-    for i, (x, y) in enumerate(loader):  # x: normalised float32 on the device
+    for i, (x, y) in enumerate(loader):  # x: normalised, erased and mixed on the device (training.data.TrainBatches)
         if cfg.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if mixup_fn is not None:
-            x, y = mixup_fn(x, y)
         is_update = (i + 1) % accum == 0
         sync_ctx = model.no_sync() if world_size > 1 and not is_update else contextlib.nullcontext()
         with sync_ctx:

@@ -21,7 +21,8 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from mixerzoo.training.data import EpochBatchSampler, train_loader
+from mixerzoo.training.data import EpochBatchSampler, log_unused_samples, train_loader
+from mixerzoo.training.signals import STOP_SIGNALS
 
 __all__ = ["EvalState", "TrainState", "build_train_state"]
 
@@ -112,8 +113,28 @@ def build_train_state(cfg: DictConfig, evaluation: EvalState, train_ds: Dataset)
             f"No full training step per epoch: {len(train_ds)} images over {world_size} process(es) with "
             f"batch_size={cfg.batch_size} x grad_accum_steps={accum}. Lower them."
         )
+    log_unused_samples(len(train_ds), updates_per_epoch * global_batch, limited=cfg.limit_train_batches is not None)
+    mixup = None
+    if cfg.aug.mixup > 0 or cfg.aug.cutmix > 0 or cfg.aug.cutmix_minmax is not None:
+        mixup = Mixup(
+            mixup_alpha=cfg.aug.mixup,
+            cutmix_alpha=cfg.aug.cutmix,
+            cutmix_minmax=cfg.aug.cutmix_minmax,
+            prob=cfg.aug.mixup_prob,
+            switch_prob=cfg.aug.mixup_switch_prob,
+            mode=cfg.aug.mixup_mode,
+            label_smoothing=cfg.aug.smoothing,
+            num_classes=cfg.data.num_classes,
+        )
+        criterion = SoftTargetCrossEntropy()
+    elif cfg.aug.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=cfg.aug.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+    # Mixup/CutMix and random erasing run in the loader, seeded by the batch's position (exact resume); its workers
+    # ignore the stop signals, which the training process handles
     batch_sampler = EpochBatchSampler(len(train_ds), cfg.batch_size, cfg.seed, rank, world_size)
-    loader = train_loader(train_ds, batch_sampler, cfg.data, cfg.aug, device)
+    loader = train_loader(train_ds, batch_sampler, cfg.data, cfg.aug, device, mixup=mixup, ignored=STOP_SIGNALS)
     scheduler, num_epochs = None, cfg.epochs
     if cfg.sched.sched != "none":
         scheduler, num_epochs = create_scheduler_v2(
@@ -140,23 +161,6 @@ def build_train_state(cfg: DictConfig, evaluation: EvalState, train_ds: Dataset)
     ema_evaluated = ema is not None and next(ema.module.parameters()).device == next(net.parameters()).device
     if ema is not None and not ema_evaluated:
         _logger.info("ema.force_cpu=true on a %s run: the EMA weights are saved, not evaluated.", device.type)
-    mixup = None
-    if cfg.aug.mixup > 0 or cfg.aug.cutmix > 0 or cfg.aug.cutmix_minmax is not None:
-        mixup = Mixup(
-            mixup_alpha=cfg.aug.mixup,
-            cutmix_alpha=cfg.aug.cutmix,
-            cutmix_minmax=cfg.aug.cutmix_minmax,
-            prob=cfg.aug.mixup_prob,
-            switch_prob=cfg.aug.mixup_switch_prob,
-            mode=cfg.aug.mixup_mode,
-            label_smoothing=cfg.aug.smoothing,
-            num_classes=cfg.data.num_classes,
-        )
-        criterion = SoftTargetCrossEntropy()
-    elif cfg.aug.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(smoothing=cfg.aug.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
     # DDP wraps the bare network and the wrapper is compiled (PyTorch's order): DDP's hooks bucket the gradients and
     # all-reduce each bucket while the backward runs, and compile's DDP optimiser splits the graph at the buckets'
     # boundaries so that they can. Wrapping a compiled network makes its backward one graph whose gradients all

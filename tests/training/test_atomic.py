@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from mixerzoo.training import atomic
 from mixerzoo.training.atomic import atomic_write
@@ -70,3 +75,58 @@ def test_the_names_atomic_write_uses_are_the_ones_removed(tmp_path: Path) -> Non
     (tmp_path / temporary).write_bytes(b"half")  # as if its writer had been killed before the rename
     assert atomic.remove_stale_temporaries(tmp_path) == [temporary]
     assert (tmp_path / "last.pth").read_bytes() == b"weights"
+
+
+class FillingDisk:
+    """A file on a disk that fills after ``room`` bytes: its writes then fail with ENOSPC, as a real full disk's do."""
+
+    def __init__(self, f: Any, room: int) -> None:
+        self.f, self.room = f, room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+    def __enter__(self) -> FillingDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+
+def test_a_full_disk_inside_torch_save_names_the_file_the_reason_and_the_free_space_before_clean_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's C++ writer turns the file's ENOSPC into ``RuntimeError: [enforce fail at inline_container.cc]``; the
+    error says what happened instead, with the free space measured while the partial file still took its room."""
+    path = tmp_path / "last.pth"
+    path.write_bytes(b"old")
+    real_open = open
+    monkeypatch.setattr(atomic, "open", lambda *a, **k: FillingDisk(real_open(*a, **k), 5000), raising=False)
+    partial_present = []
+    usage = shutil.disk_usage
+    monkeypatch.setattr(
+        atomic.shutil,
+        "disk_usage",
+        lambda folder: partial_present.append(len(list(tmp_path.glob("*.tmp")))) or usage(folder),
+    )
+    with pytest.raises(atomic.AtomicWriteError) as info, atomic_write(path) as f:
+        torch.save({"weights": torch.zeros(100_000)}, f)
+    message = str(info.value)
+    assert re.search(rf"Could not write '{re.escape(str(path))}' \(No space left on device; \d+ MiB free", message)
+    assert "inline_container" not in message and "previous last.pth (if any) is unchanged" in message
+    assert info.value.errno == errno.ENOSPC
+    assert partial_present == [1]  # measured before the temporary file was removed
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_errors_that_are_not_about_writing_pass_unchanged(tmp_path: Path) -> None:
+    with pytest.raises(KeyError), atomic_write(tmp_path / "summary.json", "w") as f:
+        f.write("{")
+        raise KeyError("a bug in the caller")
+    assert list(tmp_path.iterdir()) == []

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -45,7 +46,10 @@ def compose_train(output_dir: Path, *overrides: str) -> Any:
 
 
 def run(output_dir: Path, *overrides: str) -> float:
-    return train.run(compose_train(output_dir, *overrides))
+    """``train.run`` as ``python train.py <overrides>`` runs it: the overrides are this command line's (what
+    ``train.command_overrides`` reports; the helper's fixed ones are left out, as a script's defaults would be)."""
+    with mock.patch.object(train, "command_overrides", lambda: list(overrides)):
+        return train.run(compose_train(output_dir, *overrides))
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -321,7 +325,7 @@ def test_a_full_disk_removes_the_temporary_file_keeps_the_last_checkpoint_and_sa
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(
-        OSError, match=r"Could not write checkpoint .*(best|last)\.pth.*No space left on device"
+        OSError, match=r"Could not write .*(best|last)\.pth.*No space left on device; \d+ MiB free.*resume=auto"
     ) as info:
         run(tmp_path, "epochs=2", "resume=auto")
     monkeypatch.setattr(torch, "save", save)
@@ -482,9 +486,10 @@ def test_eval_only_builds_the_model_of_the_checkpoints_config(tmp_path: Path, mo
     legacy = tmp_path / "legacy.pth"
     torch.save(load(tmp_path / "train" / "last.pth"), legacy, _use_new_zipfile_serialization=False)
     assert run(tmp_path / "eval_legacy", "eval_only=true", f"checkpoint={legacy}") == pytest.approx(top1)
-    monkeypatch.setattr(train, "command_overrides", lambda: ["model.mixer=pooling"])
     with pytest.raises(ValueError, match="unexpected keys"):
-        run(tmp_path / "eval2", "eval_only=true", f"checkpoint={tmp_path / 'train' / 'last.pth'}")
+        run(
+            tmp_path / "eval2", "eval_only=true", f"checkpoint={tmp_path / 'train' / 'last.pth'}", "model.mixer=pooling"
+        )
 
 
 @pytest.mark.parametrize(
@@ -528,3 +533,119 @@ def test_fine_tuning_a_run_onto_another_dataset(tmp_path: Path, caplog: pytest.L
     )
     assert "classifier does not fit" in caplog.text and "head.fc.weight (3, 128)" in caplog.text
     assert load(tmp_path / "tuned" / "last.pth")["model"]["head.fc.weight"].shape == (3, 128)
+
+
+# --- exact mid-epoch resume in every loader configuration -------------------------------------------------------
+AUGMENTED = ["aug.re_prob=0.5", "aug.mixup=0.8", "aug.cutmix=1.0", "ema.enabled=true", "+model.drop_path_rate=0.1"]
+LOADER_CONFIGS = {
+    "digits default (no workers)": ["data.num_workers=0"],
+    "1 worker": ["data.num_workers=1"],
+    "erasing, mixup/cutmix, EMA, drop path, no workers": ["data.num_workers=0", *AUGMENTED],
+    "erasing, mixup/cutmix, EMA, drop path, 1 worker": ["data.num_workers=1", *AUGMENTED],
+}
+
+
+def run_augmented(output_dir: Path, *overrides: str) -> float:
+    """A tiny run with the digits' random augmentation on (``TINY`` turns it off)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"output_dir={output_dir}",
+                "batch_size=32",
+                *[o for o in TINY if o != "aug.no_aug=true"],
+                *overrides,
+            ],
+        )
+    with mock.patch.object(train, "command_overrides", lambda: list(overrides)):
+        return train.run(cfg)
+
+
+@pytest.mark.parametrize("overrides", LOADER_CONFIGS.values(), ids=LOADER_CONFIGS.keys())
+def test_a_mid_epoch_resume_is_exact_in_every_loader_configuration(tmp_path: Path, overrides: list[str]) -> None:
+    """Resumed from a step checkpoint in the middle of epoch 1 (step 4 of 6): the final weights, EMA and losses are
+    the uninterrupted run's, bit for bit. Before, the prefetcher had drawn batch 5's augmentation and erasing from the
+    RNG state that step 4's checkpoint then saved (final weights differed by 4e-4 on the default digits job)."""
+    common = ["epochs=2", "checkpoint_every_steps=4", "checkpoint_keep=100", *overrides]
+    run_augmented(tmp_path / "straight", *common)
+    run_augmented(tmp_path / "resumed", *common, f"resume={tmp_path / 'straight' / 'step_00000004.pth'}")
+    straight, resumed = load(tmp_path / "straight" / "last.pth"), load(tmp_path / "resumed" / "last.pth")
+    assert resumed["global_step"] == straight["global_step"] == 12
+    assert_same_weights(resumed["model"], straight["model"], atol=0)
+    if straight["ema"] is not None:
+        assert_same_weights(resumed["ema"], straight["ema"], atol=0)
+    assert metric_column(tmp_path / "resumed", "train_loss") == metric_column(tmp_path / "straight", "train_loss")
+
+
+# --- a refused re-run, a file that is not a training checkpoint ----------------------------------------------------
+def test_a_refused_rerun_leaves_the_finished_runs_config_record_alone(tmp_path: Path) -> None:
+    """Hydra records the job's config in ``.hydra/`` before train.py starts; a re-run that is refused (no resume, the
+    directory holds a run) used to overwrite it, and collect_results.py then reported the run as the refused one's."""
+    run_dir = tmp_path / "finished"
+    (run_dir / ".hydra").mkdir(parents=True)
+    record = {"config.yaml": "model:\n  mixer: pooling\n", "overrides.yaml": "- model.mixer=pooling\n"}
+    for name, text in record.items():
+        (run_dir / ".hydra" / name).write_text(text)
+    (run_dir / "last.pth").write_bytes(b"a finished run's checkpoint")
+    args = [sys.executable, "train.py", "model.mixer=sepconv", "epochs=1", *TINY, f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "already holds a run" in done.stdout + done.stderr
+    assert {name: (run_dir / ".hydra" / name).read_text() for name in record} == record
+    assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == sorted(record)  # no hydra.yaml either
+
+
+def test_resuming_from_a_file_of_weights_names_it_and_the_option_that_takes_it(tmp_path: Path) -> None:
+    """Before: a bare ``KeyError: 'model'`` (or 'optimizer')."""
+    weights = tmp_path / "weights.pth"
+    torch.save(mixerzoo.create_model("poolformerv2_s12").state_dict(), weights)
+    with pytest.raises(
+        CheckpointError, match=r"is not a train\.py checkpoint: it has no model, optimizer.*checkpoint=<path>"
+    ):
+        run(tmp_path / "run", "epochs=1", f"resume={weights}")
+
+
+# --- one rule for eval_only, fine-tuning and resume: the stored config fills in -----------------------------------
+FAKE_3_CLASSES = ["data=fake", "data.num_classes=3", "data.img_size=32", "data.in_chans=1", "data.fake_train_size=96"]
+
+
+def test_eval_only_takes_the_model_and_the_data_of_the_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 3-class model trained on other data, evaluated without repeating the data: before, it was evaluated on the
+    command's digits (10 classes) and failed on the head's shape."""
+    run(tmp_path / "train", "epochs=1", "model.mixer=sepconv", *FAKE_3_CLASSES)
+    trained = summary(tmp_path / "train")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        top1 = run(tmp_path / "eval", "eval_only=true", f"checkpoint={tmp_path / 'train' / 'last.pth'}")
+    assert top1 == pytest.approx(trained["final_top1"])
+    assert (
+        "model from the config stored in the checkpoint; data from the config stored in the checkpoint" in caplog.text
+    )
+    # a key set on the command line wins over the stored one, and the log names it
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run(
+            tmp_path / "eval2",
+            "eval_only=true",
+            f"checkpoint={tmp_path / 'train' / 'last.pth'}",
+            "data.fake_val_size=64",
+        )
+    assert "data from the config stored in the checkpoint except data.fake_val_size" in caplog.text
+
+
+def test_fine_tuning_takes_the_checkpoints_model_unless_the_command_sets_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sepconv run fine-tuned onto other data without repeating ``model.mixer=sepconv``: before, the command's
+    pooling model was built and loading failed with 30 unexpected keys and no hint."""
+    run(tmp_path / "sepconv", "epochs=1", "model.mixer=sepconv")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run(tmp_path / "tuned", "epochs=1", *FAKE_3_CLASSES, f"checkpoint={tmp_path / 'sepconv' / 'best.pth'}")
+    assert "model from the config stored in the checkpoint; data from this command's config" in caplog.text
+    tuned = load(tmp_path / "tuned" / "last.pth")
+    assert tuned["config"]["model"]["mixer"] == "sepconv" and tuned["model"]["head.fc.weight"].shape == (3, 128)
+    with pytest.raises(ValueError, match="unexpected keys"):  # a model the command sets is the command's
+        run(tmp_path / "pooling", "epochs=1", "model.mixer=pooling", f"checkpoint={tmp_path / 'sepconv' / 'best.pth'}")
