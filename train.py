@@ -39,7 +39,7 @@ import hydra
 import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import Dataset
 
 import mixerzoo  # registers the zoo's models in timm (also used: mixerzoo.load_checkpoint)
