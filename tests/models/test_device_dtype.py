@@ -16,9 +16,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mixerzoo.mixers import create_channel_mixer, create_mixer, list_channel_mixers, list_mixers
 from mixerzoo.mixers.matrix_mixer import STRUCTURES
 from mixerzoo.mixers.registry import CHANNEL_MIXERS, MIXERS
-from mixerzoo.models import create_model
+from mixerzoo.models import build_model
 from mixerzoo.models.registry import BLOCKS, DOWNSAMPLES, EXTRAS, HEADS, STEMS
-from tests.conftest import MODEL_CONFIGS, ZOO_TIMM_NAMES
+from tests.conftest import MODEL_CONFIGS, ZOO_TIMM_NAMES, compose_model_config
 
 CONTEXT = dict(grid=(4, 6), img_size=(16, 24))  # what the builder hands to grid-bound mixers
 
@@ -75,7 +75,8 @@ def test_zoo_models_build_in_bfloat16(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
 def test_model_configs_build_on_meta_in_bfloat16(name: str) -> None:
-    model = _assert_built_on_meta(lambda: create_model(name, device="meta", dtype=torch.bfloat16))
+    spec = compose_model_config(name)  # configs/model/timm.yaml: a timm model (resnet18) takes them too
+    model = _assert_built_on_meta(lambda: build_model(spec, device="meta", dtype=torch.bfloat16))
     assert {t.dtype for t in _tensors(model).values() if t.is_floating_point()} == {torch.bfloat16}
 
 
@@ -97,14 +98,14 @@ def _mixer_specs() -> list[Any]:
 @pytest.mark.parametrize("spec", _mixer_specs(), ids=str)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 def test_every_token_mixer_builds_where_and_as_asked(spec: Any, dtype: torch.dtype) -> None:
-    mixer = _assert_built_on_meta(lambda: create_mixer(spec, 32, device="meta", dtype=dtype, **CONTEXT))
+    mixer = _assert_built_on_meta(lambda: create_mixer(spec, 32, device="meta", dtype=dtype, context=CONTEXT))
     assert {t.dtype for t in _tensors(mixer).values() if t.is_floating_point()} <= {dtype}
 
 
 @pytest.mark.parametrize("name", list_channel_mixers())
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 def test_every_channel_mixer_builds_where_and_as_asked(name: str, dtype: torch.dtype) -> None:
-    mixer = _assert_built_on_meta(lambda: create_channel_mixer(name, 32, device="meta", dtype=dtype, **CONTEXT))
+    mixer = _assert_built_on_meta(lambda: create_channel_mixer(name, 32, device="meta", dtype=dtype, context=CONTEXT))
     assert {t.dtype for t in _tensors(mixer).values() if t.is_floating_point()} <= {dtype}
 
 
