@@ -860,7 +860,7 @@ COMMANDS: dict[str, Run | Static] = {
     "python train.py sweep=pathfinder": Static("40 jobs, 5-6 h on 2 cores", jobs=40, sweep_dir="multirun/pathfinder/"),
     "python collect_results.py multirun/pathfinder/<run id> --by-mixer --csv results.csv": Run(
         "sweep",
-        table(rows=2, csv_file="results.csv", csv_rows=4),
+        table(rows=2, csv_file="results.csv", csv_rows=2),  # one CSV row per mixer
         inputs={"multirun/pathfinder/<run id>": SMOKE_SWEEP},
     ),
     "python collect_results.py multirun/pathfinder/<run id> --columns mixer seed train_img_s final_top1 wall_min": Run(
@@ -880,7 +880,7 @@ COMMANDS: dict[str, Run | Static] = {
     "python train.py sweep=pathfinder_gpu": Static(f"{GPU} (hours)", sweep_dir="multirun/pathfinder_gpu/"),
     "python collect_results.py multirun/pathfinder_gpu/<run id> --by-mixer --csv pathfinder128.csv": Run(
         "sweep",
-        table(rows=2, csv_file="pathfinder128.csv", csv_rows=4),
+        table(rows=2, csv_file="pathfinder128.csv", csv_rows=2),
         inputs={"multirun/pathfinder_gpu/<run id>": SMOKE_SWEEP},
     ),
     "python tools/plots.py accuracy pathfinder128.csv --out docs/pathfinder/accuracy128.png": Run(
