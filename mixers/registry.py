@@ -16,8 +16,9 @@ same class (``mixerzoo.models.registry``).
 
 from __future__ import annotations
 
+import difflib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Spec",
     "create_channel_mixer",
     "create_mixer",
+    "did_you_mean",
     "list_channel_mixers",
     "list_mixers",
     "plain",
@@ -37,6 +39,13 @@ __all__ = [
 
 
 Spec = str | Mapping[str, Any]  # a registered name, or a mapping with "name" plus options
+
+
+def did_you_mean(name: str, choices: Iterable[str], show: Callable[[str], str] = repr) -> str:
+    """``" Did you mean 'attention'?"`` for the close matches of a misspelt ``name`` among ``choices`` (each written
+    by ``show``); ``""`` when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(show(c) for c in close)}?" if close else ""
 
 
 def plain(value: Any) -> Any:
@@ -90,7 +99,8 @@ class Registry:
 
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._entries:
-            raise ValueError(f"Unknown {self.kind} {name!r}. Registered: {', '.join(self.names())}.")
+            hint = did_you_mean(name, self.names())
+            raise ValueError(f"Unknown {self.kind} {name!r}.{hint} Registered: {', '.join(self.names())}.")
         return self._entries[name]
 
     def create(self, spec: str | Mapping[str, Any], *args: Any, **context: Any) -> Any:
