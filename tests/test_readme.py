@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-PAGES = (README, *sorted((ROOT / "docs").rglob("*.md")))
+PAGES = (README, *sorted((ROOT / "docs").rglob("*.md")))  # every page (order does not matter here)
 # pages the site's nav lists that other work writes (see tests/test_readme_commands.py)
 PAGES_FROM_ELSEWHERE = {"results/capability-screen.md", "gpu-check.md", "timm.md", "benchmarks/ssm-kernels.md"}
 SNIPPETS = [

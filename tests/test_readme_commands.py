@@ -5,7 +5,7 @@ Every command of every ```bash block is listed in ``COMMANDS`` with what this fi
 
 - ``Run``: it runs for real, in this process the way ``python <script>`` runs it (``runpy`` with ``sys.argv``, so
   train.py goes through its own ``@hydra.main``), in a scratch directory, after the commands before it in its
-  scenario (page order: README.md, then docs/ pages by path, each top to bottom). Long runs are shortened by
+  scenario (page order: README.md, then the site's pages in nav order, each top to bottom). Long runs are shortened by
   overrides the documentation names (``debug=smoke``, ``epochs=1``, ``--macs-only``, ...; a test checks that a page
   names each one), and each run is checked for what the page says it gives: files written, tables printed, epochs
   completed.
@@ -59,8 +59,18 @@ from mixerzoo.training.config import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-# the pages whose commands are checked: the README, then every page of the documentation site
-PAGES = (README, *sorted((ROOT / "docs").rglob("*.md")))
+
+
+def site_pages() -> tuple[Path, ...]:
+    """The README, then the site's pages in the order of mkdocs.yml's nav (the reading order, so a command may use
+    what a command on an earlier page made), then any page the nav does not list."""
+    nav = re.findall(r":\s+([\w/.-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    pages = [ROOT / "docs" / page for page in nav if (ROOT / "docs" / page).is_file()]
+    return (README, *pages, *sorted(set((ROOT / "docs").rglob("*.md")) - set(pages)))
+
+
+# the pages whose commands are checked
+PAGES = site_pages()
 CONFIG_DIR = ROOT / "configs"
 PYTHON = {"python", "python3", ".venv/bin/python"}
 PIP = {"pip", ".venv/bin/pip"}
