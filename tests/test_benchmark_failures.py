@@ -36,6 +36,7 @@ def test_a_grid_bound_size_is_na_not_a_failure() -> None:
     assert benchmark.failed_rows([at_32, at_64]) == []
 
 
+@pytest.mark.slow
 def test_the_script_exits_non_zero_when_a_row_fails(tmp_path: Path) -> None:
     command = [sys.executable, "benchmark.py", MISSPELT, "--macs-only", "--img-size", "32", "--reference", "none"]
     result = subprocess.run([*command, "--csv", str(tmp_path / "b.csv")], cwd=ROOT, capture_output=True, text=True)

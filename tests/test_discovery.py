@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mixerzoo.mixers import list_channel_mixers, list_mixers
 from mixerzoo.mixers.registry import CHANNEL_MIXERS, MIXERS
 from mixerzoo.models import list_model_configs
@@ -36,6 +38,7 @@ def _entries(text: str) -> dict[str, str]:
     return blocks
 
 
+@pytest.mark.slow
 def test_python_m_mixerzoo_lists_mixers_channel_mixers_and_model_configs(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "mixerzoo"], cwd=tmp_path, capture_output=True, text=True, check=True)
     text = out.stdout
@@ -47,6 +50,7 @@ def test_python_m_mixerzoo_lists_mixers_channel_mixers_and_model_configs(tmp_pat
     assert "  vim2_t\n" in text and "  caformer_s18 | MetaFormer builder" in text
 
 
+@pytest.mark.slow
 def test_python_m_mixerzoo_gives_whole_summaries_and_every_option() -> None:
     """Each mixer's summary is a whole paragraph of its docstring (not its first line cut mid-sentence, and not a
     pointer to "the module docstring"), and every option its constructor accepts is listed with its default."""
@@ -68,6 +72,7 @@ def test_python_m_mixerzoo_gives_whole_summaries_and_every_option() -> None:
     assert "quasiseparable SSM mixer" in blocks["hydra"]
 
 
+@pytest.mark.slow
 def test_train_help_offers_choices_not_building_blocks() -> None:
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True)
     groups = {line.split(":")[0] for line in out.stdout.splitlines() if ": " in line and not line.startswith(" ")}

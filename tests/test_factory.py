@@ -14,6 +14,7 @@ def test_every_model_config_is_listed() -> None:
     assert mixerzoo.list_model_configs() == MODEL_CONFIGS and len(MODEL_CONFIGS) >= 40
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
 def test_every_model_config_builds_from_python_with_overrides(name: str) -> None:
     with torch.device("meta"):

@@ -28,6 +28,7 @@ def test_the_documentation_has_runnable_python_snippets() -> None:
     assert len(RUNNABLE) >= 8 and len(SNIPPETS) - len(RUNNABLE) <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("snippet", [s for _, s in RUNNABLE], ids=[name for name, _ in RUNNABLE])
 def test_documented_snippet_runs(snippet: str, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True)

@@ -39,6 +39,7 @@ def test_auto_device_runs_an_experiment_config_on_the_cpu_without_a_gpu(monkeypa
     assert train.setup_runtime(cfg)["device"] == torch.device("cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_smoke_preset_makes_every_experiment_tiny_and_cpu_only(experiment: str) -> None:
     """With any experiment: digits on the CPU in fp32, one epoch of 2 steps, no accumulation, no cooldown; the

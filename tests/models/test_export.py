@@ -55,6 +55,7 @@ def _ids(cases: list[tuple[str, str]]) -> list[str]:
     return [f"{kind}:{name}" for kind, name in cases]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "name"), EXPLAIN, ids=_ids(EXPLAIN))
 def test_dynamo_traces_the_model_as_one_graph(kind: str, name: str) -> None:
     model = _model(kind, name).eval()

@@ -112,6 +112,7 @@ def test_every_metaformer_recipe_has_an_experiment() -> None:
     assert set(PUBLISHED_RECIPES) <= set(EXPERIMENTS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_and_builds_its_model(name: str) -> None:
     cfg = compose_train(f"experiment={name}", "data.root=/imagenet")
@@ -121,6 +122,7 @@ def test_every_experiment_composes_and_builds_its_model(name: str) -> None:
     assert model.num_classes == cfg.data.num_classes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PUBLISHED_RECIPES))
 def test_metaformer_experiment_reproduces_the_published_recipe(name: str) -> None:
     cfg = compose_train(f"experiment={name}", "data.root=/imagenet")

@@ -18,6 +18,7 @@ from tests.conftest import CONFIG_DIR, MODEL_CONFIGS
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
 def test_model_config_composes_in_train_yaml_and_builds(name: str) -> None:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -39,6 +40,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert lines[-1] == ".ci/timm_model_tests.sh" and (ROOT / lines[-1]).is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mixer", list_mixers())
 def test_comparison_backbone_takes_every_mixer_by_override(mixer: str) -> None:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
