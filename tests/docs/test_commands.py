@@ -57,7 +57,7 @@ from torch.distributed.run import get_args_parser as torchrun_parser
 from mixerzoo import benchmark, train
 from mixerzoo.training.config import validate_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 PAGES = (README, *sorted((ROOT / "docs").rglob("*.md")))  # every page (order does not matter here)
-# pages the site's nav lists that other work writes (see tests/test_readme_commands.py)
+# pages the site's nav lists that other work writes (see tests/docs/test_commands.py)
 PAGES_FROM_ELSEWHERE = {"results/capability-screen.md", "gpu-check.md", "timm.md", "benchmarks/ssm-kernels.md"}
 SNIPPETS = [
     (f"{page.relative_to(ROOT).as_posix()}#{i}", snippet)

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from mixerzoo import train
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 TINY = ["batch_size=32", "limit_train_batches=1", "limit_val_batches=1", "epochs=1", "logger.progress_bar=false"]
 
 
