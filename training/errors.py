@@ -23,11 +23,23 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["DEBUG_VARIABLES", "USER_ERRORS", "debug_requested", "user_errors"]
+from hydra.errors import InstantiationException
+
+__all__ = ["DEBUG_VARIABLES", "USER_ERRORS", "WRAPPERS", "debug_requested", "user_error", "user_errors"]
 
 # what the library raises for input a user can fix (CheckpointError is a ValueError)
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, NotADirectoryError)
 DEBUG_VARIABLES = ("MIXERZOO_DEBUG", "HYDRA_FULL_ERROR")
+# exceptions that only wrap the error that caused them: Hydra's ``instantiate`` raises "Error in call to target
+# 'mixerzoo.MetaFormer': ValueError(...)" from the constructor's own error
+WRAPPERS: tuple[type[BaseException], ...] = (InstantiationException,)
+
+
+def user_error(error: BaseException) -> BaseException | None:
+    """``error`` if it is an expected user error, else the user error a wrapper was raised from, else None."""
+    while isinstance(error, WRAPPERS) and error.__cause__ is not None:
+        error = error.__cause__
+    return error if isinstance(error, USER_ERRORS) else None
 
 
 def debug_requested() -> bool:
@@ -41,8 +53,9 @@ def user_errors(program: str, debug: bool = False) -> Iterator[None]:
     ``SystemExit(1)``, unless ``debug`` or :func:`debug_requested`."""
     try:
         yield
-    except USER_ERRORS as error:
-        if debug or debug_requested():
+    except (*USER_ERRORS, *WRAPPERS) as raised:
+        error = user_error(raised)
+        if error is None or debug or debug_requested():
             raise
         message = str(error) or type(error).__name__
         if isinstance(error, FileNotFoundError | NotADirectoryError) and error.filename and error.strerror:

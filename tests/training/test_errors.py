@@ -72,3 +72,15 @@ def test_other_errors_keep_their_traceback(no_debug: None) -> None:
     """A bug is not a user error: it propagates as it is."""
     with pytest.raises(ZeroDivisionError), user_errors("train.py"):
         _ = 1 / 0
+
+
+def test_a_misspelt_mixer_in_the_model_config_is_one_line_with_the_close_match(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_debug: None
+) -> None:
+    """``train.py model.mixer=atention``: Hydra's instantiate wraps the registry's ValueError in its own exception;
+    the one line is the registry's message with its "Did you mean"."""
+    cfg = compose_train("debug=smoke", "model.mixer=atention", f"output_dir={tmp_path}")
+    with pytest.raises(SystemExit), user_errors("train.py"):
+        train.run(cfg)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("train.py: error: Unknown token mixer 'atention'. Did you mean 'attention'?"), line
