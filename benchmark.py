@@ -2,7 +2,9 @@
 
 For every model and resolution it reports:
 
-- ``params_m``: parameters (millions), ``sum(p.numel())``;
+- ``params_m``: parameters (millions), ``sum(p.numel())``. Weights a model keeps frozen as buffers (RandFormer's
+  ``random_matrix``: persistent floating-point buffers outside normalisation layers) are not parameters and are left
+  out; the row's ``note`` says how many millions (``frozen_weights``);
 - ``gmacs``: forward MACs of one image (GMACs = FLOPs / 2, as timm and the papers report) from
   ``torch.utils.flop_counter.FlopCounterMode`` run on the *meta* device (nothing is allocated), split into
   ``gmacs_matmul`` (matmul/conv/attention, torch's own formulas), ``gmacs_fft`` and ``gmacs_scan`` (our rules below),
@@ -91,6 +93,8 @@ from mixerzoo.models import build_model as build_model_from_spec
 from mixerzoo.models import list_layouts
 from mixerzoo.models.factory import is_zoo_model
 from mixerzoo.models.macs import count_macs
+from mixerzoo.registry import did_you_mean
+from mixerzoo.training.errors import user_errors
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_REFERENCE = "poolformerv2_s12"
@@ -147,12 +151,20 @@ def parse_model_arg(arg: str) -> list[ModelSpec]:
         name, *overrides = arg[len("config:") :].split("@")
         names = fnmatch.filter(model_config_names(), name) if is_glob else [name]
         if not names or (not is_glob and name not in model_config_names()):
-            raise ValueError(f"No model config matches {name!r}; configs: {', '.join(model_config_names())}.")
+            hint = did_you_mean(name, model_config_names())
+            raise ValueError(f"No model config matches {name!r}.{hint} Configs: {', '.join(model_config_names())}.")
         return [ModelSpec("config", n, tuple(overrides)) for n in names]
     name = arg.removeprefix("timm:")
     names = timm.list_models(name) if is_glob else [name]
-    if not names or not all(timm.is_model(n) for n in names):
-        raise ValueError(f"Unknown timm model {name!r} (for a zoo config use config:<name>).")
+    unknown = [n for n in names if not timm.is_model(n)] if names else [name]
+    if unknown:
+        timm_names = set(timm.list_models())
+        choices = timm_names | set(model_config_names())
+        hint = did_you_mean(unknown[0], choices, lambda n: repr(n if n in timm_names else f"config:{n}"))
+        raise ValueError(
+            f"Unknown timm model {unknown[0]!r}.{hint} (A zoo model config is config:<name>; python -m mixerzoo "
+            "lists both.)"
+        )
     return [ModelSpec("timm", n) for n in names]
 
 
@@ -386,6 +398,21 @@ def failed_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for row in rows if any(part.startswith("failed:") for part in str(row.get("note", "")).split("; "))]
 
 
+def frozen_weights(model: nn.Module) -> tuple[int, list[str]]:
+    """Elements and names of the weights ``model`` keeps frozen as buffers: persistent floating-point buffers outside
+    normalisation layers (RandFormer's ``random_matrix``; running statistics are not weights). ``params_m`` leaves
+    them out, as ``sum(p.numel() for p in model.parameters())`` does."""
+    count, names = 0, set()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            continue
+        for name, buffer in module.named_buffers(recurse=False):
+            if name not in module._non_persistent_buffers_set and buffer.is_floating_point():
+                count += buffer.numel()
+                names.add(name)
+    return count, sorted(names)
+
+
 def benchmark_one(cfg: BenchmarkConfig, spec: ModelSpec, img_size: int, log: Callable[[str], None]) -> dict[str, Any]:
     """One row: params and MACs on the meta device, then (unless n/a) the timings."""
     build_size = img_size if cfg.rebuild_per_resolution else cfg.build_size
@@ -399,6 +426,11 @@ def benchmark_one(cfg: BenchmarkConfig, spec: ModelSpec, img_size: int, log: Cal
         row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
         if build_note and cfg.rebuild_per_resolution:
             notes.append(build_note)
+        frozen, buffers = frozen_weights(model)
+        if frozen:
+            notes.append(
+                f"params_m leaves out {frozen / 1e6:.2f} M frozen weights kept as buffers ({', '.join(buffers)})"
+            )
         macs = count_macs(model.eval(), inputs)
     except Exception as error:  # n/a (a size the model cannot take) or a failure, with the real error
         row["note"] = _note_for(error)
@@ -526,7 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up compiles)")
     parser.add_argument("--compile-mode", help="torch.compile mode (default, reduce-overhead, max-autotune)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads in each measuring process")
+    parser.add_argument(
+        "--threads", type=int, help="torch.set_num_threads in each measuring process (CPU default: the idle cores)"
+    )
     parser.add_argument("--warmup", type=int, help="untimed runs (default 1 on CPU, 5 on CUDA)")
     parser.add_argument("--runs", type=int, help="timed runs, median reported (default 3 on CPU, 20 on CUDA)")
     parser.add_argument("--thorough", action="store_true", help="--warmup 5 --runs 15 unless given")
@@ -534,8 +568,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency")
     parser.add_argument("--in-process", action="store_true", help="measure in this process (no CPU peak memory)")
     parser.add_argument("--csv", help="CSV path (default outputs/benchmark/benchmark_<time>.csv)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser
+
+
+def idle_cores() -> int:
+    """The CPUs this process may run on less the 1-minute load average (rounded), at least 1: the thread count that
+    does not oversubscribe a machine other work is using. On a loaded 2-core machine torch's default (one thread
+    per core) made first forwards take 20-30 s instead of 0.1-2.4 s with one thread."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cpus, torch.get_num_threads(), cpus - round(load)))
 
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
@@ -555,7 +599,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         channels_last=args.channels_last,
         compile=args.compile,
         compile_mode=args.compile_mode,
-        threads=args.threads,
+        threads=args.threads or (None if cuda else idle_cores()),
         warmup=args.warmup if args.warmup is not None else thorough_warmup,
         runs=args.runs if args.runs is not None else thorough_runs,
         skip_train=args.no_train,
@@ -592,7 +636,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if args.worker:
         _worker(args.worker)
         return []
-    cfg = config_from_args(args)
+    with user_errors("benchmark.py", debug=args.debug):
+        cfg = config_from_args(args)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     log(describe(cfg))
     rows = run_benchmark(cfg, log)

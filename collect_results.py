@@ -4,6 +4,7 @@
     python collect_results.py multirun/train/<run id>            # every job below that directory
     python collect_results.py outputs/digits_mixers --csv mixers.csv
     python collect_results.py multirun/pathfinder/<run id> --by-mixer   # one row per mixer, mean ± std over seeds
+    python collect_results.py multirun/pathfinder/<run id> --by-mixer --csv by_mixer.csv   # that table as a CSV
 
 One row per job: the job directory (its Hydra overrides), the model (config name or timm name), the mixer (the
 model's ``mixer`` spec; per-stage lists joined with ``/``), params (from ``summary.json``), forward GMACs of one
@@ -17,7 +18,9 @@ MACs.
 
 ``--by-mixer`` groups the jobs by model and mixer instead: one row per mixer with params and, per image size, GMACs,
 training images/s and top-1 (``--metric``, default ``final_top1``) as mean ± standard deviation over the seeds (the
-job count in brackets when there are several).
+job count in brackets when there are several). With ``--csv`` it writes that aggregated table: one CSV row per
+model, mixer and image size, with ``<column>_mean``, ``<column>_std`` (empty for one job) and ``jobs``
+(``BY_MIXER_COLUMNS``); without ``--by-mixer`` the CSV holds one row per job, every column.
 """
 
 from __future__ import annotations
@@ -39,6 +42,17 @@ from mixerzoo.registry import spec_label
 
 COLUMNS = ["job", "model", "mixer", "params_m", "gmacs", "train_img_s", "best_top1", "final_top1", "epochs"]
 EXTRA_COLUMNS = ["data", "img_size", "seed", "wall_min"]
+AVERAGED = ("train_img_s", "best_top1", "final_top1")  # mean and std over the seeds in the --by-mixer CSV
+BY_MIXER_COLUMNS = [
+    "model",
+    "mixer",
+    "data",
+    "img_size",
+    "params_m",
+    "gmacs",
+    *(f"{column}_{stat}" for column in AVERAGED for stat in ("mean", "std")),
+    "jobs",
+]
 
 
 def _recorded_model_choice(job_dir: Path) -> str:
@@ -128,14 +142,42 @@ def _mean_std(values: Sequence[float], digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} ({len(values)})"
 
 
-def by_mixer_table(rows: Sequence[dict[str, Any]], metric: str = "final_top1") -> str:
-    """One row per (model, mixer): params, then per image size GMACs, training images/s and ``metric`` as mean ±
-    standard deviation over the jobs (seeds). Rows in the order the mixers first appear."""
+def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[Any, list[dict[str, Any]]]]:
+    """(model, mixer) -> image size -> its jobs, in the order the mixers first appear."""
     groups: dict[tuple[str, str], dict[Any, list[dict[str, Any]]]] = {}
     for row in rows:
         key = (row.get("model") or "", row.get("mixer") or "")
         groups.setdefault(key, {}).setdefault(row.get("img_size"), []).append(row)
-    sizes = sorted({size for jobs in groups.values() for size in jobs}, key=lambda s: (s is None, s or 0))
+    return groups
+
+
+def _sizes(groups: dict[tuple[str, str], dict[Any, list[dict[str, Any]]]]) -> list[Any]:
+    return sorted({size for jobs in groups.values() for size in jobs}, key=lambda s: (s is None, s or 0))
+
+
+def by_mixer_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``--by-mixer`` table as records, one per (model, mixer, image size): params and GMACs, then the mean and
+    standard deviation over the jobs (seeds) of training images/s and top-1 (``std`` is None for a single job)."""
+    records = []
+    for (model, mixer), jobs in _groups(rows).items():
+        for size, at in sorted(jobs.items(), key=lambda item: (item[0] is None, item[0] or 0)):
+            record: dict[str, Any] = {"model": model, "mixer": mixer, "data": at[0].get("data"), "img_size": size}
+            for column in ("params_m", "gmacs"):
+                record[column] = next((r[column] for r in at if r.get(column) is not None), None)
+            for column in AVERAGED:
+                values = [r[column] for r in at if r.get(column) is not None]
+                record[f"{column}_mean"] = statistics.mean(values) if values else None
+                record[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else None
+            record["jobs"] = len(at)
+            records.append(record)
+    return records
+
+
+def by_mixer_table(rows: Sequence[dict[str, Any]], metric: str = "final_top1") -> str:
+    """One row per (model, mixer): params, then per image size GMACs, training images/s and ``metric`` as mean ±
+    standard deviation over the jobs (seeds). Rows in the order the mixers first appear."""
+    groups = _groups(rows)
+    sizes = _sizes(groups)
     header = ["model", "mixer", "params_m"]
     for size in sizes:
         at = f" @{size}" if size is not None else ""
@@ -157,7 +199,11 @@ def by_mixer_table(rows: Sequence[dict[str, Any]], metric: str = "final_top1") -
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a multirun directory (or a single run's directory)")
-    parser.add_argument("--csv", help="also write the rows (one per job, every column) to this CSV file")
+    parser.add_argument(
+        "--csv",
+        help="also write the table to this CSV file: one row per job (every column), or with --by-mixer the "
+        "aggregated table (mean and std over seeds per model, mixer and size)",
+    )
     parser.add_argument(
         "--columns", nargs="+", default=COLUMNS, choices=COLUMNS + EXTRA_COLUMNS, help="columns to show, in order"
     )
@@ -167,10 +213,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows = collect(args.run_dir)
     print(by_mixer_table(rows, args.metric) if args.by_mixer else markdown_table(rows, args.columns))
     if args.csv:
+        records, columns = (by_mixer_rows(rows), BY_MIXER_COLUMNS) if args.by_mixer else (rows, COLUMNS + EXTRA_COLUMNS)
         with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS + EXTRA_COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(records)
     return rows
 
 

@@ -23,12 +23,19 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["Registry", "Spec", "plain", "spec_label", "split_spec"]
+__all__ = ["Registry", "Spec", "did_you_mean", "plain", "spec_label", "split_spec"]
 
 Spec = str | Mapping[str, Any]  # a registered name, or a mapping with "name" plus options
+
+
+def did_you_mean(name: str, choices: Iterable[str], show: Callable[[str], str] = repr) -> str:
+    """``" Did you mean 'attention'?"`` for the close matches of a misspelt ``name`` among ``choices`` (each written
+    by ``show``); ``""`` when none is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(show(c) for c in close)}?" if close else ""
 
 
 def plain(value: Any) -> Any:
@@ -104,9 +111,7 @@ class Registry:
         return name in self._entries
 
     def unknown_name_message(self, name: str) -> str:
-        close = difflib.get_close_matches(str(name), self.names(), n=3, cutoff=0.6)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        return f"Unknown {self.kind} {name!r}.{hint} Registered: {', '.join(self.names())}."
+        return f"Unknown {self.kind} {name!r}.{did_you_mean(name, self.names())} Registered: {', '.join(self.names())}."
 
     def get(self, name: str) -> Any:
         if name not in self._entries:

@@ -455,7 +455,11 @@ def matrix_mixer(
     dtype: torch.dtype | None = None,
     **options: Any,
 ) -> MatrixMixer:
-    """The matrix mixer of one ``structure`` (its class in ``STRUCTURES``), with that class's ``options``."""
+    """The matrix mixer of one ``structure`` (dense, toeplitz, vandermonde, dft, cauchy, low_rank, attention or
+    quasiseparable; its class in ``STRUCTURES``), with that class's ``options``: ``data_dependent`` (default True;
+    False builds the matrix for the stage's grid), ``expand``, ``head_dim``, ``d_conv``, and ``qk_dim`` for the
+    structures built from query/key-like projections (vandermonde, cauchy, low_rank, attention, quasiseparable),
+    ``chunk_size`` and ``backend`` for quasiseparable."""
     if structure not in STRUCTURES:
         raise ValueError(f"matrix_mixer: unknown structure {structure!r}; use one of {', '.join(STRUCTURES)}.")
     cls = STRUCTURES[structure]

@@ -125,7 +125,7 @@ def test_grid_bound_mixer_is_na_with_the_reason_unless_rebuilt_per_resolution() 
     spec = benchmark.parse_model_arg("config:metaformer_tiny@mixer=random")[0]
     cfg = benchmark.BenchmarkConfig(models=[spec], img_sizes=[32, 64], reference=None, build_size=32, macs_only=True)
     at_32, at_64 = benchmark.run_benchmark(cfg, log=lambda message: None)
-    assert at_32["gmacs"] > 0 and not at_32["note"]
+    assert at_32["gmacs"] > 0 and at_32["note"].startswith("params_m leaves out")  # the frozen random matrices
     assert at_64.get("gmacs") is None and at_64["note"].startswith("n/a") and "grid" in at_64["note"]
     assert benchmark.format_value("gmacs", at_64.get("gmacs")) == "n/a"
     cfg.rebuild_per_resolution = True
@@ -229,3 +229,20 @@ def test_collector_groups_seeds_by_mixer_with_mean_and_std(tmp_path: Path) -> No
     assert table[0] == "| model | mixer | params_m | gmacs @32 | train_img_s @32 | final_top1 @32 |"
     assert table[2].endswith("| 500 ± 0 (2) | 81.00 ± 2.83 (2) |")  # final = best - 1 in _fake_job
     assert table[3].endswith("| 500 | 89.00 |") and len(table) == 4
+
+
+def test_collector_by_mixer_csv_is_the_aggregated_table(tmp_path: Path) -> None:
+    """``--by-mixer --csv`` writes what ``--by-mixer`` prints (mean and std over seeds per mixer), not job rows."""
+    runs = tmp_path / "runs"
+    for i, (mixer, seed, top1) in enumerate((("pooling", 0, 80.0), ("pooling", 1, 84.0), ("sepconv", 0, 90.0))):
+        _fake_job(runs, f"{i}_model.mixer={mixer},seed={seed}", mixer, top1)
+    out = tmp_path / "by_mixer.csv"
+    collect_results.main([str(runs), "--by-mixer", "--csv", str(out)])
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == collect_results.BY_MIXER_COLUMNS
+    assert [(r["mixer"], r["img_size"], r["jobs"]) for r in rows] == [("pooling", "32", "2"), ("sepconv", "32", "1")]
+    pooling, sepconv = rows
+    assert float(pooling["final_top1_mean"]) == 81.0 and abs(float(pooling["final_top1_std"]) - 2.828) < 1e-3
+    assert float(sepconv["final_top1_mean"]) == 89.0 and sepconv["final_top1_std"] == ""
+    assert float(pooling["gmacs"]) > 0 and pooling["model"] == "metaformer_tiny"

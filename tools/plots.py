@@ -3,19 +3,23 @@
     python tools/plots.py samples --out docs/pathfinder/samples.png            # Pathfinder-32/64/128 examples
     python tools/plots.py cost outputs/benchmark/mixers.csv --out docs/pathfinder/cost.png
     python tools/plots.py accuracy results.csv --out docs/pathfinder/accuracy.png   # collect_results.py --csv
+    python tools/plots.py accuracy by_mixer.csv --out accuracy.png   # or collect_results.py --by-mixer --csv
     python tools/plots.py curves multirun/pathfinder/<run id> --out docs/pathfinder/curves.png
 
 ``cost``: GMACs and inference images/s against the token count (pixels / 16², the stage-1 grid of the 4x stem)
 per model of a ``benchmark.py`` CSV (e.g. ``--preset mixers``: every mixer at 224 / 448 / 896). ``accuracy``: top-1
-(mean and standard deviation over seeds) against GMACs and training images/s, one panel row per image size.
-``curves``: validation top-1 per epoch of every job of a run, one line per mixer (the mean over its seeds, the
-seeds' range shaded). Needs matplotlib (``pip install -e ".[plots]"``); nothing needs a display (Agg backend).
+(mean and standard deviation over seeds) against GMACs and training images/s, one panel row per image size, from
+``collect_results.py --csv`` (one row per job) or ``--by-mixer --csv`` (already averaged). ``curves``: validation
+top-1 per epoch of every job of a run, one line per mixer (the mean over its seeds, the seeds' range shaded), with
+the chance level of the run's class count. Titles name the dataset and image size the data record: nothing
+assumes one task. Needs matplotlib (``pip install -e ".[plots]"``); nothing needs a display (Agg backend).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -148,43 +152,60 @@ def cost(csv_files: Sequence[str | Path], out: str | Path, note: str = "") -> Pa
     return save(fig, out)
 
 
-def _grouped(rows: Sequence[dict[str, str]]) -> dict[tuple[int, str], dict[str, list[float]]]:
-    """(img_size, mixer) -> column -> the values over its jobs (seeds)."""
-    groups: dict[tuple[int, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+def dataset_title(data: str | None, size: int | None) -> str:
+    """``pathfinder``, 32 -> ``Pathfinder-32``; ``digits``, 32 -> ``Digits-32``; the parts that are known."""
+    name = (data or "").replace("_", " ")
+    name = name[:1].upper() + name[1:]
+    return "-".join(part for part in (name, str(size) if size else "") if part)
+
+
+def _grouped(rows: Sequence[dict[str, str]], metric: str) -> dict[tuple[int, str], dict[str, Any]]:
+    """(img_size, mixer) -> ``x`` columns (lists of values), ``top1`` (mean, std or None) and ``data``, from
+    per-job rows (the mean and std over the jobs) or from ``--by-mixer`` rows (their ``_mean`` / ``_std``)."""
+    values: dict[tuple[int, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[tuple[int, str], dict[str, Any]] = {}
     for row in rows:
-        size = int(_float(row.get("img_size")) or 0)
-        for column, value in row.items():
-            number = _float(value)
+        key = (int(_float(row.get("img_size")) or 0), row.get("mixer") or row.get("model") or "?")
+        group = groups.setdefault(key, {"data": row.get("data"), "std": None})
+        for column in ("gmacs", "train_img_s", metric):
+            number = _float(row.get(column, row.get(f"{column}_mean")))
             if number is not None:
-                groups[(size, row.get("mixer") or row.get("model") or "?")][column].append(number)
+                values[key][column].append(number)
+        if f"{metric}_std" in row and _float(row[f"{metric}_std"]) is not None:
+            group["std"] = _float(row[f"{metric}_std"])
+    for key, group in groups.items():
+        top1 = values[key][metric]
+        group.update({column: values[key][column] for column in ("gmacs", "train_img_s")})
+        group["top1"] = float(np.mean(top1)) if top1 else None
+        if group["std"] is None and len(top1) > 1:
+            group["std"] = float(np.std(top1, ddof=1))
     return groups
 
 
 def accuracy(csv_file: str | Path, out: str | Path, metric: str = "final_top1") -> Path:
     """Top-1 (mean, std over seeds as error bars) against GMACs and training images/s, one row per image size,
-    from ``collect_results.py --csv`` (one row per job)."""
+    from ``collect_results.py --csv`` (one row per job) or ``--by-mixer --csv`` (one row per mixer and size)."""
     plt = pyplot()
-    groups = _grouped(read_csv(csv_file))
+    groups = _grouped(read_csv(csv_file), metric)
     sizes = sorted({s for s, _ in groups})
     styles = _styles([mixer for _, mixer in groups])
     fig, axes = plt.subplots(len(sizes), 2, figsize=(10, 3.6 * len(sizes)), squeeze=False)
     for row, size in enumerate(sizes):
         for col, column, label in ((0, "gmacs", "GMACs per image"), (1, "train_img_s", "training images/s")):
             ax = axes[row, col]
-            for (s, mixer), values in sorted(groups.items()):
-                if s != size or not values.get(metric) or not values.get(column):
+            for (s, mixer), group in sorted(groups.items()):
+                if s != size or group["top1"] is None or not group[column]:
                     continue
-                top1 = np.asarray(values[metric])
-                x = float(np.mean(values[column]))
+                x = float(np.mean(group[column]))
                 style = styles[mixer]
-                yerr = top1.std(ddof=1) if len(top1) > 1 else None
-                ax.errorbar(x, top1.mean(), yerr=yerr, fmt=style["marker"], color=style["color"], capsize=3)
-                ax.annotate(mixer, (x, top1.mean()), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.errorbar(x, group["top1"], yerr=group["std"], fmt=style["marker"], color=style["color"], capsize=3)
+                ax.annotate(mixer, (x, group["top1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set_xscale("log")
             _plain_log_axis(ax.xaxis)
             ax.set_xlabel(label)
             ax.set_ylabel(f"{metric} (%), mean ± std over seeds")
-            ax.set_title(f"Pathfinder-{size}" if size else "", fontsize=9)
+            data = next((g["data"] for (s, _), g in groups.items() if s == size and g["data"]), None)
+            ax.set_title(dataset_title(data, size), fontsize=9)
             ax.grid(True, alpha=0.3)
     return save(fig, out)
 
@@ -198,15 +219,21 @@ def curves(run_dir: str | Path, out: str | Path, metric: str = "top1") -> Path:
 
     plt = pyplot()
     series: dict[tuple[int, str], list[np.ndarray]] = defaultdict(list)
+    datasets: dict[int, set[str]] = defaultdict(set)
+    classes: dict[int, set[int]] = defaultdict(set)
     for metrics in sorted(Path(run_dir).rglob("metrics.csv")):
         config = metrics.parent / ".hydra" / "config.yaml"
         if not config.exists():
             continue
         cfg = OmegaConf.load(config)
+        size = int(cfg.data.img_size)
         values = [_float(r.get(metric)) for r in read_csv(metrics)]
-        series[(int(cfg.data.img_size), spec_label(cfg.model.get("mixer")))].append(
-            np.array([v for v in values if v is not None])
-        )
+        series[(size, spec_label(cfg.model.get("mixer")))].append(np.array([v for v in values if v is not None]))
+        if cfg.data.get("name"):
+            datasets[size].add(str(cfg.data.name))
+        count = _class_count(cfg, metrics.parent)
+        if count:
+            classes[size].add(count)
     sizes = sorted({s for s, _ in series})
     styles = _styles([mixer for _, mixer in series])
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
@@ -220,14 +247,28 @@ def curves(run_dir: str | Path, out: str | Path, metric: str = "top1") -> Path:
             epochs = np.arange(1, length + 1)
             (line,) = ax.plot(epochs, stacked.mean(0), **styles[mixer], label=f"{mixer} ({len(runs)})")
             ax.fill_between(epochs, stacked.min(0), stacked.max(0), color=line.get_color(), alpha=0.15)
-        ax.axhline(50, color="0.5", lw=0.8, ls=":")
+        if len(classes[size]) == 1 and metric == "top1":  # one class count: its chance level
+            (count,) = classes[size]
+            ax.axhline(100 / count, color="0.5", lw=0.8, ls=":", label=f"chance (1/{count})")
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(f"validation {metric} (%)")
-        ax.set_title(f"Pathfinder-{size}: mean over seeds (count), range shaded", fontsize=9)
+        title = dataset_title("/".join(sorted(datasets[size])), size)
+        ax.set_title(f"{title}: mean over seeds (count), range shaded", fontsize=9)
         ax.legend(fontsize=7, ncol=2)
         ax.grid(True, alpha=0.3)
     return save(fig, out)
+
+
+def _class_count(cfg: Any, run: Path) -> int | None:
+    """The run's class count: ``data.num_classes``, else what ``summary.json`` recorded (``data=folder``, digits)."""
+    if cfg.data.get("num_classes"):
+        return int(cfg.data.num_classes)
+    summary = run / "summary.json"
+    if summary.exists():
+        count = json.loads(summary.read_text()).get("num_classes")
+        return int(count) if count else None
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

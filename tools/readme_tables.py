@@ -1,16 +1,17 @@
-"""Regenerate the README's measured tables from the tools, so they cannot drift by hand edits.
+"""Regenerate the documentation's measured tables from the tools, so they cannot drift by hand edits.
 
-    python tools/readme_tables.py           # rewrite every table between its markers in README.md
+    python tools/readme_tables.py           # rewrite every table between its markers in the docs/ pages
     python tools/readme_tables.py --check   # exit 1 (and say which) if a table differs from a fresh measurement
 
     python tools/readme_tables.py --measure mixer-timings   # re-run a timing benchmark (minutes), then rewrite
 
-A table lives between ``<!-- table:<name> -->`` and ``<!-- /table:<name> -->``. Two kinds:
+A table lives between ``<!-- table:<name> -->`` and ``<!-- /table:<name> -->`` on exactly one Markdown page under
+``docs/`` (the benchmarks page holds them all today; a table may move to any page). Two kinds:
 
 - exact, machine-independent figures (parameters and MACs, counted on the meta device), recomputed on every run;
 - timings, which depend on the machine: ``--measure <name>`` runs ``benchmark.py`` with the table's arguments and
   stores its CSV and a description of the run (command, date, CPU, load average before and after) under
-  ``docs/benchmarks/``; the README table is rendered from those files, so ``--check`` compares without re-timing.
+  ``docs/benchmarks/``; the page's table is rendered from those files, so ``--check`` compares without re-timing.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ import torch
 from mixerzoo import benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
-MEASURED = ROOT / "docs" / "benchmarks"
+DOCS = ROOT / "docs"
+MEASURED = DOCS / "benchmarks"
 
 
 def preset_macs(preset: str) -> str:
@@ -121,7 +122,7 @@ def render_grid(rows: list[dict[str, str]]) -> list[str]:
     return lines
 
 
-# The issue-13 comparison: each zoo model against timm models of its kind (same kind of mixer or same size).
+# Each zoo model against timm models of its kind (same kind of mixer or same size).
 PEERS = {
     "vim2_t": "convnext_tiny",
     "stripmlp_t": "convnext_tiny",
@@ -203,8 +204,9 @@ def measure(name: str, conditions: str = "") -> None:
     (MEASURED / f"{name}.json").write_text(json.dumps(run, indent=1) + "\n")
 
 
-def timing_table(name: str) -> str:
-    """The stored run of ``name`` as a Markdown table plus one line saying how, where and when it was measured."""
+def timing_table(name: str, page: Path = MEASURED / "index.md") -> str:
+    """The stored run of ``name`` as a Markdown table plus one line saying how, where and when it was measured,
+    with a link to its data relative to ``page``."""
     csv_path, run_path = MEASURED / f"{name}.csv", MEASURED / f"{name}.json"
     if not csv_path.exists() or not run_path.exists():
         raise SystemExit(f"{csv_path} or {run_path} is missing; run python tools/readme_tables.py --measure {name}")
@@ -215,22 +217,37 @@ def timing_table(name: str) -> str:
         f"Measured {run['started']} ({run['wall_min']} min) with `{run['command']}` on {run['machine']}; "
         f"load average (1/5/15 min) {run['load_average_before']} before, {run['load_average_after']} after; "
         f"torch {run['torch']}, timm {run['timm']}. {run.get('conditions', '')}"
-    ).rstrip() + f" Data: `docs/benchmarks/{name}.csv`."
+    ).rstrip()
+    data = os.path.relpath(csv_path, page.parent)
+    how += f" Data: [{csv_path.name}]({data})."
     return "\n".join([*TIMINGS[name].render(rows), "", how])
 
 
-TABLES: dict[str, Callable[[], str]] = {
-    "mixer-macs": lambda: preset_macs("mixers"),
-    "channel-mixer-macs": lambda: preset_macs("channel-mixers"),
+TABLES: dict[str, Callable[[Path], str]] = {
+    "mixer-macs": lambda page: preset_macs("mixers"),
+    "channel-mixer-macs": lambda page: preset_macs("channel-mixers"),
 }
-TABLES.update({name: (lambda name=name: timing_table(name)) for name in TIMINGS})
+TABLES.update({name: (lambda page, name=name: timing_table(name, page)) for name in TIMINGS})
+
+
+def _markers(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- table:{name} -->\n).*?(\n<!-- /table:{name} -->)", re.S)
+
+
+def table_page(name: str, docs: Path = DOCS) -> Path:
+    """The one page under ``docs`` that holds the markers of table ``name``."""
+    pages = [page for page in sorted(docs.rglob("*.md")) if _markers(name).search(page.read_text())]
+    if len(pages) != 1:
+        found = ", ".join(str(p.relative_to(docs)) for p in pages) or "none"
+        raise SystemExit(
+            f"table {name}: expected its markers <!-- table:{name} --> ... <!-- /table:{name} --> on exactly one "
+            f"page under {docs}, found {found}."
+        )
+    return pages[0]
 
 
 def replace_table(text: str, name: str, table: str) -> str:
-    pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(\n<!-- /table:{name} -->)", re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"README.md has no markers <!-- table:{name} --> ... <!-- /table:{name} -->.")
-    return pattern.sub(lambda m: m.group(1) + table + m.group(2), text)
+    return _markers(name).sub(lambda m: m.group(1) + table + m.group(2), text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,18 +258,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in args.measure:
         measure(name, args.conditions)
-    text = README.read_text()
+    pages: dict[Path, str] = {}
     stale = []
     for name, make in TABLES.items():
-        updated = replace_table(text, name, make())
+        page = table_page(name)
+        text = pages.setdefault(page, page.read_text())
+        updated = replace_table(text, name, make(page))
         if updated != text:
-            stale.append(name)
-            text = updated
+            stale.append(f"{name} ({page.relative_to(ROOT)})")
+            pages[page] = updated
     if args.check and stale:
-        print(f"README.md tables out of date: {', '.join(stale)}; run python tools/readme_tables.py", file=sys.stderr)
+        print(f"tables out of date: {', '.join(stale)}; run python tools/readme_tables.py", file=sys.stderr)
         return 1
     if not args.check:
-        README.write_text(text)
+        for page, text in pages.items():
+            if text != page.read_text():
+                page.write_text(text)
     return 0
 
 

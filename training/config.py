@@ -223,11 +223,47 @@ def _unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> list[str]:
     return problems
 
 
+# Spec slots of the free-form ``model`` node whose mappings must name what they build: a token-mixer spec and a
+# channel-mixer spec are a registered name or a mapping with ``name`` plus options.
+SPEC_KEYS = {"model.mixer": "mixer", "model.block.mlp": "channel mixer"}
+
+
+def _brace(options: dict[str, Any]) -> str:
+    """Hydra's brace syntax for a mapping: ``{name:<name>,head_dim:16}``."""
+    return "{name:<name>," + ",".join(f"{k}:{v}" for k, v in options.items()) + "}"
+
+
+def _specs_without_name(cfg: DictConfig) -> list[str]:
+    """Messages for mixer specs that are mappings without ``name``: what ``+model.mixer.head_dim=16`` (Hydra's
+    advice after ``model.mixer.head_dim=16`` fails on a mixer given by name) makes of the mixer. Without this check
+    the mixer is silently replaced by its option and the build fails later with a message that does not say why."""
+    problems = []
+    for key, kind in SPEC_KEYS.items():
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        specs = [(key, value)]
+        if OmegaConf.is_list(value):
+            specs = [(f"{key}[{i}]", item) for i, item in enumerate(value)]
+        for where, spec in specs:
+            if not OmegaConf.is_dict(spec) or "name" in spec:
+                continue
+            options = OmegaConf.to_container(spec, resolve=False)
+            dotted = " ".join(f"+{where}.{k}={v}" for k, v in options.items())
+            problems.append(
+                f"{where} is {options}: a {kind} spec is a registered name or a mapping with 'name' plus options, "
+                f"and this one has no 'name'. '{dotted}' (Hydra's advice when {where} is a name) replaces the "
+                f"whole {kind} by its options. Give the {kind} and its options as one value, quoted for the "
+                f"shell: '{where.split('[')[0]}={_brace(options)}' (a list of such specs sets one per stage; "
+                f"python -m mixerzoo mixers lists the names and options)."
+            )
+    return problems
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check the composed config once, before anything is built: no keys the schema lacks (``+optim.lrr=1`` is
-    accepted by Hydra and would be silently ignored) and no values that the types allow but training cannot use
-    (``epochs=0``, ``batch_size=0``, ...). Raises ``ValueError`` naming each key and its fix."""
-    problems = _unknown_keys(cfg, TrainConfig)
+    accepted by Hydra and would be silently ignored), no mixer spec that lost its name (``+model.mixer.head_dim=16``
+    replaces the mixer by its option) and no values that the types allow but training cannot use (``epochs=0``,
+    ``batch_size=0``, ...). Raises ``ValueError`` naming each key and its fix."""
+    problems = _unknown_keys(cfg, TrainConfig) + _specs_without_name(cfg)
     for key, (minimum, fix) in _LOWER_BOUNDS.items():
         value = OmegaConf.select(cfg, key, throw_on_missing=False)
         if value is None or value == "???" or isinstance(value, bool) or not isinstance(value, int | float):

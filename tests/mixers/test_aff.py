@@ -207,6 +207,7 @@ def measure(name: str) -> dict[str, float]:
     return dict(params=num_params(model) / 1e6, macs=core, norm_macs=norms / 1e9, fft_macs=fft / 1e9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(AFFNET_PUBLISHED))
 def test_affnet_params_and_macs_match_the_published_counts(name: str) -> None:
     published, measured = AFFNET_PUBLISHED[name], measure(name)

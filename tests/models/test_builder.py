@@ -39,6 +39,7 @@ def _matches_published(measured: float, published: float, rel: float) -> bool:
     return abs(measured - published) <= rel * published or round(measured, decimals) == published
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_params_and_macs_match_the_papers(name: str) -> None:
     with torch.device("meta"):
@@ -54,6 +55,7 @@ def test_params_and_macs_match_the_papers(name: str) -> None:
     assert _matches_published(frozen, published.get("frozen", 0.0), 0.01), f"{name}: {frozen:.3f} M frozen"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TIMM_OWNED)
 def test_builder_made_timm_architectures_have_timm_parameter_shapes(name: str) -> None:
     with torch.device("meta"):
@@ -61,6 +63,7 @@ def test_builder_made_timm_architectures_have_timm_parameter_shapes(name: str) -
     assert num_params(zoo) == num_params(ref)
 
 
+@pytest.mark.slow
 def test_importing_the_zoo_shadows_no_timm_model() -> None:
     code = (
         "import warnings, timm\n"

@@ -32,6 +32,7 @@ TIMM_EQUIVALENT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TIMM_EQUIVALENT))
 def test_equal_outputs_to_timm_for_equal_weights(name: str) -> None:
     ref = _perturbed_timm(name)

@@ -104,6 +104,7 @@ def _x(size: tuple[int, int], batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "name"), CASES, ids=IDS)
 def test_forward_at_the_default_size_and_at_a_second_where_allowed(kind: str, name: str) -> None:
     """Full-size models, so one forward at the default size (batch 1); the head is checked on its features."""
@@ -134,6 +135,7 @@ def test_backward_reaches_every_parameter(kind: str, name: str) -> None:
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "name"), CASES, ids=IDS)
 def test_forward_intermediates_and_features_only_give_the_feature_info_maps(kind: str, name: str) -> None:
     model = _model(kind, name).eval()
@@ -163,6 +165,7 @@ def test_forward_intermediates_and_features_only_give_the_feature_info_maps(kind
     torch.testing.assert_close(out, [maps[i] for i in indices])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "name"), CASES, ids=IDS)
 def test_state_dict_round_trip_gives_the_same_model(kind: str, name: str) -> None:
     model = _model(kind, name).eval()
@@ -179,6 +182,7 @@ def test_state_dict_round_trip_gives_the_same_model(kind: str, name: str) -> Non
         assert torch.equal(other.state_dict()[key], value), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "name"), CASES, ids=IDS)
 def test_bf16_autocast_forward_and_backward_on_the_cpu(kind: str, name: str) -> None:
     model = _model(kind, name)

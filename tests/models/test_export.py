@@ -15,7 +15,7 @@ Export: ``torch.export`` gives the eager output, and its ONNX export (opset 18) 
 ``Scan`` over chunks), the FFT filter (affnet_et, ONNX ``DFT``), the strip MLPs at their grid (stripmlp_t_light),
 pooling (poolformer_s12; ConvFormer/CAFormer add only convolutions and attention) and Hydra (hydra_vit_s, the dense
 quasiseparable product). About 55 s in all; the other families use the same layers. The README's Export snippet
-(run by tests/test_readme.py) exports a one-block hydra_vit_s, not one of these again.
+(run by tests/docs/test_snippets.py) exports a one-block hydra_vit_s, not one of these again.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def _ids(cases: list[tuple[str, str]]) -> list[str]:
     return [f"{kind}:{name}" for kind, name in cases]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "name"), EXPLAIN, ids=_ids(EXPLAIN))
 def test_dynamo_traces_the_model_as_one_graph(kind: str, name: str) -> None:
     model = _model(kind, name).eval()

@@ -138,6 +138,7 @@ def test_stripmlp_takes_feature_cls_by_keyword() -> None:
         timm.create_model("stripmlp_t_light", features_only=True, feature_cls="list")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fx_graph_equals_the_model_and_trains(family: str) -> None:
     """timm's ``test_model_forward_fx`` and ``test_model_backward_fx``."""

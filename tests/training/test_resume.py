@@ -335,6 +335,7 @@ def test_a_full_disk_removes_the_temporary_file_keeps_the_last_checkpoint_and_sa
 
 
 # --- the run directory ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_crash_between_the_writes_leaves_a_consistent_run_that_resume_repairs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

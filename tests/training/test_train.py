@@ -108,6 +108,7 @@ def test_resume_continues_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert len(read_json_lines(tmp_path / "resumed" / "metrics.jsonl")) == 2
 
 
+@pytest.mark.slow
 def test_cli_default_job_then_resume_auto(tmp_path: Path) -> None:
     """The documented two-step: `python train.py epochs=1`, then `epochs=2 resume=auto` in the same run dir."""
     base = [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", *TINY]
@@ -241,6 +242,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     assert not (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_checkpoints_and_resumes(tmp_path: Path) -> None:
     cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", "batch_size=8", "epochs=2", "logger.log_interval=1"]
     cmd += ["limit_train_batches=40", "logger.progress_bar=false", "runtime.num_threads=1"]
@@ -279,6 +281,7 @@ def test_missing_or_empty_data_root_says_the_expected_layout(tmp_path: Path) -> 
         run(tmp_path, "data=imagenet", f"data.root={tmp_path / 'empty'}")
 
 
+@pytest.mark.slow
 def test_cli_typo_is_a_clear_error(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", "optim.lrr=0.1"],
@@ -311,6 +314,7 @@ def test_image_folder_dataset_trains(tmp_path: Path, image_folder: Path) -> None
     assert read_json(tmp_path / "run" / "summary.json")["epochs_completed"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["poolformer_s12", "caformer_s18"])
 def test_paper_experiment_runs_end_to_end(tmp_path: Path, image_folder: Path, experiment: str) -> None:
     """A paper recipe (AdamW or LAMB, per-epoch cosine with warmup, RandAugment, Mixup/CutMix, random

@@ -118,6 +118,7 @@ def reads_per_update(events: list[tuple[Any, ...]]) -> list[int]:
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -171,6 +172,7 @@ def test_every_mixer_keeps_its_tensors_on_the_input_device(name: str) -> None:
     assert not [e for e in audit.events if e[0] == "mixed"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted({n for m in ZOO_MODULES for n in timm.list_models(module=m)}))
 def test_every_zoo_model_keeps_its_tensors_on_the_input_device(name: str) -> None:
     with torch.device(META):

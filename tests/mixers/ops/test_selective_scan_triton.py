@@ -45,6 +45,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 def test_triton_kernels_pass_in_the_interpreter() -> None:
     if INTERPRETER:
         pytest.skip("this is the interpreter subprocess")

@@ -148,3 +148,40 @@ def test_a_mixer_has_one_colour_in_every_panel(tmp_path: Path, monkeypatch: pyte
     assert set(colours) == {"aff", "pooling", "sepconv"}
     assert all(len(c) == 1 for c in colours.values()), colours
     assert len(set().union(*colours.values())) == 3
+
+
+def test_plot_titles_and_chance_level_come_from_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 10-class digits sweep is titled "Digits-32" with its chance line at 10 %, not "Pathfinder-32" at 50 %;
+    the accuracy plot reads collect_results.py's per-job CSV and its --by-mixer CSV alike."""
+    pytest.importorskip("matplotlib")
+    from mixerzoo.tools import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda fig, out: figures.append(fig) or Path(out))
+    jobs = [
+        {"mixer": m, "data": "digits", "img_size": 32, "seed": seed, "gmacs": g, "train_img_s": 100, "final_top1": t}
+        for m, g, t in (("pooling", 0.004, 90.0), ("sepconv", 0.006, 96.0))
+        for seed in (0, 1)
+    ]
+    averaged = [
+        {"model": "metaformer_tiny", "mixer": m, "data": "digits", "img_size": 32, "gmacs": g}
+        | {"train_img_s_mean": 100, "final_top1_mean": t, "final_top1_std": 1.5, "jobs": 2}
+        for m, g, t in (("pooling", 0.004, 90.0), ("sepconv", 0.006, 96.0))
+    ]
+    for rows in (jobs, averaged):
+        plots.accuracy(write_csv(tmp_path / "results.csv", rows), tmp_path / "accuracy.png")
+        axes = figures.pop().axes
+        assert [ax.get_title() for ax in axes] == ["Digits-32", "Digits-32"]
+        assert sorted(text.get_text() for text in axes[0].texts) == ["pooling", "sepconv"]
+    for i, mixer in enumerate(("pooling", "sepconv")):
+        job = tmp_path / "run" / f"{i}_job"
+        (job / ".hydra").mkdir(parents=True)
+        config = f"model: {{mixer: {mixer}}}\ndata: {{name: digits, img_size: 32, num_classes: null}}\n"
+        (job / ".hydra" / "config.yaml").write_text(config)
+        (job / "summary.json").write_text('{"num_classes": 10}')
+        write_csv(job / "metrics.csv", [{"epoch": e, "top1": 50 + e * (i + 1)} for e in range(1, 4)])
+    plots.curves(tmp_path / "run", tmp_path / "curves.png")
+    (ax,) = figures.pop().axes
+    assert ax.get_title().startswith("Digits-32:")
+    chance = [line for line in ax.lines if line.get_label().startswith("chance")]
+    assert [line.get_ydata()[0] for line in chance] == [10.0]

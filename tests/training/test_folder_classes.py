@@ -15,7 +15,7 @@ from PIL import Image
 from mixerzoo import train
 from mixerzoo.training.data import create_datasets
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def compose_train(*overrides: str) -> Any:

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from mixerzoo import train
 from mixerzoo.models import build_model
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
@@ -40,6 +40,7 @@ def test_auto_device_runs_an_experiment_config_on_the_cpu_without_a_gpu(monkeypa
     assert train.setup_runtime(cfg)["device"] == torch.device("cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_smoke_preset_makes_every_experiment_tiny_and_cpu_only(experiment: str) -> None:
     """With any experiment: digits on the CPU in fp32, one epoch of 2 steps, no accumulation, no cooldown; the

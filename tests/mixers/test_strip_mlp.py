@@ -279,6 +279,7 @@ def measure(name: str) -> dict[str, float]:
     return dict(params=num_params(model) / 1e6, macs=counter.get_total_flops() / 2e9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(STRIPMLP_PUBLISHED))
 def test_stripmlp_params_and_macs_match_the_published_counts(name: str) -> None:
     published, measured = STRIPMLP_PUBLISHED[name], measure(name)

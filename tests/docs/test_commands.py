@@ -1,20 +1,22 @@
-"""The README's shell commands (its ```bash blocks) cannot drift from the code.
+"""The documentation's shell commands (the ```bash blocks of README.md and of every page under docs/) cannot drift
+from the code.
 
 Every command of every ```bash block is listed in ``COMMANDS`` with what this file does with it:
 
 - ``Run``: it runs for real, in this process the way ``python <script>`` runs it (``runpy`` with ``sys.argv``, so
   train.py goes through its own ``@hydra.main``), in a scratch directory, after the commands before it in its
-  scenario (README order). Long runs are shortened by overrides the README documents (``debug=smoke``,
-  ``epochs=1``, ``--macs-only``, ...; a test checks that the README names each one), and each run is checked for
-  what the README says it gives: files written, tables printed, epochs completed.
+  scenario (page order: README.md, then the site's pages in nav order, each top to bottom). Long runs are shortened by
+  overrides the documentation names (``debug=smoke``, ``epochs=1``, ``--macs-only``, ...; a test checks that a page
+  names each one), and each run is checked for what the page says it gives: files written, tables printed, epochs
+  completed.
 - ``Static``: it cannot run here (a GPU, ImageNet, Slurm, several nodes, the network, or many CPU minutes), and its
   entry says why. It is checked as far as that goes without running it: train.py overrides (also behind torchrun
   and srun) are composed by Hydra against the schema, every value of a sweep included, validated, and the model is
   built on the meta device; torchrun's and the scripts' arguments go through their own parsers (benchmark.py's
   models must resolve); pip extras must exist in pyproject.toml and pinned versions must be the installed ones.
 
-A README command that ``COMMANDS`` lacks, or an entry whose command is no longer in the README, fails
-``test_every_readme_command_is_classified``: a new or edited command forces a decision."""
+A documented command that ``COMMANDS`` lacks, or an entry whose command is on no page any more, fails
+``test_every_documented_command_is_classified``: a new or edited command forces a decision."""
 
 from __future__ import annotations
 
@@ -57,12 +59,24 @@ from mixerzoo.models import build_model
 from mixerzoo.training import outputs, signals
 from mixerzoo.training.config import validate_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+
+
+def site_pages() -> tuple[Path, ...]:
+    """The README, then the site's pages in the order of mkdocs.yml's nav (the reading order, so a command may use
+    what a command on an earlier page made), then any page the nav does not list."""
+    nav = re.findall(r":\s+([\w/.-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    pages = [ROOT / "docs" / page for page in nav if (ROOT / "docs" / page).is_file()]
+    return (README, *pages, *sorted(set((ROOT / "docs").rglob("*.md")) - set(pages)))
+
+
+# the pages whose commands are checked
+PAGES = site_pages()
 CONFIG_DIR = ROOT / "configs"
 PYTHON = {"python", "python3", ".venv/bin/python"}
 PIP = {"pip", ".venv/bin/pip"}
-# the files the README's table of run outputs lists for every training run
+# the files the training page's table of run outputs lists for every training run
 RUN_FILES = ("summary.json", "metrics.csv", "metrics.jsonl", "last.pth", "best.pth", "train.log", ".hydra/config.yaml")
 # sweep presets that need an optional Hydra plugin: (its module, the config node only the plugin defines)
 NEEDS_PLUGIN = {
@@ -71,21 +85,23 @@ NEEDS_PLUGIN = {
 }
 
 
-# --- the README's commands ----------------------------------------------------------------------------------------
+# --- the documented commands --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Command:
-    """One simple command: ``text`` with whitespace collapsed, the README ``line`` it starts on, the shell
-    ``variables`` assigned earlier in its block and the whole ``chain`` (``a && b``) it belongs to."""
+    """One simple command: ``text`` with whitespace collapsed, the ``page`` (relative to the repository) and ``line``
+    it starts on, the shell ``variables`` assigned earlier in its block and the whole ``chain`` (``a && b``) it
+    belongs to."""
 
     text: str
     line: int
     variables: tuple[tuple[str, str], ...] = ()
     chain: str = ""
+    page: str = "README.md"
 
 
 def split_line(line: str) -> list[str]:
     """``a && b  # note`` -> ``["a", "b"]``: the comment dropped, the ``&&`` chain split, quotes respected. Other
-    control operators (``;``, ``|``, ``||``, ``&``) are not used in the README; one there is an error."""
+    control operators (``;``, ``|``, ``||``, ``&``) are not used on the pages; one there is an error."""
     parts, current, quote, i = [], "", None, 0
     while i < len(line):
         char = line[i]
@@ -100,14 +116,14 @@ def split_line(line: str) -> list[str]:
             current, i = "", i + 2
             continue
         elif char in ";|&":
-            raise ValueError(f"unsupported shell syntax {char!r} in a README command: {line}")
+            raise ValueError(f"unsupported shell syntax {char!r} in a documented command: {line}")
         current += char
         i += 1
     parts.append(current)
     return [" ".join(part.split()) for part in parts if part.strip()]
 
 
-def block_commands(block: str, first_line: int) -> list[Command]:
+def block_commands(block: str, first_line: int, page: str = "README.md") -> list[Command]:
     """The commands of one ```bash block: ``\\`` continuations joined, comments dropped (``#SBATCH`` lines are
     directives and kept), ``&&`` chains split, ``NAME=value`` lines remembered for the lines after them."""
     commands: list[Command] = []
@@ -122,18 +138,20 @@ def block_commands(block: str, first_line: int) -> list[Command]:
         logical, start_line, start = "", start, None
         parts = [" ".join(text.split())] if text.startswith("#SBATCH") else split_line(text)
         for part in parts:
-            commands.append(Command(part, start_line, tuple(variables.items()), " && ".join(parts)))
+            commands.append(Command(part, start_line, tuple(variables.items()), " && ".join(parts), page))
             if re.fullmatch(r"[A-Za-z_]\w*=\S+", part):
                 name, value = part.split("=", 1)
                 variables[name] = value
     return commands
 
 
-def readme_commands() -> list[Command]:
-    text = README.read_text()
+def documented_commands() -> list[Command]:
+    """Every command of every ```bash block, page by page (``PAGES``), each page top to bottom."""
     commands = []
-    for block in re.finditer(r"^```bash\n(.*?)^```", text, re.M | re.S):
-        commands += block_commands(block.group(1), text.count("\n", 0, block.start(1)) + 1)
+    for path in PAGES:
+        text, page = path.read_text(), path.relative_to(ROOT).as_posix()
+        for block in re.finditer(r"^```bash\n(.*?)^```", text, re.M | re.S):
+            commands += block_commands(block.group(1), text.count("\n", 0, block.start(1)) + 1, page)
     return commands
 
 
@@ -359,7 +377,7 @@ def trained(
     config: dict | None = None,
     files: Sequence[str] = RUN_FILES,
 ) -> Check:
-    """Each run directory (``at``, else the ``runs`` new ones) holds the ``files`` (those the README lists),
+    """Each run directory (``at``, else the ``runs`` new ones) holds the ``files`` (those the training page lists),
     ``epochs`` completed, the ``summary`` values, and the ``config`` values the command set."""
 
     def check(outcome: Outcome) -> None:
@@ -506,10 +524,10 @@ def pythonpath_is_the_pip_target(command: Command, _tmp: Path) -> None:
 
 
 def carried_wheels_complete_hydra(command: Command, _tmp: Path) -> None:
-    """The wheels the README downloads, plus what torch and timm install, are every requirement of hydra-core."""
+    """The wheels the GPU-check page downloads, plus what torch and timm install, are all that hydra-core needs."""
     carried = {
         word.split("==")[0].lower()
-        for other in readme_commands()
+        for other in documented_commands()
         if other.text.startswith(("pip download", "pip wheel"))
         for word in shlex.split(other.text)
         if "==" in word
@@ -555,7 +573,9 @@ def slurm_signal_is_handled(command: Command, _tmp: Path) -> None:
 def variable_is_used(command: Command, _tmp: Path) -> None:
     name = command.text.split("=")[0]
     later = [
-        c for c in readme_commands() if c.line > command.line and (name, command.text.split("=")[1]) in c.variables
+        c
+        for c in documented_commands()
+        if c.page == command.page and c.line > command.line and (name, command.text.split("=")[1]) in c.variables
     ]
     assert any(f"${name}" in c.text for c in later), f"${name} is not used after line {command.line}"
 
@@ -576,15 +596,17 @@ SCENARIOS = ("train", "sweep", "pathfinder", "benchmark")
 @dataclass(frozen=True)
 class Run:
     """Runs for real in ``scenario``'s scratch directory, after that scenario's earlier commands. ``extra`` words are
-    appended and ``change`` replaces README words: only overrides and flags the README documents, to shorten the run
-    or to fix a directory later commands read. ``inputs``: a README placeholder -> the directory (a glob in the
-    scratch directory) an earlier command wrote."""
+    appended and ``change`` replaces the page's words: only overrides and flags the pages document, to shorten the run
+    or to fix a directory later commands read. ``inputs``: a placeholder of the page -> the directory (a glob in the
+    scratch directory) an earlier command wrote. ``setup``: makes what the page tells the reader to bring (their own
+    image folder) in the scratch directory before the command runs."""
 
     scenario: str
     check: Check
     extra: tuple[str, ...] = ()
     change: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
+    setup: Callable[[Path], None] | None = None
 
     def args(self, invoked: Invocation, ws: Path) -> list[str]:
         args = [self.change.get(a, a) for a in invoked.args]
@@ -597,14 +619,80 @@ class Run:
 @dataclass(frozen=True)
 class Static:
     """Not run here, for ``reason``; checked without running it: the checks of its program (train.py composed,
-    arguments parsed, pip extras and pins), ``jobs`` (a sweep's job count the README states), ``sweep_dir`` (the
-    folder its jobs go to, which later README commands read) and ``check``."""
+    arguments parsed, pip extras and pins), ``jobs`` (a sweep's job count the page states), ``sweep_dir`` (the
+    folder its jobs go to, which later commands read) and ``check``."""
 
     reason: str
     check: StaticCheck | None = None
     jobs: int | None = None
     sweep_dir: str | None = None
 
+
+def image_folder(root: str, classes: Sequence[str] = ("cat", "dog")) -> Callable[[Path], None]:
+    """The ImageFolder layout the own-images page shows: ``<root>/{train,val}/<class>/*.png``, 3 images a class."""
+
+    def make(ws: Path) -> None:
+        from PIL import Image
+
+        generator = torch.Generator().manual_seed(0)
+        for split in ("train", "val"):
+            for name in classes:
+                (ws / root / split / name).mkdir(parents=True)
+                for i in range(3):
+                    pixels = torch.randint(0, 256, (40, 48, 3), dtype=torch.uint8, generator=generator)
+                    Image.fromarray(pixels.numpy()).save(ws / root / split / name / f"{i:03d}.png")
+
+    return make
+
+
+def path_exists(word: str) -> StaticCheck:
+    """The command names a file of the repository (a test file, a config) that exists."""
+
+    def check(command: Command, _tmp: Path) -> None:
+        assert word in shlex.split(command.text) and (ROOT / word).exists(), word
+
+    return check
+
+
+def fast_lane_is_set_up(command: Command, _tmp: Path) -> None:
+    """``-m "not slow" -n auto``: the ``slow`` marker is registered and pytest-xdist (``-n``) is in the dev extra."""
+    words = shlex.split(command.text)
+    assert words[words.index("-m", 2) + 1] == "not slow" and "-n" in words
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'"slow: ', pyproject), "the slow marker is not registered"
+    dev = re.search(r"^dev = \[(.*?)\]", pyproject, re.M | re.S)
+    assert dev and "pytest-xdist" in dev.group(1), "pytest-xdist is not in the dev extra"
+
+
+def configured_in_pyproject(section: str) -> StaticCheck:
+    def check(command: Command, _tmp: Path) -> None:
+        assert f"[{section}]" in (ROOT / "pyproject.toml").read_text(), section
+
+    return check
+
+
+def mkdocs_site_configured(command: Command, _tmp: Path) -> None:
+    """mkdocs.yml is in the repository root and every page its nav names exists, or is one of the pages other
+    work adds (listed in its nav already)."""
+    text = (ROOT / "mkdocs.yml").read_text()
+    assert "docs_dir: docs" in text and "mkdocstrings" in text
+    for page in re.findall(r":\s+([\w/.-]+\.md)\s*$", text, re.M):
+        assert (ROOT / "docs" / page).is_file() or page in PAGES_FROM_ELSEWHERE, page
+
+
+# pages the nav lists that other work writes; until they land, `mkdocs build --strict` needs stand-ins for them
+PAGES_FROM_ELSEWHERE = {"results/capability-screen.md", "gpu-check.md", "timm.md", "benchmarks/ssm-kernels.md"}
+# commands that such a page is to hold (they were on the training pages before): their entries stay until it lands
+AWAITED = {
+    "gpu-check.md": {
+        "python tools/gpu_check.py",
+        "python tools/gpu_check.py --device cpu --quick",
+        "pip download --no-deps --only-binary=:all: -d wheels hydra-core==1.3.8 omegaconf==2.3.1",
+        "pip wheel --no-deps -w wheels antlr4-python3-runtime==4.9.3",
+        "pip install --no-index --no-deps --target /tmp/site wheels/*.whl",
+        "PYTHONPATH=/tmp/site python tools/gpu_check.py",
+    }
+}
 
 SMOKE = ("debug=smoke",)
 PATHFINDER_QUICK = (
@@ -625,19 +713,42 @@ COMMANDS: dict[str, Run | Static] = {
     "python3 -m venv .venv": Static("makes a virtual environment; .ci/run does, in every CI run", in_ci_script),
     '.venv/bin/pip install -e ".[dev]"': Static("installs from the network; .ci/run does", in_ci_script),
     ".venv/bin/python train.py": Run("train", trained(), SMOKE),
-    ".venv/bin/python -m pytest": Static("the test suite itself; .ci/run runs it", in_ci_script),
+    ".venv/bin/python -m pytest -n auto": Static("the test suite itself; .ci/run runs it", in_ci_script),
     'pip install -e ".[dev]"': Static("installs from the network (the same as .ci/run's)"),
     "python train.py": Run("train", trained(config={"model.mixer": "pooling", "data.name": "digits"}), SMOKE),
+    # your own images
+    "python train.py data=folder data.root=my_images model=metaformer_s12 aug=deit data.img_size=224 epochs=100": Run(
+        "train",
+        trained(config={"data.name": "folder", "data.root": "my_images", "model.mixer": "pooling"}),
+        ("batch_size=4", "limit_train_batches=2", "limit_val_batches=1", "data.num_workers=0"),
+        {"data.img_size=224": "data.img_size=32", "epochs=100": "epochs=1"},
+        setup=image_folder("my_images"),
+    ),
+    # a mixer and its options
+    "python train.py model.mixer=attention": Run("train", trained(config={"model.mixer": "attention"}), SMOKE),
+    "python train.py 'model.mixer={name:attention,head_dim:16}'": Run(
+        "train", trained(config={"model.mixer": {"name": "attention", "head_dim": 16}}), SMOKE
+    ),
+    "python train.py 'model.mixer=[pooling,pooling,{name:attention,head_dim:16}]'": Run(
+        "train",
+        trained(config={"model.mixer": ["pooling", "pooling", {"name": "attention", "head_dim": 16}]}),
+        SMOKE,
+    ),
+    "python train.py model=metaformer_s12 'model.mixer={name:aff,inner_skip:true}' data.img_size=64 epochs=1": Run(
+        "train",
+        trained(config={"model.mixer": {"name": "aff", "inner_skip": True}, "data.img_size": 64}),
+        SMOKE,
+    ),
     # Configuration examples
     "python train.py model.mixer=sepconv epochs=10": Run(
         "train", trained(config={"model.mixer": "sepconv"}), SMOKE, {"epochs=10": "epochs=1"}
     ),
-    "python train.py model=timm model.model_name=resnet18": Run(
-        "train", trained(config={"model.model_name": "resnet18"}), SMOKE
+    "python train.py model=timm model.name=resnet18": Run(
+        "train", trained(config={"model.name": "resnet18"}), SMOKE
     ),
     "python train.py data=fake data.img_size=224 model=poolformerv2_s12 epochs=1": Run(
         "train",
-        trained(config={"data.name": "fake", "data.img_size": 224, "model.model_name": None}),
+        trained(config={"data.name": "fake", "data.img_size": 224, "model.name": "poolformerv2_s12"}),
         ("batch_size=2", "limit_train_batches=2", "limit_val_batches=1", "data.num_workers=0"),
     ),
     "python train.py aug=deit data.in_chans=3 data.mean=[0.5,0.5,0.5] data.std=[0.5,0.5,0.5]": Run(
@@ -761,7 +872,7 @@ COMMANDS: dict[str, Run | Static] = {
     "python train.py sweep=pathfinder": Static("40 jobs, 5-6 h on 2 cores", jobs=40, sweep_dir="multirun/pathfinder/"),
     "python collect_results.py multirun/pathfinder/<run id> --by-mixer --csv results.csv": Run(
         "sweep",
-        table(rows=2, csv_file="results.csv", csv_rows=4),
+        table(rows=2, csv_file="results.csv", csv_rows=2),  # one CSV row per mixer
         inputs={"multirun/pathfinder/<run id>": SMOKE_SWEEP},
     ),
     "python collect_results.py multirun/pathfinder/<run id> --columns mixer seed train_img_s final_top1 wall_min": Run(
@@ -781,7 +892,7 @@ COMMANDS: dict[str, Run | Static] = {
     "python train.py sweep=pathfinder_gpu": Static(f"{GPU} (hours)", sweep_dir="multirun/pathfinder_gpu/"),
     "python collect_results.py multirun/pathfinder_gpu/<run id> --by-mixer --csv pathfinder128.csv": Run(
         "sweep",
-        table(rows=2, csv_file="pathfinder128.csv", csv_rows=4),
+        table(rows=2, csv_file="pathfinder128.csv", csv_rows=2),
         inputs={"multirun/pathfinder_gpu/<run id>": SMOKE_SWEEP},
     ),
     "python tools/plots.py accuracy pathfinder128.csv --out docs/pathfinder/accuracy128.png": Run(
@@ -808,6 +919,19 @@ COMMANDS: dict[str, Run | Static] = {
     "448 896 --macs-only --rebuild-per-resolution --reference none --csv docs/pathfinder/gridbound_macs.csv": Run(
         "benchmark", grid_bound_macs
     ),
+    # the development loop and the documentation site
+    ".venv/bin/python -m pytest tests/mixers/test_mixers.py -x -q": Static(
+        "one test file of this suite", path_exists("tests/mixers/test_mixers.py")
+    ),
+    '.venv/bin/python -m pytest -m "not slow" -n auto': Static(
+        "the suite's fast lane (this file is part of it)", fast_lane_is_set_up
+    ),
+    ".venv/bin/ruff format .": Static(
+        "rewrites files; the configuration it reads", configured_in_pyproject("tool.ruff")
+    ),
+    ".venv/bin/ruff check .": Static("lint; the configuration it reads", configured_in_pyproject("tool.ruff.lint")),
+    ".venv/bin/mkdocs build --strict": Static("CI builds the site; .ci/run runs this", in_ci_script),
+    ".venv/bin/mkdocs serve": Static("a server that runs until stopped", mkdocs_site_configured),
     "python tools/plots.py cost docs/pathfinder/gridbound_macs.csv docs/pathfinder/mixers_timing.csv --out "
     'docs/pathfinder/cost.png --note "2 shared CPU cores, 1 thread, one run each: noisy"': Run(
         "benchmark",
@@ -846,7 +970,7 @@ def test_commands_are_split_at_chains_continuations_and_comments() -> None:
 
 
 def test_composing_rejects_a_wrong_train_command() -> None:
-    """The static check fails on what a README command could get wrong: a misspelt key, an unknown option, a value
+    """The static check fails on what a documented command could get wrong: a misspelt key, an unknown option, a value
     training refuses, an unregistered mixer in one value of a sweep; and it counts a sweep's jobs."""
     for args, error in [
         (["optim.lrr=0.1"], "optim.lrr"),
@@ -860,35 +984,38 @@ def test_composing_rejects_a_wrong_train_command() -> None:
     assert compose_command(["-m", "model.mixer=pooling,sepconv", "seed=0,1,2"])[0] == 6
 
 
-def test_every_readme_command_is_classified() -> None:
-    """Each README command has an entry in COMMANDS and each entry a README command: add or edit a command in the
-    README, and say here whether it runs (shortened how, checked how) or why not (Static)."""
-    in_readme = {c.text for c in readme_commands()}
-    assert len(in_readme) >= 60
-    missing = sorted(in_readme - set(COMMANDS))
-    assert not missing, "README commands not in tests/test_readme_commands.py COMMANDS (add Run or Static):\n" + (
+def test_every_documented_command_is_classified() -> None:
+    """Each documented command has an entry in COMMANDS and each entry a documented command: add or edit a command
+    on a page, and say here whether it runs (shortened how, checked how) or why not (Static)."""
+    commands = documented_commands()
+    documented = {c.text for c in commands}
+    assert len(documented) >= 60
+    where = {c.text: f"{c.page}:{c.line}" for c in reversed(commands)}
+    missing = sorted(f"{where[text]}: {text}" for text in documented - set(COMMANDS))
+    assert not missing, f"documented commands not in {Path(__file__).name} COMMANDS (add Run or Static):\n" + (
         "\n".join(missing)
     )
-    stale = sorted(set(COMMANDS) - in_readme)
-    assert not stale, "COMMANDS entries no longer in the README:\n" + "\n".join(stale)
+    awaited = {text for page, texts in AWAITED.items() if not (ROOT / "docs" / page).exists() for text in texts}
+    stale = sorted(set(COMMANDS) - documented - awaited)
+    assert not stale, "COMMANDS entries on no page any more:\n" + "\n".join(stale)
     assert {e.scenario for e in COMMANDS.values() if isinstance(e, Run)} == set(SCENARIOS)
     assert all(e.reason for e in COMMANDS.values() if isinstance(e, Static))
 
 
-def test_shortening_overrides_are_documented_in_the_readme() -> None:
-    """Every override and flag a Run adds or changes is one the README itself names."""
-    text = README.read_text()
+def test_shortening_overrides_are_documented() -> None:
+    """Every override and flag a Run adds or changes is one the documentation itself names."""
+    text = "\n".join(path.read_text() for path in PAGES)
     words = {w for e in COMMANDS.values() if isinstance(e, Run) for w in (*e.extra, *e.change.values())}
     names = {w if w.startswith("debug=") else w.split("=")[0] for w in words if "=" in w or w.startswith("-")}
     assert {"debug=smoke", "epochs", "--macs-only", "--mixers"} <= names
     assert sorted(n for n in names if f"`{n}" not in text and f" {n}" not in text) == []
 
 
-STATIC = [c for c in {c.text: c for c in readme_commands()}.values() if isinstance(COMMANDS.get(c.text), Static)]
+STATIC = [c for c in {c.text: c for c in documented_commands()}.values() if isinstance(COMMANDS.get(c.text), Static)]
 
 
-@pytest.mark.parametrize("command", STATIC, ids=[f"L{c.line} {c.text[:50]}" for c in STATIC])
-def test_readme_command_that_cannot_run_here_is_checked(
+@pytest.mark.parametrize("command", STATIC, ids=[f"{c.page}:{c.line} {c.text[:50]}" for c in STATIC])
+def test_documented_command_that_cannot_run_here_is_checked(
     command: Command, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entry = COMMANDS[command.text]
@@ -905,9 +1032,10 @@ def test_readme_command_that_cannot_run_here_is_checked(
         parsed = benchmark.build_parser().parse_args(list(invoked.args))
         cfg = benchmark.config_from_args(parsed)  # every model resolves
         assert cfg.models and cfg.img_sizes
-        for spec in benchmark.parse_models(parsed.models):  # the overrides of a zoo config the command names compose
+        for spec in benchmark.parse_models(parsed.models):  # the overrides of a zoo config the command names apply
             if spec.kind == "config" and spec.overrides:
-                benchmark.compose_model_config(spec.name, spec.overrides)
+                with torch.device("meta"):
+                    benchmark.build_model(spec, 224)
     elif invoked.program.endswith(".py"):
         parse_only(invoked.program, invoked.args)
     elif invoked.program == "pip":
@@ -930,10 +1058,10 @@ def check_pip(args: Sequence[str]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_readme_commands_run(scenario: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The scenario's README commands in README order, each in this process as ``python <script>`` would run it,
+def test_documented_commands_run(scenario: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scenario's documented commands in page order, each in this process as ``python <script>`` would run it,
     shortened as its entry says; each exits 0 and gives what its check expects."""
-    commands = [c for c in {c.text: c for c in readme_commands()}.values() if isinstance(COMMANDS.get(c.text), Run)]
+    commands = [c for c in {c.text: c for c in documented_commands()}.values() if isinstance(COMMANDS.get(c.text), Run)]
     commands = [c for c in commands if COMMANDS[c.text].scenario == scenario]
     assert commands
     (tmp_path / "docs" / "pathfinder").mkdir(parents=True)  # the repository's layout, with its committed timings
@@ -944,6 +1072,8 @@ def test_readme_commands_run(scenario: str, tmp_path: Path, monkeypatch: pytest.
         entry = COMMANDS[command.text]
         invoked = invocation(command)
         args = entry.args(invoked, tmp_path)
+        if entry.setup is not None:
+            entry.setup(tmp_path)
         before = hydra_runs(tmp_path)
         code, out, err = run_script(invoked.program, args)
         assert code == 0, f"{command.text} -> {args}: exit {code}\n{err[-3000:]}"

@@ -14,6 +14,7 @@ def test_every_layout_has_a_model_config() -> None:
     assert mixerzoo.list_layouts() == [c for c in MODEL_CONFIGS if c != "timm"] and len(MODEL_CONFIGS) >= 40
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [c for c in MODEL_CONFIGS if c != "timm"])
 def test_every_model_config_builds_from_python_with_overrides(name: str) -> None:
     with torch.device("meta"):
