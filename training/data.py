@@ -46,6 +46,8 @@ from timm.data.loader import PrefetchLoader, fast_collate
 from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mixerzoo.registry import Registry
+
 _logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -339,25 +341,18 @@ def _settle_num_classes(data_cfg: Any, train_ds: Dataset, val_ds: Dataset) -> No
 
 # data.name -> builder(data_cfg, train_transform, val_transform, seed) -> (train, val). A new dataset is one
 # function registered here (``@register_dataset("name")``) plus one ``configs/data/<name>.yaml``.
-DATASETS: dict[str, Callable[[Any, Any, Any, int], tuple[Dataset, Dataset]]] = {}
+DATASETS = Registry("dataset")  # data.name -> builder(data_cfg, train_transform, val_transform, seed)
 
 
 def register_dataset(name: str) -> Callable:
-    def register(builder: Callable) -> Callable:
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} is already registered (by {DATASETS[name].__module__}).")
-        DATASETS[name] = builder
-        return builder
-
-    return register
+    """Decorator: register a dataset builder ``(data_cfg, train_tf, val_tf, seed) -> (train, val)`` as ``name``."""
+    return DATASETS.register(name)
 
 
 def _create_datasets(data_cfg: Any, aug_cfg: Any, seed: int) -> tuple[Dataset, Dataset]:
-    name = data_cfg.name
-    if name not in DATASETS:
-        raise ValueError(f"Unknown data.name {name!r}; registered datasets: {', '.join(sorted(DATASETS))}.")
+    builder = DATASETS.get(data_cfg.name)  # an unknown data.name: an error listing the registered ones
     train_tf, val_tf = _transform(data_cfg, aug_cfg, True), _transform(data_cfg, aug_cfg, False)
-    return DATASETS[name](data_cfg, train_tf, val_tf, seed)
+    return builder(data_cfg, train_tf, val_tf, seed)
 
 
 @register_dataset("digits")

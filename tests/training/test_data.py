@@ -92,3 +92,12 @@ def test_augmentation_in_workers_depends_on_the_sample_not_the_worker() -> None:
     one, two = _batches(1, epoch=0), _batches(2, epoch=0)
     assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
     assert not torch.equal(_batches(2, epoch=1)[0], one[0])
+
+
+def test_datasets_use_the_one_registry_and_unknown_names_get_close_matches() -> None:
+    from mixerzoo.registry import Registry
+    from mixerzoo.training.data import DATASETS
+
+    assert isinstance(DATASETS, Registry) and {"digits", "fake", "folder", "pathfinder"} <= set(DATASETS.names())
+    with pytest.raises(ValueError, match=r"Unknown dataset 'digit'. Did you mean 'digits'\?"):
+        DATASETS.get("digit")
