@@ -51,6 +51,7 @@ from mixerzoo.training.atomic import remove_stale_temporaries
 from mixerzoo.training.checkpoints import check_unused_run_dir, resolve_resume, restore, use_stored_config
 from mixerzoo.training.config import register_configs, validate_config
 from mixerzoo.training.data import create_datasets, eval_loader
+from mixerzoo.training.errors import user_errors
 from mixerzoo.training.loop import evaluate, fit
 from mixerzoo.training.outputs import summarise, summary_is_complete, write_json
 from mixerzoo.training.runtime import setup_runtime
@@ -162,7 +163,8 @@ def run_eval_only(cfg: DictConfig, evaluation: EvalState) -> float:
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
-        return run(cfg)
+        with user_errors("train.py"):  # an expected user error: one line (MIXERZOO_DEBUG=1 for the traceback)
+            return run(cfg)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
