@@ -84,3 +84,17 @@ def test_a_misspelt_mixer_in_the_model_config_is_one_line_with_the_close_match(
         train.run(cfg)
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("train.py: error: Unknown token mixer 'atention'. Did you mean 'attention'?"), line
+
+
+def test_train_py_ends_a_misspelt_mixer_with_one_line(tmp_path: Path) -> None:
+    """The script itself wraps its run: one line on stderr, exit status 1, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MIXERZOO_DEBUG", "HYDRA_FULL_ERROR")}
+    args = [sys.executable, str(CONFIG_DIR.parent / "train.py"), "model.mixer=atention", f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run(args, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 1
+    assert "train.py: error: Unknown token mixer 'atention'. Did you mean 'attention'?" in done.stderr
+    assert "Traceback" not in done.stderr
