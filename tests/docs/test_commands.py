@@ -57,8 +57,9 @@ from torch.distributed.run import get_args_parser as torchrun_parser
 from mixerzoo import benchmark
 from mixerzoo.models import build_model
 from mixerzoo.training import outputs, signals
-from mixerzoo.training.config import validate_config
+from mixerzoo.training.config import register_configs, validate_config
 
+register_configs()  # the train_schema entry of train.yaml, as train.py registers it on import
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
@@ -528,7 +529,7 @@ def carried_wheels_complete_hydra(command: Command, _tmp: Path) -> None:
     carried = {
         word.split("==")[0].lower()
         for other in documented_commands()
-        if other.text.startswith(("pip download", "pip wheel"))
+        if " ".join(shlex.split(other.text)[:4]).endswith(("pip download", "pip wheel"))
         for word in shlex.split(other.text)
         if "==" in word
     }
@@ -683,16 +684,7 @@ def mkdocs_site_configured(command: Command, _tmp: Path) -> None:
 # pages the nav lists that other work writes; until they land, `mkdocs build --strict` needs stand-ins for them
 PAGES_FROM_ELSEWHERE = {"results/capability-screen.md", "gpu-check.md", "timm.md", "benchmarks/ssm-kernels.md"}
 # commands that such a page is to hold (they were on the training pages before): their entries stay until it lands
-AWAITED = {
-    "gpu-check.md": {
-        "python tools/gpu_check.py",
-        "python tools/gpu_check.py --device cpu --quick",
-        "pip download --no-deps --only-binary=:all: -d wheels hydra-core==1.3.8 omegaconf==2.3.1",
-        "pip wheel --no-deps -w wheels antlr4-python3-runtime==4.9.3",
-        "pip install --no-index --no-deps --target /tmp/site wheels/*.whl",
-        "PYTHONPATH=/tmp/site python tools/gpu_check.py",
-    }
-}
+AWAITED: dict[str, set[str]] = {}  # page -> commands another change adds with the page
 
 SMOKE = ("debug=smoke",)
 PATHFINDER_QUICK = (
@@ -710,6 +702,31 @@ SMOKE_SWEEP = "multirun/smoke/*/*"  # where the shortened sweep (debug=smoke set
 
 COMMANDS: dict[str, Run | Static] = {
     # Quick start and the main job
+    # the GPU check (docs/gpu-check.md): the device machine's commands, which the simulated device run repeats
+    "python3 -m pip download --no-deps --only-binary=:all: -d .whl hydra-core==1.3.8 omegaconf==2.3.1": Static(
+        "the network; the simulated device run builds these wheels from the installed packages"
+    ),
+    "python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3": Static(
+        "the network; the simulated device run builds this wheel from the installed package"
+    ),
+    "python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl": Static(
+        "needs the wheels the two lines above download; the simulated device run installs its own the same way",
+        carried_wheels_complete_hydra,
+    ),
+    'PYTHONPATH=/tmp/site python3 tools/gpu_check.py --part 1 --out "$OUT"': Static(
+        f"{GPU}; run word for word in a fresh copy by tests/tools/test_gpu_check.py on the CPU"
+    ),
+    'PYTHONPATH=/tmp/site python3 tools/gpu_check.py --part 2 --out "$OUT"': Static(
+        f"{GPU}; run word for word in a fresh copy by tests/tools/test_gpu_check.py on the CPU"
+    ),
+    'ln -sfn "$PWD" /tmp/pkg/mixerzoo': Static("run word for word in a fresh copy by tests/tools/test_gpu_check.py"),
+    "mkdir -p /tmp/pkg": Static("run word for word in a fresh copy by tests/tools/test_gpu_check.py"),
+    "PYTHONPATH=/tmp/site:/tmp/pkg python3 -m pytest -m cuda tests/test_cuda.py": Static(
+        f"{GPU}; the CPU stand-ins of these tests are tests/test_cuda_helpers.py"
+    ),
+    "python3 tools/gpu_check.py --device cpu --quick --out /tmp/gpu_check": Static(
+        "run by tests/tools/test_gpu_check.py as on the GPU machine (a copy, wheels, python3; not twice)"
+    ),
     "python3 -m venv .venv": Static("makes a virtual environment; .ci/run does, in every CI run", in_ci_script),
     '.venv/bin/pip install -e ".[dev]"': Static("installs from the network; .ci/run does", in_ci_script),
     ".venv/bin/python train.py": Run("train", trained(), SMOKE),
@@ -743,9 +760,7 @@ COMMANDS: dict[str, Run | Static] = {
     "python train.py model.mixer=sepconv epochs=10": Run(
         "train", trained(config={"model.mixer": "sepconv"}), SMOKE, {"epochs=10": "epochs=1"}
     ),
-    "python train.py model=timm model.name=resnet18": Run(
-        "train", trained(config={"model.name": "resnet18"}), SMOKE
-    ),
+    "python train.py model=timm model.name=resnet18": Run("train", trained(config={"model.name": "resnet18"}), SMOKE),
     "python train.py data=fake data.img_size=224 model=poolformerv2_s12 epochs=1": Run(
         "train",
         trained(config={"data.name": "fake", "data.img_size": 224, "model.name": "poolformerv2_s12"}),
@@ -777,20 +792,6 @@ COMMANDS: dict[str, Run | Static] = {
         "reads a Slurm job's summary.json", grep_finds_the_stop_signal
     ),
     "scontrol requeue $SLURM_JOB_ID": Static("Slurm"),
-    # the GPU check
-    "python tools/gpu_check.py": Static(GPU),
-    "python tools/gpu_check.py --device cpu --quick": Static(
-        "run by tests/tools/test_gpu_check.py (as on the GPU machine: a copy, wheels, python3; not twice)",
-        run_by_test(
-            "tests/tools/test_gpu_check.py", "test_gpu_check_script_runs_on_the_cpu", "--device", "cpu", "--quick"
-        ),
-    ),
-    "pip download --no-deps --only-binary=:all: -d wheels hydra-core==1.3.8 omegaconf==2.3.1": Static("the network"),
-    "pip wheel --no-deps -w wheels antlr4-python3-runtime==4.9.3": Static("the network"),
-    "pip install --no-index --no-deps --target /tmp/site wheels/*.whl": Static(
-        "needs the wheels the two lines above download", carried_wheels_complete_hydra
-    ),
-    "PYTHONPATH=/tmp/site python tools/gpu_check.py": Static(GPU, pythonpath_is_the_pip_target),
     # resume, evaluation, fine-tuning
     "python train.py epochs=1 hydra.run.dir=outputs/run1": Run("train", trained(at="outputs/run1"), SMOKE),
     "python train.py epochs=2 resume=auto hydra.run.dir=outputs/run1": Run(

@@ -25,7 +25,9 @@ RUNNABLE = [(name, s) for name, s in SNIPPETS if "pretrained=True" not in s]
 
 
 def test_the_documentation_has_runnable_python_snippets() -> None:
-    assert len(RUNNABLE) >= 8 and len(SNIPPETS) - len(RUNNABLE) <= 1
+    assert len(RUNNABLE) >= 8
+    loading_files = sorted(name.split("#")[0] for name, s in SNIPPETS if (name, s) not in RUNNABLE)
+    assert loading_files == ["docs/checkpoints.md", "docs/timm.md"]  # one snippet each loads a downloaded file
 
 
 @pytest.mark.slow
