@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="ranks (torchrun --nproc_per_node); 1: no torchrun")
     parser.add_argument("--workers", type=int, default=1, help="data.num_workers")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--steps-per-epoch", type=int, default=10, help="limit_train_batches")
+    parser.add_argument("--steps-per-epoch", type=int, default=16, help="limit_train_batches")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--checkpoint-every", type=int, default=2, help="checkpoint_every_steps")
     parser.add_argument("--min-steps", type=int, default=3, help="steps an attempt trains before its fault")

@@ -545,16 +545,16 @@ class TrainBatches:
             yield x, y
 
 
-def ignore_signals(signals: tuple[signal.Signals, ...], _worker_id: int = 0) -> None:
+def ignore_signals(signals: tuple[signal.Signals, ...], owner: int, _worker_id: int = 0) -> None:
     """A loader worker's ``worker_init_fn``: ``signals`` sent by any process but the worker's own training process
-    are ignored. A signal sent to a whole process group (``torchrun``'s agent stopping its ranks, Slurm signalling a
-    job step) reaches the workers too; one that killed them would end the training process with ``DataLoader
-    worker ... is killed by signal`` before it could write its checkpoint. The training process itself still ends
-    its workers with SIGTERM (multiprocessing does at exit, for loaders that were not shut down): from it, the
-    signal keeps its default action.
+    (pid ``owner``; not necessarily the parent, which is a fork server under that start method) are ignored. A
+    signal sent to a whole process group (``torchrun``'s agent stopping its ranks, Slurm signalling a job step)
+    reaches the workers too; one that killed them would end the training process with ``DataLoader worker ... is
+    killed by signal`` before it could write its checkpoint. The training process itself still ends its workers
+    with SIGTERM (multiprocessing does at exit, for loaders that were not shut down): from it, the signal keeps its
+    default action.
 
     The signals are blocked in the worker and taken by a thread (``sigwaitinfo``), which sees who sent each."""
-    parent = os.getppid()
     for sig in signals:
         signal.signal(sig, signal.SIG_DFL)  # not the training process's handler, inherited through fork
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
@@ -562,7 +562,7 @@ def ignore_signals(signals: tuple[signal.Signals, ...], _worker_id: int = 0) -> 
     def serve() -> None:
         while True:
             info = signal.sigwaitinfo(signals)
-            if info.si_pid == parent:  # the training process ends this worker: the default action, as unblocked
+            if info.si_pid == owner:  # the training process ends this worker: the default action, as unblocked
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, [info.si_signo])
                 os.kill(os.getpid(), info.si_signo)
 
@@ -615,7 +615,7 @@ def _on_device(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         collate_fn=fast_collate,
-        worker_init_fn=functools.partial(ignore_signals, ignored) if workers > 0 and ignored else None,
+        worker_init_fn=functools.partial(ignore_signals, ignored, os.getpid()) if workers > 0 and ignored else None,
         generator=torch.Generator(),  # a new iterator draws its base seed: not from the global RNG
         **kwargs,
     )
