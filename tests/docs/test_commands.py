@@ -783,6 +783,9 @@ COMMANDS: dict[str, Run | Static] = {
     "#SBATCH --nodes=1 --ntasks-per-node=1 --gpus-per-node=8 --signal=USR1@300 --requeue": Static(
         "a Slurm directive", slurm_signal_is_handled
     ),
+    "export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1": Static(
+        "the torchrun agent's environment in a Slurm job; tests/training/test_chaos.py sends SIGUSR1 to every process"
+    ),
     "RUN=/shared/runs/caformer_s18": Static(
         "a shell variable for the lines below (expanded where composed)", variable_is_used
     ),
@@ -792,6 +795,14 @@ COMMANDS: dict[str, Run | Static] = {
         "reads a Slurm job's summary.json", grep_finds_the_stop_signal
     ),
     "scontrol requeue $SLURM_JOB_ID": Static("Slurm"),
+    # the chaos script
+    "python tools/chaos.py": Static(
+        "torchrun with faults, minutes on 2 cores; tests/training/test_chaos.py runs a small instance (slow lane)"
+    ),
+    "python tools/chaos.py --kills 12 --epochs 4 --steps-per-epoch 24 --seed 3 --out outputs/chaos12 -- "
+    "aug.re_prob=0.25 aug.mixup=0.8 aug.cutmix=1.0 ema.enabled=true +model.drop_path_rate=0.1": Static(
+        "7 minutes of torchrun with 13 faults; its measured result is on the page"
+    ),
     # resume, evaluation, fine-tuning
     "python train.py epochs=1 hydra.run.dir=outputs/run1": Run("train", trained(at="outputs/run1"), SMOKE),
     "python train.py epochs=2 resume=auto hydra.run.dir=outputs/run1": Run(
