@@ -1,129 +1,62 @@
-"""Mamba-1 selective scan (S6): a sequential reference, an exact chunked pure-PyTorch path and the fused ``mamba_ssm``
-CUDA kernel (Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", 2023, arXiv 2312.00752;
-semantics and argument layout of state-spaces/mamba ``mamba_ssm/ops/selective_scan_interface.py``,
-``selective_scan_fn`` / ``selective_scan_ref``).
+"""The Mamba-1 selective scan (S6) in chunks of Q tokens, exact, in pure PyTorch: the CPU path, and the GPU path
+where ``mamba_ssm`` is absent (semantics in ``selective_scan_reference``; the dispatch in ``selective_scan``).
 
-Per channel d and state n (A of shape (D, N), real, negative), with Δ = softplus(Δ + Δ_bias) if asked:
+It works token-major: u, Δ as (L, b, G, D/G) views of their channels-first memory, B, C copied to (L, b, G, N).
+Per chunk, with a_t = exp(Δ_t A) and x_t = Δ_t u_t B_t, it forms the states h_t = a_t h_{t-1} + x_t from the state
+entering the chunk and reads out y_t = Σ_n h_t C_t; the last state enters the next chunk. The chunk step is one of
+two interchangeable kernels:
 
-    h_t[d, n] = exp(Δ_t[d] A[d, n]) h_{t-1}[d, n] + Δ_t[d] B_t[n] u_t[d]          h_{-1} = 0
-    y_t[d]    = Σ_n h_t[d, n] C_t[n] + D[d] u_t[d]        then  y ⊙ SiLU(z)  if z is given
+- ``compiled`` (the CPU default): the step over ``STEP`` tokens written as the plain recurrence, one token after
+  the other, and compiled by ``torch.compile`` (inductor: C++ with vector instructions on CPU, Triton on CUDA) into
+  one kernel that keeps each (channel, state) row's h in registers across the STEP tokens and reads Δ, u, B, C
+  once: no (Q, b, D, N) tensor is written. It is compiled once per dtype and mode (the sizes b, G, D/G are
+  dynamic; STEP is fixed, the last piece is padded with Δ = 0: decay 1, input 0, the state passes unchanged), and
+  called once per STEP tokens: the loop over the sequence stays in Python, so nothing is unrolled over L. Its
+  backward is the autograd of the same compiled step (inductor compiles the joint graph), run piece by piece from
+  the last with the adjoint of the entry state carried backwards. It needs a C++ compiler at run time (inductor's
+  ``cpp.cxx``, g++ or clang++; nothing is compiled at install time); where there is none, ``compiled_scan_available``
+  is False and ``selective_scan(backend="auto")`` warns once and takes ``tree``.
+- ``tree``: the Q states of a chunk at once, in buffers (Q, b, G, D/G, N) reused by every chunk, by a pairwise tree
+  reduction (``_linear_scan``: 2 log₂ Q whole-slice levels, ~3 Q multiply-adds), the readout as one einsum.
 
-Shapes (mamba_ssm's, channels first): u, Δ, z (b, D, L); A (D, N); B, C (b, N, L) or grouped (b, G, N, L) with
-D % G == 0 (channel d uses group d // (D / G)); D_skip, Δ_bias (D,). Output (b, D, L) in u's dtype.
+Both run inside the custom op ``mixerzoo::chunked_selective_scan`` (opaque to ``torch.compile``, so a compiled model
+keeps this kernel: the op is its declared boundary), which also applies Δ's bias and softplus, and has a
+registered backward. Training keeps only the op's inputs (u, the raw Δ, A, B, C, the bias) and the state entering
+each chunk ((L / Q) b D N, not L b D N); the backward walks the chunks from the last, recomputes each chunk's
+states from its entry state and solves the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1}; Δ after bias and
+softplus is recomputed, not kept. Without gradients only the running state is kept. Large batches are scanned in
+independent (batch, group) blocks of ≤ ``TILE_ELEMENTS`` state elements per chunk (cache-sized on CPU; on CUDA a
+bound on the workspace).
 
-- ``selective_scan_ref``: the recurrence as written, one step per token, plain autograd (test oracle).
-- ``selective_scan_torch``: exact, in chunks of Q tokens (``chunk_size``, default 64), O(L / Q) Python steps. It
-  works token-major, u, Δ as (L, b, G, D/G) views of their memory and B, C copied to (L, b, G, N), and materialises
-  states (Q, b, G, D/G, N) for one chunk at a time, in buffers reused by every chunk. Per chunk: decays
-  a_t = exp(Δ_t A) and inputs x_t = Δ_t u_t B_t in bulk, the entry state folded in (x_s += a_s h_{s-1}), all Q states of
-  h_t = a_t h_{t-1} + x_t at once by a pairwise tree reduction (``_linear_scan``: 2 log₂ Q whole-slice levels,
-  ~3 Q multiply-adds), and the readout y_t = Σ_n h_t C_t as one einsum. The last state enters the next chunk.
-  It runs as the custom op ``mixerzoo::chunked_selective_scan`` (opaque to ``torch.compile``, so a compiled model
-  keeps the eager kernel) with a registered backward: training saves the inputs and only the state entering
-  each chunk ((L / Q) b D N, not L b D N); its backward walks the chunks backwards, recomputes the chunk's states
-  from its entry state and solves the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} with the same tree
-  (checked against autograd of the reference in float64, and by ``gradcheck``). Without gradients only the running
-  state is kept. Large batches are scanned in independent (batch, group) blocks of ≤ ``TILE_ELEMENTS`` state
-  elements per chunk (cache-sized on CPU; on CUDA a bound on the workspace).
-  Stability in float32: every exponent is Δ_t A ≤ 0 (Δ ≥ 0 after softplus, A < 0), so every decay is in [0, 1]; the
-  tree only multiplies decays together and adds inputs, so no exp of a positive (cumulative) sum, no division and no
-  difference of cumulative sums ever appears: products of decays can only underflow towards 0, exactly where the true
-  decay is negligible. (Segment-sum decays exp(A (S_t - S_τ)) would be stable too, but with a different A per (d, n)
-  they need Q² / 2 exps per (d, n) and chunk instead of Q: the SSD trick pays only for Mamba-2's scalar A per head.)
-  Control flow depends on shapes only; exported graphs take ``_scan_traced`` instead (next item): this loop
-  unrolled took inductor over 25 minutes on a one-block model.
-- ``_scan_traced``: the same chunked scan as standard ops, for ``torch.export`` (and so ONNX), taken whenever
-  ``torch.compiler.is_exporting()`` (``torch.compile`` calls the custom op instead). The chunk loop is one ``scan``
-  higher-order op (``torch._higher_order_ops``, a prototype API) whose body is one chunk: the loop is not unrolled, so
-  the graph has no break and its size does not grow with L (inductor lowers it to a while loop; ONNX export gives a
-  ``Scan`` node). The body is functional (no buffers, no ``out=``): decays and inputs in bulk, the entry state folded
-  in, the same pairwise tree as ``_linear_scan`` (``_linear_scan_functional``), the readout einsum; the chunk's last
-  state is the carry. L is padded to a multiple of Q with Δ = 0 (decay 1, input 0: the state passes unchanged, the
-  outputs are dropped). Gradients come from the op's own autograd, which keeps the carry entering each chunk, as the
-  eager Function does. No (batch, group) blocks here: a chunk holds Q b D N state elements at once.
-- ``selective_scan``: dispatch. ``backend="auto"`` runs the fused kernel when ``mamba_ssm`` imports and the tensors
-  are on CUDA with d_state ≤ 256, else the torch path. ``"torch"``/``"fused"``/``"triton"`` force one. The Triton
-  kernels of ``selective_scan_triton.py`` are opt-in until they have run on a GPU; they take CPU tensors only in the
-  Triton interpreter (``TRITON_INTERPRET=1``, which the tests use). The scan computes in float32 (float64
-  stays float64) with autocast off and returns u's dtype; the fused kernel gets D and Δ_bias in float32, as it
-  requires. The fused and Triton calls are wrapped in ``torch.compiler.disable``: the declared graph breaks, on CUDA
-  only (same conventions as ``ops/ssd.py``). Whether a kernel imports is asked through ``_importable(name)``, a
-  constant for ``torch.compile`` (tracing the import itself would break the graph).
+Stability in float32: every exponent is Δ_t A ≤ 0 (Δ ≥ 0 after softplus, A < 0), so every decay is in [0, 1]; both
+steps only multiply decays together and add inputs, so no exp of a positive (cumulative) sum, no division and no
+difference of cumulative sums ever appears: products of decays can only underflow towards 0, exactly where the true
+decay is negligible. (Segment-sum decays exp(A (S_t - S_τ)) would be stable too, but with a different A per (d, n)
+they need Q² / 2 exps per (d, n) and chunk instead of Q: the SSD trick pays only for Mamba-2's scalar A per head.)
+
+For ``torch.export`` (and so ONNX), ``_scan_traced`` replaces the op: the same chunked scan as standard ops, the
+chunk loop one ``scan`` higher-order op (``torch._higher_order_ops``, a prototype API) whose body is one chunk, so
+the graph has no break and its size does not grow with L (ONNX export gives a ``Scan`` node). The body is
+functional: decays and inputs in bulk, the entry state folded in, the pairwise tree (``_linear_scan_functional``),
+the readout einsum. L is padded to a multiple of Q with Δ = 0. Gradients come from the op's own autograd.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
-from . import BACKENDS, autocast_off, compute_dtype, kernel_importable, optional_kernel, use_fused
+from .selective_scan_reference import finish, grouped_bc
 
-__all__ = [
-    "fused_selective_scan_available",
-    "selective_scan",
-    "selective_scan_ref",
-    "selective_scan_torch",
-    "triton_selective_scan_available",
-]
+__all__ = ["STEP", "compiled_scan_available", "selective_scan_torch"]
 
-MAX_FUSED_D_STATE = 256
+STEP = 16  # tokens per call of the compiled step: its unrolled length (compile time grows with it)
 # State elements per chunk and block: on CPU a block stays in cache; on CUDA it bounds the workspace.
 TILE_ELEMENTS = {"cpu": 2**20, "default": 2**26}
-
-
-def grouped_bc(B: torch.Tensor, C: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """B and C, (b, N, L) or (b, G, N, L), as (b, G, N, L) (one group for the 3-d form); raises unless G divides D."""
-    if B.dim() == 3:  # (b, N, L): one group
-        B, C = B[:, None], C[:, None]
-    if dim % B.shape[1] != 0:
-        raise ValueError(f"selective scan: D ({dim}) must be divisible by the number of B/C groups ({B.shape[1]}).")
-    return B, C
-
-
-def _expand_groups(BC: torch.Tensor, dim: int) -> torch.Tensor:
-    """B or C, (b, G, N, L) from ``grouped_bc``, as (b, D, N, L) (each group repeated over its D / G channels)."""
-    return BC.repeat_interleave(dim // BC.shape[1], dim=1)
-
-
-def _prepare_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
-    if delta_bias is not None:
-        delta = delta + delta_bias[..., None]
-    return F.softplus(delta) if delta_softplus else delta
-
-
-def _finish(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
-    if D is not None:
-        y = y + u * D[..., None]
-    if z is not None:
-        y = y * F.silu(z)
-    return y
-
-
-def selective_scan_ref(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-) -> torch.Tensor:
-    """The S6 recurrence one token at a time with plain autograd (reference; computes in u's dtype)."""
-    dim, length = u.shape[1], u.shape[2]
-    delta = _prepare_delta(delta, delta_bias, delta_softplus)
-    B, C = grouped_bc(B, C, dim)
-    Bx, Cx = _expand_groups(B, dim), _expand_groups(C, dim)  # (b, D, N, L)
-    h = u.new_zeros(u.shape[0], dim, A.shape[1])  # (b, D, N)
-    ys = []
-    for t in range(length):
-        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * Bx[..., t]
-        ys.append((h * Cx[..., t]).sum(-1))  # (b, D)
-    return _finish(torch.stack(ys, dim=-1), u, D, z)
 
 
 def _linear_scan(a: torch.Tensor, x: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor, reverse: bool) -> None:
@@ -215,9 +148,172 @@ def _workspace(ws, like, chunk, state_shape, names) -> _Workspace:
     return ws if ws is not None and ws.state_shape == state_shape else _Workspace(like, chunk, state_shape, names)
 
 
-def _scan_forward(u, dt, A, B, C, chunk_size: int, tile_elements: int | None, keep_states: bool):
-    """Token-major chunked scan: u, Δ (L, b, G, Dg); A (G, Dg, N); B, C (L, b, G, N) -> y (L, b, G, Dg), and the
-    state entering each chunk (n_chunks, b, G, Dg, N) if ``keep_states`` (else None)."""
+def _chunk_step(h0, dt, dtu, B, C, A):
+    """``STEP`` tokens of the recurrence one after the other, on rows m = (batch entry, group) (compiled into one
+    kernel by ``_step``): h0 (M, Dg, N); Δ, Δu (STEP, M, Dg); B, C (STEP, M, N); A (M, Dg, N)
+    -> y (STEP, M, Dg), h_last (M, Dg, N)."""
+    h, ys = h0, []
+    for t in range(dt.shape[0]):
+        h = torch.exp(dt[t, :, :, None] * A) * h + dtu[t, :, :, None] * B[t, :, None, :]  # decays in [0, 1]
+        ys.append((h * C[t, :, None, :]).sum(-1))  # y_t = Σ_n h_t[n] C_t[n]
+    return torch.stack(ys), h
+
+
+def _chunk_step_backward(h0, dt, dtu, B, C, A, dy, carry):
+    """The gradients of ``_chunk_step`` given dy (STEP, M, Dg) at y and ``carry`` at h_last: the states recomputed
+    forwards, then the adjoint g_t = (carry from t + 1) + C_t dy_t backwards, handing a_t g_t to token t - 1, with
+    dC_t = Σ_d dy_t h_t, dB_t = Σ_d g_t Δ_t u_t, d(Δu)_t = Σ_n g_t B_t, and through the decay w_t = g_t a_t h_{t-1}:
+    dΔ_t = Σ_n w_t A, dA_m = Σ_t w_t Δ_t (per row; the caller sums rows of one group). Returns
+    (dh0, dΔ, d(Δu), dB, dC, dA)."""
+    steps = dt.shape[0]
+    decays = [torch.exp(dt[t, :, :, None] * A) for t in range(steps)]
+    hs = [h0]
+    for t in range(steps):
+        hs.append(decays[t] * hs[-1] + dtu[t, :, :, None] * B[t, :, None, :])
+    g, dA = carry, torch.zeros_like(A)
+    ddt, ddtu, dB, dC = ([None] * steps for _ in range(4))
+    for t in reversed(range(steps)):
+        g = g + dy[t, :, :, None] * C[t, :, None, :]  # the gradient at h_t
+        dC[t] = (dy[t, :, :, None] * hs[t + 1]).sum(1)
+        dB[t] = (g * dtu[t, :, :, None]).sum(1)
+        ddtu[t] = (g * B[t, :, None, :]).sum(-1)
+        w = g * decays[t] * hs[t]
+        ddt[t] = (w * A).sum(-1)
+        dA = dA + w * dt[t, :, :, None]
+        g = decays[t] * g  # the gradient at h_{t-1}
+    return g, torch.stack(ddt), torch.stack(ddtu), torch.stack(dB), torch.stack(dC), dA
+
+
+_compiled_step = torch.compile(_chunk_step, fullgraph=True)
+_compiled_step_backward = torch.compile(_chunk_step_backward, fullgraph=True)
+
+
+_DYNAMIC = ((0, 1), (1, 2), (1, 2), (1,), (1,), (0, 1), (1, 2), (0, 1))  # M and Dg in h0, Δ, Δu, B, C, A, dy, carry
+
+
+def _step(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The compiled step (6 inputs), or its backward (8: dy and carry too), with the row and channel sizes M, Dg
+    marked dynamic: one compilation per dtype for every shape (sizes of 1 are specialised by dynamo)."""
+    for t, dims in zip(inputs, _DYNAMIC, strict=False):
+        torch._dynamo.maybe_mark_dynamic(t, dims)
+    with torch.no_grad():
+        return (_compiled_step if len(inputs) == 6 else _compiled_step_backward)(*inputs)
+
+
+@functools.cache
+def compiled_scan_available(device_type: str = "cpu") -> str | None:
+    """Why the compiled step cannot be built on ``device_type`` (no C++ compiler for inductor on CPU, no Triton on a
+    GPU), or None where it can. Asked once per process and device type."""
+    try:
+        if device_type == "cpu":
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        else:
+            import triton  # noqa: F401
+    except Exception as error:  # InvalidCxxCompiler, ImportError, ...: whatever stops inductor from building
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _pieces(s: int, e: int) -> list[tuple[int, int]]:
+    """The STEP-token pieces of tokens s..e-1 (the last one may run past e: its inputs are zero-padded)."""
+    return [(p, p + STEP) for p in range(s, e, STEP)]
+
+
+def _chunk_length(length: int, chunk_size: int, compiled: bool) -> int:
+    """Tokens per chunk (between kept states): ``chunk_size``, at most the sequence; for the compiled step rounded
+    up to a multiple of ``STEP``."""
+    chunk = min(chunk_size, length)
+    return -(-chunk // STEP) * STEP if compiled else chunk
+
+
+def _row_blocks(rows: int, piece_elements: int, budget: int) -> list[slice]:
+    """Rows in near-equal blocks of ≤ ``budget`` state elements per piece where possible, never a block of one row
+    out of several (the compiled step would be specialised for it)."""
+    n_blocks = max(1, min(-(-rows * piece_elements // budget), rows // 2))
+    size = -(-rows // n_blocks)
+    return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
+
+
+def _rows(t: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+    """A token-major tensor (L, b, G, X) as a contiguous (L', M, X) with (batch, group) merged into rows m (a block
+    of them if given) and L zero-padded to L' = a multiple of ``STEP`` (Δ = 0: decay 1, no input, no gradient): every
+    piece the compiled step sees has the same layout, so it is compiled once."""
+    length = t.shape[0]
+    t = t.flatten(1, 2)
+    t = t if rows is None else t[:, rows]
+    out = t.new_zeros((-(-length // STEP) * STEP, *t.shape[1:]))
+    out[:length] = t
+    return out
+
+
+def _compiled_forward(u, dt, A, B, C, chunk_size: int, keep_states: bool):
+    """``_scan_forward`` by the compiled step, over all rows at once (the state of a row stays in registers)."""
+    length, batch, groups, dg = u.shape
+    dt_, dtu_, B_, C_ = (_rows(t) for t in (dt, dt * u, B, C))  # (L', M, Dg) / (L', M, N)
+    A_ = A.repeat(batch, 1, 1)  # (M, Dg, N), contiguous
+    chunks = _chunks(length, _chunk_length(length, chunk_size, compiled=True))
+    y = torch.empty_like(dt_)
+    starts = u.new_empty((len(chunks), *A_.shape)) if keep_states else None
+    h = torch.zeros_like(A_)
+    for c, (s, e) in enumerate(chunks):
+        if keep_states:
+            starts[c] = h
+        for p, q in _pieces(s, e):
+            y[p:q], h = _step(h, dt_[p:q], dtu_[p:q], B_[p:q], C_[p:q], A_)
+    if keep_states:
+        starts = starts.view(len(chunks), batch, groups, dg, A.shape[-1])
+    return y[:length].view(u.shape), starts
+
+
+def _compiled_backward(dy, u, dt, A, B, C, starts, chunk_size: int, tile_elements: int | None):
+    """(dΔ from the decays, d(Δu), dA, dB, dC) by the compiled step's backward, chunk by chunk from the last: the
+    entry state of each STEP-token piece recomputed from the chunk's, then each piece's backward from the last,
+    the gradient at its entry state carried into the piece before. Rows in cache-sized blocks."""
+    length, batch, groups, dg = u.shape
+    n = A.shape[-1]
+    A_ = A.repeat(batch, 1, 1)  # (M, Dg, N), contiguous
+    starts = starts.reshape(starts.shape[0], -1, dg, n)
+    chunks = _chunks(length, _chunk_length(length, chunk_size, compiled=True))
+    grads = [u.new_empty((length, batch * groups, size)) for size in (dg, dg, n, n)]  # dΔ, d(Δu), dB, dC
+    dA = torch.zeros_like(A_)
+    budget = tile_elements or TILE_ELEMENTS.get(u.device.type, TILE_ELEMENTS["default"])
+    for m in _row_blocks(A_.shape[0], STEP * dg * n, budget):
+        dt_, dtu_, B_, C_, dy_ = (_rows(t, m) for t in (dt, dt * u, B, C, dy))
+        A_m = A_[m].contiguous()
+        carry = torch.zeros_like(A_m)  # the gradient at the state leaving the chunk
+        for c, (s, e) in reversed(list(enumerate(chunks))):
+            entries = [starts[c, m].contiguous()]
+            for p, q in _pieces(s, e)[:-1]:
+                entries.append(_step(entries[-1], dt_[p:q], dtu_[p:q], B_[p:q], C_[p:q], A_m)[1])
+            for (p, q), h in zip(reversed(_pieces(s, e)), reversed(entries), strict=True):
+                carry, *piece = _step(h, dt_[p:q], dtu_[p:q], B_[p:q], C_[p:q], A_m, dy_[p:q], carry)
+                e_ = min(q, length)
+                for out, grad in zip(grads, piece, strict=False):
+                    out[p:e_, m] = grad[: e_ - p]
+                dA[m] += piece[4]
+    ddt, ddtu, dB, dC = (g.view(*u.shape[:3], g.shape[-1]) for g in grads)
+    return ddt, ddtu, dA.view(batch, *A.shape).sum(0), dB, dC
+
+
+def _delta(delta: torch.Tensor, bias: torch.Tensor | None, softplus: bool) -> torch.Tensor:
+    """Δ in the token-major layout (L, b, G, Dg), the bias (G, Dg) added and softplus applied where asked, computed
+    in the caller's channels-first memory order (b, G, Dg, L) (elementwise ops on the token-major view of that
+    memory fall off the vectorised path)."""
+    channels_first = delta.permute(1, 2, 3, 0)  # (b, G, Dg, L)
+    if bias is not None:
+        channels_first = channels_first + bias[..., None]
+    if softplus:
+        channels_first = F.softplus(channels_first)
+    return channels_first.permute(3, 0, 1, 2)
+
+
+def _scan_forward(u, dt, A, B, C, chunk_size: int, tile_elements: int | None, keep_states: bool, compiled: bool):
+    """Token-major chunked scan: u, Δ (L, b, G, Dg) (Δ after bias and softplus); A (G, Dg, N); B, C (L, b, G, N)
+    -> y (L, b, G, Dg), and the state entering each chunk (n_chunks, b, G, Dg, N) if ``keep_states`` (else None)."""
+    if compiled:
+        return _compiled_forward(u, dt, A, B, C, chunk_size, keep_states)
     chunks, tiles, chunk = _blocks(u, A, chunk_size, tile_elements)
     dtu = dt * u
     y = torch.empty_like(u)
@@ -236,62 +332,21 @@ def _scan_forward(u, dt, A, B, C, chunk_size: int, tile_elements: int | None, ke
     return y, starts
 
 
-# The eager chunked scan as a pair of custom ops (forward, backward) with autograd: opaque to torch.compile (no graph
-# break, no unrolled loop: this loop unrolled is O(L / Q · log Q) slicing ops, which inductor spent over 25 minutes
-# simplifying on a one-block model at 224²), run by inductor as they run eagerly.
-@torch.library.custom_op("mixerzoo::chunked_selective_scan", mutates_args=())
-def _chunked_scan_op(
-    u: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    chunk_size: int,
-    tile_elements: int | None,
-    keep_states: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The S6 core ``y_t = Σ_n h_t[n] C_t[n]``, ``h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t`` in chunks of Q tokens, in
-    the token-major layout of ``_scan_forward``: y, and the states entering each chunk if ``keep_states`` (for the
-    backward; else an empty tensor)."""
-    y, starts = _scan_forward(u, dt, A, B, C, chunk_size, tile_elements, keep_states=keep_states)
-    return y, starts if keep_states else u.new_empty(0)
-
-
-@_chunked_scan_op.register_fake
-def _(u, dt, A, B, C, chunk_size, tile_elements, keep_states):
-    n_chunks = -(-u.shape[0] // min(chunk_size, u.shape[0]))
-    return torch.empty_like(u), u.new_empty((n_chunks, *u.shape[1:], A.shape[-1]) if keep_states else (0,))
-
-
-@torch.library.custom_op("mixerzoo::chunked_selective_scan_backward", mutates_args=())
-def _chunked_scan_backward_op(
-    dy: torch.Tensor,
-    u: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    starts: torch.Tensor,
-    chunk_size: int,
-    tile_elements: int | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (du, dΔ, dA, dB, dC) of ``_chunked_scan_op`` from only the states entering each chunk: walks the
-    chunks from the last, recomputes the chunk's states from its entry state, and runs the adjoint recurrence
-
-        g_t = C_t dy_t + exp(Δ_{t+1} A) g_{t+1}      (g carried into the previous chunk as exp(Δ_s A) g_s)
-
-    giving dB_t = Σ_d g_t Δ_t u_t, d(Δu)_t = Σ_n g_t B_t, dC_t = Σ_d dy_t h_t, and through the decays
-    w_t = g_t ⊙ exp(Δ_t A) h_{t-1}: dΔ_t += Σ_n w_t A, dA = Σ_{b,t} w_t Δ_t."""
+def _tree_backward(dy, u, dt, A, B, C, starts, chunk_size: int, tile_elements: int | None):
+    """(dΔ from the decays, d(Δu), dA, dB, dC) by the tree, chunk by chunk from the last: the chunk's states
+    recomputed into the workspace, the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} by the reverse tree (carried into
+    the previous chunk as a_s g_s), dB_t = Σ_d g_t Δ_t u_t, d(Δu)_t = Σ_n g_t B_t, dC_t = Σ_d dy_t h_t, and through
+    the decays w_t = g_t ⊙ a_t h_{t-1}: dΔ_t = Σ_n w_t A, dA = Σ_{b,t} w_t Δ_t."""
     chunks, tiles, chunk = _blocks(u, A, chunk_size, tile_elements)
     dtu = dt * u
-    du, ddt, dB, dC = (torch.empty_like(t) for t in (u, dt, B, C))
+    ddt, ddtu, dB, dC = (torch.empty_like(t) for t in (dt, dtu, B, C))
     dA = torch.zeros_like(A)
     ws = None
     for bs, gs in tiles:
-        u_, dt_, dtu_, B_, C_, dy_ = (t[:, bs, gs] for t in (u, dt, dtu, B, C, dy))
+        dt_, dtu_, B_, C_, dy_ = (t[:, bs, gs] for t in (dt, dtu, B, C, dy))
         A_ = A[gs]
         ws = _workspace(ws, u, chunk, (*dt_.shape[1:], A.shape[-1]), ("x", "h", "g"))
-        carry = torch.zeros_like(ws.h0)  # exp(Δ_s A) g_s of the chunk after this one
+        carry = torch.zeros_like(ws.h0)  # a_s g_s of the chunk after this one
         for c, (s, e) in reversed(list(enumerate(chunks))):
             q = e - s
             ws.h0.copy_(starts[c, bs, gs])
@@ -304,47 +359,104 @@ def _chunked_scan_backward_op(
             _linear_scan(a[1:], dh, g, ws.scratch, reverse=True)
             torch.mul(a[0], g[0], out=carry)
             dB[s:e, bs, gs] = torch.matmul(dtu_[s:e, :, :, None, :], g).squeeze(-2)
-            ddtu = torch.einsum("qbgdn,qbgn->qbgd", g, B_[s:e])  # d(Δu)
+            ddtu[s:e, bs, gs] = torch.einsum("qbgdn,qbgn->qbgd", g, B_[s:e])
             w = dh  # w_t = g_t ⊙ a_t h_{t-1}
             torch.mul(a[1:q], hs[:-1], out=w[1:])
             torch.mul(a[0], ws.h0, out=w[0])
             w.mul_(g)
             dA[gs] += torch.mul(w, dt_[s:e, ..., None], out=g).sum((0, 1))
-            ddt[s:e, bs, gs] = torch.addcmul(w.mul_(A_).sum(-1), ddtu, u_[s:e])
-            du[s:e, bs, gs] = ddtu * dt_[s:e]
-    return du, ddt, dA, dB, dC
+            ddt[s:e, bs, gs] = w.mul_(A_).sum(-1)
+    return ddt, ddtu, dA, dB, dC
+
+
+# The chunked scan as a pair of custom ops (forward, backward) with autograd: opaque to torch.compile (no graph break,
+# no unrolled loop: the tree loop unrolled is O(L / Q · log Q) slicing ops, which inductor spent over 25 minutes
+# simplifying on a one-block model at 224²), run by inductor as they run eagerly.
+@torch.library.custom_op("mixerzoo::chunked_selective_scan", mutates_args=())
+def _chunked_scan_op(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    chunk_size: int,
+    tile_elements: int | None,
+    keep_states: bool,
+    compiled: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The S6 core ``y_t = Σ_n h_t[n] C_t[n]``, ``h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t`` with Δ = softplus(Δ +
+    bias) (as asked), in chunks of Q tokens, token-major (``_scan_forward``): y, and the states entering each chunk
+    if ``keep_states`` (for the backward; else an empty tensor)."""
+    dt = _delta(delta, delta_bias, delta_softplus)
+    with torch.no_grad():
+        y, starts = _scan_forward(u, dt, A, B, C, chunk_size, tile_elements, keep_states, compiled)
+    return y, starts if keep_states else u.new_empty(0)
+
+
+@_chunked_scan_op.register_fake
+def _(u, delta, A, B, C, delta_bias, delta_softplus, chunk_size, tile_elements, keep_states, compiled):
+    n_chunks = -(-u.shape[0] // _chunk_length(u.shape[0], chunk_size, compiled))
+    return torch.empty_like(u), u.new_empty((n_chunks, *u.shape[1:], A.shape[-1]) if keep_states else (0,))
+
+
+@torch.library.custom_op("mixerzoo::chunked_selective_scan_backward", mutates_args=())
+def _chunked_scan_backward_op(
+    dy: torch.Tensor,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    delta_bias: torch.Tensor | None,
+    starts: torch.Tensor,
+    delta_softplus: bool,
+    chunk_size: int,
+    tile_elements: int | None,
+    compiled: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (du, dΔ, dA, dB, dC, dΔ_bias) of ``_chunked_scan_op`` from only the states entering each chunk:
+    walks the chunks from the last, recomputes the chunk's states from its entry state and runs the adjoint
+    recurrence (``_tree_chunk_backward``, or the autograd of the compiled step), the adjoint of each chunk's entry
+    state carried into the previous chunk. dΔ_bias is empty without a bias."""
+    dt = _delta(delta, delta_bias, delta_softplus)
+    backward = _compiled_backward if compiled else _tree_backward
+    ddt, ddtu, dA, dB, dC = backward(dy, u, dt, A, B, C, starts, chunk_size, tile_elements)
+    du = ddtu * dt
+    ddt.addcmul_(ddtu, u)  # dΔ = (through the decays) + d(Δu) u
+    if delta_softplus:  # through softplus (torch's own derivative, threshold included)
+        ddt = torch.ops.aten.softplus_backward(ddt, _delta(delta, delta_bias, False), 1.0, 20.0)
+    dbias = ddt.sum((0, 1)) if delta_bias is not None else ddt.new_empty(0)
+    return du, ddt, dA, dB, dC, dbias
 
 
 @_chunked_scan_backward_op.register_fake
-def _(dy, u, dt, A, B, C, starts, chunk_size, tile_elements):
-    return tuple(torch.empty_like(t) for t in (u, dt, A, B, C))
+def _(dy, u, delta, A, B, C, delta_bias, starts, delta_softplus, chunk_size, tile_elements, compiled):
+    dbias = torch.empty_like(delta_bias) if delta_bias is not None else delta.new_empty(0)
+    return (*(torch.empty_like(t) for t in (u, delta, A, B, C)), dbias)
 
 
 def _chunked_scan_setup_context(ctx, inputs, output) -> None:
-    u, dt, A, B, C, chunk_size, tile_elements, _ = inputs
-    ctx.save_for_backward(u, dt, A, B, C, output[1])
-    ctx.blocks = chunk_size, tile_elements
+    u, delta, A, B, C, delta_bias, delta_softplus, chunk_size, tile_elements, _, compiled = inputs
+    ctx.save_for_backward(u, delta, A, B, C, delta_bias, output[1])
+    ctx.settings = delta_softplus, chunk_size, tile_elements, compiled
 
 
 def _chunked_scan_backward(ctx, dy, _dstarts):
-    grads = _chunked_scan_backward_op(dy, *ctx.saved_tensors, *ctx.blocks)
-    return (*grads, None, None, None)
+    u, delta, A, B, C, delta_bias, starts = ctx.saved_tensors
+    du, ddelta, dA, dB, dC, dbias = _chunked_scan_backward_op(dy, u, delta, A, B, C, delta_bias, starts, *ctx.settings)
+    return du, ddelta, dA, dB, dC, None if delta_bias is None else dbias, None, None, None, None, None
 
 
 _chunked_scan_op.register_autograd(_chunked_scan_backward, setup_context=_chunked_scan_setup_context)
 
 
 @register_flop_formula(torch.ops.mixerzoo.chunked_selective_scan)
-def _chunked_scan_flop(u_shape, dt_shape, A_shape, *args, **kwargs) -> int:
+def _chunked_scan_flop(u_shape, delta_shape, A_shape, *args, **kwargs) -> int:
     """What ``FlopCounterMode`` counts for the op: the readout ``y_t = Σ_n h_t[n] C_t[n]``, one multiply-add per token,
     channel and state (a matmul in all but name). The state updates are declared by the module's ``scan_macs()``."""
     return 2 * math.prod(u_shape) * A_shape[-1]
-
-
-def _chunked_scan(u, dt, A, B, C, chunk_size: int, tile_elements: int | None) -> torch.Tensor:
-    """The chunked scan, keeping the chunk-entry states only when a gradient will be asked for."""
-    keep_states = torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C))
-    return _chunked_scan_op(u, dt, A, B, C, chunk_size, tile_elements, keep_states)[0]
 
 
 def _linear_scan_functional(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -404,133 +516,30 @@ def selective_scan_torch(
     delta_softplus: bool = False,
     chunk_size: int = 64,
     tile_elements: int | None = None,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """The chunked S6 scan (module docstring), exact, in u's dtype. Runs the ``mixerzoo::chunked_selective_scan``
     custom op, which keeps the chunk-entry states when a gradient is needed and nothing but the running state
     otherwise. ``chunk_size``: tokens per chunk (Q); ``tile_elements``: the state elements per chunk above which
-    batch entries / groups are scanned in separate blocks (default ``TILE_ELEMENTS`` for the device)."""
+    batch entries / groups are scanned in separate blocks (default ``TILE_ELEMENTS`` for the device);
+    ``compiled``: the chunk step compiled by inductor (``compiled_scan_available`` says whether it can run) instead
+    of the tree."""
     batch, dim, length = u.shape
     B, C = grouped_bc(B, C, dim)
     groups, n = B.shape[1], B.shape[2]
     if chunk_size < 1:
         raise ValueError(f"selective scan: chunk_size must be positive, got {chunk_size}.")
-    delta = _prepare_delta(delta, delta_bias, delta_softplus)
     token_major = (length, batch, groups, dim // groups)
-    args = (  # u, Δ as token-major views of their channels-first memory (read broadcast over N: no copy needed)
-        u.permute(2, 0, 1).reshape(token_major),  # (L, b, G, Dg)
-        delta.permute(2, 0, 1).reshape(token_major),
-        A.reshape(groups, dim // groups, n),  # (G, Dg, N)
-        B.permute(3, 0, 1, 2).contiguous(),  # (L, b, G, N), N innermost for the per-chunk products
-        C.permute(3, 0, 1, 2).contiguous(),
-    )
+    u_, delta_ = (t.permute(2, 0, 1).reshape(token_major) for t in (u, delta))  # (L, b, G, Dg) views
+    A_ = A.reshape(groups, dim // groups, n)  # (G, Dg, N)
+    B_, C_ = (t.permute(3, 0, 1, 2).contiguous() for t in (B, C))  # (L, b, G, N), N innermost
+    bias = None if delta_bias is None else delta_bias.reshape(groups, dim // groups)
     if torch.compiler.is_exporting():  # torch.export (and so ONNX): a graph of standard ops
-        y = _scan_traced(*args, chunk_size)
+        y = _scan_traced(u_, _delta(delta_, bias, delta_softplus), A_, B_, C_, chunk_size)
     else:
-        y = _chunked_scan(*args, chunk_size, tile_elements)
+        inputs = (u_, delta_, A_, B_, C_, bias)
+        keep_states = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+        settings = (delta_softplus, chunk_size, tile_elements, keep_states, compiled)
+        y = _chunked_scan_op(*inputs, *settings)[0]
     y = y.reshape(length, batch, dim).permute(1, 2, 0).contiguous()  # (b, D, L)
-    return _finish(y, u, D, z)
-
-
-# the optional kernels (module, name): mamba_ssm's imports where mamba-ssm was built for CUDA (from 2.3 on, with
-# MAMBA_KEEP_CUDA_BUILD), the Triton one where the triton package imports
-_KERNELS = {
-    "fused": ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
-    "triton": (f"{__package__}.selective_scan_triton", "selective_scan_triton"),
-}
-
-
-def _kernel(name: str):
-    """The optional kernel ``name`` (``"fused"``: mamba_ssm's; ``"triton"``), or None where it does not import."""
-    return optional_kernel(*_KERNELS[name])
-
-
-def _importable(name: str) -> bool:
-    """Whether the kernel ``name`` imports: a constant for ``torch.compile`` (``ops.kernel_importable``)."""
-    return kernel_importable(*_KERNELS[name])
-
-
-def fused_selective_scan_available() -> bool:
-    return torch.cuda.is_available() and _importable("fused")
-
-
-def triton_selective_scan_available() -> bool:
-    return torch.cuda.is_available() and _importable("triton")
-
-
-@torch.compiler.disable
-def _selective_scan_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    return _kernel("fused")(
-        u.contiguous(),
-        delta.contiguous(),
-        A.contiguous(),
-        B.contiguous(),
-        C.contiguous(),
-        D=None if D is None else D.float(),
-        z=None if z is None else z.contiguous(),
-        delta_bias=None if delta_bias is None else delta_bias.float(),
-        delta_softplus=delta_softplus,
-    )
-
-
-@torch.compiler.disable
-def _selective_scan_triton(*args):
-    return _kernel("triton")(*args)
-
-
-def _triton_runs_on(u: torch.Tensor) -> bool:
-    """Whether the Triton kernels take u: on CUDA, or on the CPU in the Triton interpreter (tests)."""
-    if not _importable("triton"):
-        return False
-    from .selective_scan_triton import INTERPRETED
-
-    return u.is_cuda or INTERPRETED
-
-
-SCAN_BACKENDS = (*BACKENDS, "triton")
-
-
-def _choose(backend: str, u: torch.Tensor, A: torch.Tensor):
-    """The scan function for ``backend`` (module docstring: dispatch)."""
-    if backend not in SCAN_BACKENDS:
-        raise ValueError(f"Unknown selective-scan backend {backend!r}; use one of {', '.join(SCAN_BACKENDS)}.")
-    if backend == "triton":
-        if not _triton_runs_on(u):
-            triton = "importable" if _importable("triton") else "not importable"
-            raise RuntimeError(
-                "backend='triton' needs CUDA tensors (CPU tensors only under TRITON_INTERPRET=1) and triton; got "
-                f"{u.device.type} tensors, triton {triton}"
-            )
-        return _selective_scan_triton
-    fusable = u.is_cuda and A.shape[-1] <= MAX_FUSED_D_STATE and _importable("fused")
-    mamba_ssm = "importable" if _importable("fused") else "not importable"
-    needs = (
-        "CUDA tensors, d_state <= 256 and mamba_ssm (selective_scan_fn); got "
-        f"{u.device.type} tensors, d_state {A.shape[-1]}, mamba_ssm {mamba_ssm}"
-    )
-    if use_fused(backend, "selective-scan", fusable, needs):
-        return _selective_scan_fused
-    # "auto" never picks Triton: its kernels have passed the Triton interpreter and sm_90 compilation but not yet a
-    # GPU run (tools/gpu_check.py's selective_scan row); until they do, it is the explicit backend="triton"
-    return selective_scan_torch
-
-
-def selective_scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """The S6 scan in float32 (float64 kept) with autocast off; returns u's dtype. See the module docstring."""
-    scan = _choose(backend, u, A)
-    dtype = u.dtype
-    compute = compute_dtype(dtype)
-    with autocast_off(u.device.type):
-        args = [None if t is None else t.to(compute) for t in (u, delta, A, B, C, D, z, delta_bias)]
-        out = scan(*args, delta_softplus)
-    return out.to(dtype)
+    return finish(y, u, D, z)

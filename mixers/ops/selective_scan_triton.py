@@ -1,5 +1,5 @@
 """The Mamba-1 selective scan (S6) as Triton kernels: a GPU path that needs no compiled extension (Triton compiles
-the kernels at first use). Same signature and semantics as ``selective_scan_torch`` in ``selective_scan.py``:
+the kernels at first use). Same signature and semantics as ``selective_scan_torch`` (``selective_scan_chunked.py``):
 
     Δ_t = softplus(Δ_t + Δ_bias) (if asked),    a_t = exp(Δ_t[d] A[d, n])
     h_t[d, n] = a_t h_{t-1}[d, n] + Δ_t[d] u_t[d] B_t[g(d), n]          h_{-1} = 0
@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from .selective_scan import grouped_bc
+from .selective_scan_reference import grouped_bc
 
 __all__ = ["INTERPRETED", "selective_scan_triton"]
 
