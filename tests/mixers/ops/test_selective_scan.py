@@ -147,7 +147,7 @@ def test_training_saves_only_the_inputs_and_the_states_entering_each_chunk(step:
     """The backward keeps the inputs and n_chunks = L / Q states per channel, not a state per token (which the
     per-token formulation keeps twice: decays and states); of the (b, D, L) tensors only u and the raw Δ (Δ after
     bias and softplus is recomputed, not kept)."""
-    batch, dim, d_state, length, chunk = 2, 16, 32, 128, 32
+    batch, dim, d_state, length, chunk = 2, 16, 32, 128, 16
     u, delta, A, B, C, _, _, bias = _scan_inputs(batch, dim, d_state, length, groups=2)
     saved: list[int] = []
 
@@ -263,6 +263,7 @@ def test_auto_falls_back_to_the_tree_step_without_a_cpp_compiler_and_says_so_onc
         with pytest.raises(RuntimeError, match="backend='compiled' needs inductor"):
             selective_scan(*inputs, backend="compiled")
     finally:
+        monkeypatch.undo()  # the compiler back before the probe's cache is cleared
         sc.compiled_scan_available.cache_clear()
 
 
