@@ -7,15 +7,18 @@ entering the chunk and reads out y_t = Σ_n h_t C_t; the last state enters the n
 two interchangeable kernels:
 
 - ``compiled`` (the CPU default): the step over ``STEP`` tokens written as the plain recurrence, one token after
-  the other, and compiled by ``torch.compile`` (inductor: C++ with vector instructions on CPU, Triton on CUDA) into
-  one kernel that keeps each (channel, state) row's h in registers across the STEP tokens and reads Δ, u, B, C
-  once: no (Q, b, D, N) tensor is written. It is compiled once per dtype and mode (the sizes b, G, D/G are
-  dynamic; STEP is fixed, the last piece is padded with Δ = 0: decay 1, input 0, the state passes unchanged), and
+  the other, Δ's bias and softplus included, and compiled by ``torch.compile`` (inductor: C++ with vector
+  instructions on CPU, Triton on CUDA) into one kernel that keeps each (channel, state) row's h in registers across
+  the STEP tokens and reads Δ, u, B, C once: neither Δ after softplus nor any (Q, b, D, N) tensor is written
+  (ATen's softplus alone, scalar log1p on CPU, cost more than this whole kernel). The (batch, group) pairs are
+  merged into rows M; M and D/G are dynamic, so it is compiled once per dtype and softplus setting; STEP is fixed,
+  the sequence zero-padded to a multiple of it (u = 0: padded tokens, after every real one, add no input). It is
   called once per STEP tokens: the loop over the sequence stays in Python, so nothing is unrolled over L. Its
-  backward is the autograd of the same compiled step (inductor compiles the joint graph), run piece by piece from
-  the last with the adjoint of the entry state carried backwards. It needs a C++ compiler at run time (inductor's
-  ``cpp.cxx``, g++ or clang++; nothing is compiled at install time); where there is none, ``compiled_scan_available``
-  is False and ``selective_scan(backend="auto")`` warns once and takes ``tree``.
+  backward is a second compiled step written out (the states recomputed forwards, the adjoint backwards, in the same
+  kernel), run piece by piece from the last with the gradient at each entry state carried backwards. It needs a
+  C++ compiler at run time (inductor's ``cpp.cxx``, g++ or clang++; nothing is compiled at install time); where
+  there is none, ``compiled_scan_available`` gives the reason and ``selective_scan(backend="auto")`` warns once and
+  takes ``tree``. Compiling takes about a minute per variant on one idle core (inductor caches it on disk).
 - ``tree``: the Q states of a chunk at once, in buffers (Q, b, G, D/G, N) reused by every chunk, by a pairwise tree
   reduction (``_linear_scan``: 2 log₂ Q whole-slice levels, ~3 Q multiply-adds), the readout as one einsum.
 
@@ -148,56 +151,69 @@ def _workspace(ws, like, chunk, state_shape, names) -> _Workspace:
     return ws if ws is not None and ws.state_shape == state_shape else _Workspace(like, chunk, state_shape, names)
 
 
-def _chunk_step(h0, dt, dtu, B, C, A):
+def _softplus_grad(x: torch.Tensor) -> torch.Tensor:
+    """softplus'(x) as torch computes it (threshold 20: the identity above)."""
+    return torch.where(x > 20.0, 1.0, torch.sigmoid(x))
+
+
+def _chunk_step(h0, delta, u, B, C, A, bias, softplus: bool):
     """``STEP`` tokens of the recurrence one after the other, on rows m = (batch entry, group) (compiled into one
-    kernel by ``_step``): h0 (M, Dg, N); Δ, Δu (STEP, M, Dg); B, C (STEP, M, N); A (M, Dg, N)
-    -> y (STEP, M, Dg), h_last (M, Dg, N)."""
+    kernel by ``_step``), Δ = softplus(Δ + bias) (as asked) formed in the kernel: h0 (M, Dg, N); Δ (raw), u
+    (STEP, M, Dg); B, C (STEP, M, N); A (M, Dg, N); bias (M, Dg) -> y (STEP, M, Dg), h_last (M, Dg, N)."""
     h, ys = h0, []
-    for t in range(dt.shape[0]):
-        h = torch.exp(dt[t, :, :, None] * A) * h + dtu[t, :, :, None] * B[t, :, None, :]  # decays in [0, 1]
+    for t in range(delta.shape[0]):
+        dt = F.softplus(delta[t] + bias) if softplus else delta[t] + bias
+        h = torch.exp(dt[:, :, None] * A) * h + (dt * u[t])[:, :, None] * B[t, :, None, :]  # decays in [0, 1]
         ys.append((h * C[t, :, None, :]).sum(-1))  # y_t = Σ_n h_t[n] C_t[n]
     return torch.stack(ys), h
 
 
-def _chunk_step_backward(h0, dt, dtu, B, C, A, dy, carry):
+def _chunk_step_backward(h0, delta, u, B, C, A, bias, softplus: bool, dy, carry):
     """The gradients of ``_chunk_step`` given dy (STEP, M, Dg) at y and ``carry`` at h_last: the states recomputed
     forwards, then the adjoint g_t = (carry from t + 1) + C_t dy_t backwards, handing a_t g_t to token t - 1, with
-    dC_t = Σ_d dy_t h_t, dB_t = Σ_d g_t Δ_t u_t, d(Δu)_t = Σ_n g_t B_t, and through the decay w_t = g_t a_t h_{t-1}:
-    dΔ_t = Σ_n w_t A, dA_m = Σ_t w_t Δ_t (per row; the caller sums rows of one group). Returns
-    (dh0, dΔ, d(Δu), dB, dC, dA)."""
-    steps = dt.shape[0]
-    decays = [torch.exp(dt[t, :, :, None] * A) for t in range(steps)]
+    dC_t = Σ_d dy_t h_t, dB_t = Σ_d g_t Δ_t u_t, d(Δu)_t = Σ_n g_t B_t (so du_t = d(Δu)_t Δ_t), and through the decay
+    w_t = g_t a_t h_{t-1}: dΔ_t = Σ_n w_t A + d(Δu)_t u_t, then through softplus; dA_m = Σ_t w_t Δ_t (per row; the
+    caller sums the rows of a group). Returns (dh0, dΔ (raw: also the bias' per token), du, dB, dC, dA)."""
+    steps = delta.shape[0]
+    raw = [delta[t] + bias for t in range(steps)]
+    dts = [F.softplus(x) if softplus else x for x in raw]
+    decays = [torch.exp(dt[:, :, None] * A) for dt in dts]
     hs = [h0]
     for t in range(steps):
-        hs.append(decays[t] * hs[-1] + dtu[t, :, :, None] * B[t, :, None, :])
+        hs.append(decays[t] * hs[-1] + (dts[t] * u[t])[:, :, None] * B[t, :, None, :])
     g, dA = carry, torch.zeros_like(A)
-    ddt, ddtu, dB, dC = ([None] * steps for _ in range(4))
+    ddelta, du, dB, dC = ([None] * steps for _ in range(4))
     for t in reversed(range(steps)):
         g = g + dy[t, :, :, None] * C[t, :, None, :]  # the gradient at h_t
         dC[t] = (dy[t, :, :, None] * hs[t + 1]).sum(1)
-        dB[t] = (g * dtu[t, :, :, None]).sum(1)
-        ddtu[t] = (g * B[t, :, None, :]).sum(-1)
+        dB[t] = (g * (dts[t] * u[t])[:, :, None]).sum(1)
+        ddtu = (g * B[t, :, None, :]).sum(-1)
+        du[t] = ddtu * dts[t]
         w = g * decays[t] * hs[t]
-        ddt[t] = (w * A).sum(-1)
-        dA = dA + w * dt[t, :, :, None]
+        ddt = (w * A).sum(-1) + ddtu * u[t]
+        ddelta[t] = ddt * _softplus_grad(raw[t]) if softplus else ddt
+        dA = dA + w * dts[t][:, :, None]
         g = decays[t] * g  # the gradient at h_{t-1}
-    return g, torch.stack(ddt), torch.stack(ddtu), torch.stack(dB), torch.stack(dC), dA
+    return g, torch.stack(ddelta), torch.stack(du), torch.stack(dB), torch.stack(dC), dA
 
 
 _compiled_step = torch.compile(_chunk_step, fullgraph=True)
 _compiled_step_backward = torch.compile(_chunk_step_backward, fullgraph=True)
+# the sizes M and Dg of h0, Δ, u, B, C, A, bias (then the backward's dy, carry), marked dynamic
+_DYNAMIC = ((0, 1), (1, 2), (1, 2), (1,), (1,), (0, 1), (0, 1))
+_DYNAMIC_GRADS = ((1, 2), (0, 1))
 
 
-_DYNAMIC = ((0, 1), (1, 2), (1, 2), (1,), (1,), (0, 1), (1, 2), (0, 1))  # M and Dg in h0, Δ, Δu, B, C, A, dy, carry
-
-
-def _step(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The compiled step (6 inputs), or its backward (8: dy and carry too), with the row and channel sizes M, Dg
-    marked dynamic: one compilation per dtype for every shape (sizes of 1 are specialised by dynamo)."""
-    for t, dims in zip(inputs, _DYNAMIC, strict=False):
+def _step(inputs: tuple[torch.Tensor, ...], softplus: bool, grads: tuple[torch.Tensor, ...] = ()):
+    """The compiled step on (h0, Δ, u, B, C, A, bias), or its backward given (dy, carry), with the row and channel
+    sizes M, Dg marked dynamic: one compilation per dtype and softplus for every shape (sizes of 1 are
+    specialised by dynamo)."""
+    for t, dims in zip((*inputs, *grads), _DYNAMIC + _DYNAMIC_GRADS, strict=False):
         torch._dynamo.maybe_mark_dynamic(t, dims)
     with torch.no_grad():
-        return (_compiled_step if len(inputs) == 6 else _compiled_step_backward)(*inputs)
+        if grads:
+            return _compiled_step_backward(*inputs, softplus, *grads)
+        return _compiled_step(*inputs, softplus)
 
 
 @functools.cache
@@ -216,11 +232,6 @@ def compiled_scan_available(device_type: str = "cpu") -> str | None:
     return None
 
 
-def _pieces(s: int, e: int) -> list[tuple[int, int]]:
-    """The STEP-token pieces of tokens s..e-1 (the last one may run past e: its inputs are zero-padded)."""
-    return [(p, p + STEP) for p in range(s, e, STEP)]
-
-
 def _chunk_length(length: int, chunk_size: int, compiled: bool) -> int:
     """Tokens per chunk (between kept states): ``chunk_size``, at most the sequence; for the compiled step rounded
     up to a multiple of ``STEP``."""
@@ -236,10 +247,16 @@ def _row_blocks(rows: int, piece_elements: int, budget: int) -> list[slice]:
     return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
 
 
+def _pieces(s: int, e: int) -> list[tuple[int, int]]:
+    """The STEP-token pieces of tokens s..e-1 (the last one may run past e: its inputs are zero-padded)."""
+    return [(p, p + STEP) for p in range(s, e, STEP)]
+
+
 def _rows(t: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
     """A token-major tensor (L, b, G, X) as a contiguous (L', M, X) with (batch, group) merged into rows m (a block
-    of them if given) and L zero-padded to L' = a multiple of ``STEP`` (Δ = 0: decay 1, no input, no gradient): every
-    piece the compiled step sees has the same layout, so it is compiled once."""
+    of them if given) and L zero-padded to L' = a multiple of ``STEP``: every piece the compiled step sees has the
+    same layout, so it is compiled once. Padded tokens have u = 0 (no input) and dy = 0; they come after every real
+    token, so whatever their decay, they change no output, no gradient and no state that is kept."""
     length = t.shape[0]
     t = t.flatten(1, 2)
     t = t if rows is None else t[:, rows]
@@ -248,53 +265,63 @@ def _rows(t: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
     return out
 
 
-def _compiled_forward(u, dt, A, B, C, chunk_size: int, keep_states: bool):
-    """``_scan_forward`` by the compiled step, over all rows at once (the state of a row stays in registers)."""
+def _row_params(A: torch.Tensor, bias: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (G, Dg, N) and the Δ bias (G, Dg) (zeros without one) repeated over the batch: (M, Dg, N), (M, Dg)."""
+    bias = torch.zeros_like(A[..., 0]) if bias is None else bias
+    return A.repeat(batch, 1, 1), bias.repeat(batch, 1)
+
+
+def _compiled_forward(u, delta, A, B, C, bias, softplus: bool, chunk_size: int, keep_states: bool):
+    """The chunked scan by the compiled step, over all rows at once (the state of a row stays in registers):
+    token-major u, raw Δ (L, b, G, Dg); A (G, Dg, N); B, C (L, b, G, N); bias (G, Dg) or None -> y (L, b, G, Dg) and
+    the states entering each chunk (n_chunks, b, G, Dg, N) if ``keep_states`` (else None)."""
     length, batch, groups, dg = u.shape
-    dt_, dtu_, B_, C_ = (_rows(t) for t in (dt, dt * u, B, C))  # (L', M, Dg) / (L', M, N)
-    A_ = A.repeat(batch, 1, 1)  # (M, Dg, N), contiguous
+    delta_, u_, B_, C_ = (_rows(t) for t in (delta, u, B, C))  # (L', M, Dg) / (L', M, N)
+    A_, bias_ = _row_params(A, bias, batch)
     chunks = _chunks(length, _chunk_length(length, chunk_size, compiled=True))
-    y = torch.empty_like(dt_)
+    y = torch.empty_like(u_)
     starts = u.new_empty((len(chunks), *A_.shape)) if keep_states else None
     h = torch.zeros_like(A_)
     for c, (s, e) in enumerate(chunks):
         if keep_states:
             starts[c] = h
         for p, q in _pieces(s, e):
-            y[p:q], h = _step(h, dt_[p:q], dtu_[p:q], B_[p:q], C_[p:q], A_)
+            y[p:q], h = _step((h, delta_[p:q], u_[p:q], B_[p:q], C_[p:q], A_, bias_), softplus)
     if keep_states:
         starts = starts.view(len(chunks), batch, groups, dg, A.shape[-1])
     return y[:length].view(u.shape), starts
 
 
-def _compiled_backward(dy, u, dt, A, B, C, starts, chunk_size: int, tile_elements: int | None):
-    """(dΔ from the decays, d(Δu), dA, dB, dC) by the compiled step's backward, chunk by chunk from the last: the
-    entry state of each STEP-token piece recomputed from the chunk's, then each piece's backward from the last,
-    the gradient at its entry state carried into the piece before. Rows in cache-sized blocks."""
+def _compiled_backward(dy, u, delta, A, B, C, bias, starts, softplus: bool, chunk_size: int, tile_elements):
+    """(du, dΔ (raw), dA, dB, dC) by the compiled step's backward, chunk by chunk from the last: the entry state of
+    each STEP-token piece recomputed from the chunk's, then each piece's backward from the last, the gradient at its
+    entry state carried into the piece before. Rows in cache-sized blocks."""
     length, batch, groups, dg = u.shape
     n = A.shape[-1]
-    A_ = A.repeat(batch, 1, 1)  # (M, Dg, N), contiguous
+    A_, bias_ = _row_params(A, bias, batch)
     starts = starts.reshape(starts.shape[0], -1, dg, n)
     chunks = _chunks(length, _chunk_length(length, chunk_size, compiled=True))
-    grads = [u.new_empty((length, batch * groups, size)) for size in (dg, dg, n, n)]  # dΔ, d(Δu), dB, dC
+    grads = [u.new_empty((length, batch * groups, size)) for size in (dg, dg, n, n)]  # dΔ, du, dB, dC
     dA = torch.zeros_like(A_)
     budget = tile_elements or TILE_ELEMENTS.get(u.device.type, TILE_ELEMENTS["default"])
     for m in _row_blocks(A_.shape[0], STEP * dg * n, budget):
-        dt_, dtu_, B_, C_, dy_ = (_rows(t, m) for t in (dt, dt * u, B, C, dy))
-        A_m = A_[m].contiguous()
+        delta_, u_, B_, C_, dy_ = (_rows(t, m) for t in (delta, u, B, C, dy))
+        A_m, bias_m = A_[m].contiguous(), bias_[m].contiguous()
         carry = torch.zeros_like(A_m)  # the gradient at the state leaving the chunk
         for c, (s, e) in reversed(list(enumerate(chunks))):
             entries = [starts[c, m].contiguous()]
             for p, q in _pieces(s, e)[:-1]:
-                entries.append(_step(entries[-1], dt_[p:q], dtu_[p:q], B_[p:q], C_[p:q], A_m)[1])
+                inputs = (entries[-1], delta_[p:q], u_[p:q], B_[p:q], C_[p:q], A_m, bias_m)
+                entries.append(_step(inputs, softplus)[1])
             for (p, q), h in zip(reversed(_pieces(s, e)), reversed(entries), strict=True):
-                carry, *piece = _step(h, dt_[p:q], dtu_[p:q], B_[p:q], C_[p:q], A_m, dy_[p:q], carry)
+                inputs = (h, delta_[p:q], u_[p:q], B_[p:q], C_[p:q], A_m, bias_m)
+                carry, *piece = _step(inputs, softplus, (dy_[p:q], carry))
                 e_ = min(q, length)
                 for out, grad in zip(grads, piece, strict=False):
                     out[p:e_, m] = grad[: e_ - p]
                 dA[m] += piece[4]
-    ddt, ddtu, dB, dC = (g.view(*u.shape[:3], g.shape[-1]) for g in grads)
-    return ddt, ddtu, dA.view(batch, *A.shape).sum(0), dB, dC
+    ddelta, du, dB, dC = (g.view(*u.shape[:3], g.shape[-1]) for g in grads)
+    return du, ddelta, dA.view(batch, *A.shape).sum(0), dB, dC
 
 
 def _delta(delta: torch.Tensor, bias: torch.Tensor | None, softplus: bool) -> torch.Tensor:
@@ -309,11 +336,9 @@ def _delta(delta: torch.Tensor, bias: torch.Tensor | None, softplus: bool) -> to
     return channels_first.permute(3, 0, 1, 2)
 
 
-def _scan_forward(u, dt, A, B, C, chunk_size: int, tile_elements: int | None, keep_states: bool, compiled: bool):
+def _scan_forward(u, dt, A, B, C, chunk_size: int, tile_elements: int | None, keep_states: bool):
     """Token-major chunked scan: u, Δ (L, b, G, Dg) (Δ after bias and softplus); A (G, Dg, N); B, C (L, b, G, N)
     -> y (L, b, G, Dg), and the state entering each chunk (n_chunks, b, G, Dg, N) if ``keep_states`` (else None)."""
-    if compiled:
-        return _compiled_forward(u, dt, A, B, C, chunk_size, keep_states)
     chunks, tiles, chunk = _blocks(u, A, chunk_size, tile_elements)
     dtu = dt * u
     y = torch.empty_like(u)
@@ -389,9 +414,12 @@ def _chunked_scan_op(
     """The S6 core ``y_t = Σ_n h_t[n] C_t[n]``, ``h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t`` with Δ = softplus(Δ +
     bias) (as asked), in chunks of Q tokens, token-major (``_scan_forward``): y, and the states entering each chunk
     if ``keep_states`` (for the backward; else an empty tensor)."""
-    dt = _delta(delta, delta_bias, delta_softplus)
     with torch.no_grad():
-        y, starts = _scan_forward(u, dt, A, B, C, chunk_size, tile_elements, keep_states, compiled)
+        if compiled:
+            y, starts = _compiled_forward(u, delta, A, B, C, delta_bias, delta_softplus, chunk_size, keep_states)
+        else:
+            dt = _delta(delta, delta_bias, delta_softplus)
+            y, starts = _scan_forward(u, dt, A, B, C, chunk_size, tile_elements, keep_states)
     return y, starts if keep_states else u.new_empty(0)
 
 
@@ -418,15 +446,18 @@ def _chunked_scan_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (du, dΔ, dA, dB, dC, dΔ_bias) of ``_chunked_scan_op`` from only the states entering each chunk:
     walks the chunks from the last, recomputes the chunk's states from its entry state and runs the adjoint
-    recurrence (``_tree_chunk_backward``, or the autograd of the compiled step), the adjoint of each chunk's entry
-    state carried into the previous chunk. dΔ_bias is empty without a bias."""
-    dt = _delta(delta, delta_bias, delta_softplus)
-    backward = _compiled_backward if compiled else _tree_backward
-    ddt, ddtu, dA, dB, dC = backward(dy, u, dt, A, B, C, starts, chunk_size, tile_elements)
-    du = ddtu * dt
-    ddt.addcmul_(ddtu, u)  # dΔ = (through the decays) + d(Δu) u
-    if delta_softplus:  # through softplus (torch's own derivative, threshold included)
-        ddt = torch.ops.aten.softplus_backward(ddt, _delta(delta, delta_bias, False), 1.0, 20.0)
+    recurrence (``_tree_backward``, or ``_compiled_backward``: the compiled step's explicit backward), the adjoint of
+    each chunk's entry state carried into the previous chunk. dΔ_bias is empty without a bias."""
+    if compiled:
+        settings = (delta_softplus, chunk_size, tile_elements)
+        du, ddt, dA, dB, dC = _compiled_backward(dy, u, delta, A, B, C, delta_bias, starts, *settings)
+    else:
+        dt = _delta(delta, delta_bias, delta_softplus)
+        ddt, ddtu, dA, dB, dC = _tree_backward(dy, u, dt, A, B, C, starts, chunk_size, tile_elements)
+        du = ddtu * dt
+        ddt.addcmul_(ddtu, u)  # dΔ = (through the decays) + d(Δu) u
+        if delta_softplus:  # through softplus (torch's own derivative, threshold included)
+            ddt = torch.ops.aten.softplus_backward(ddt, _delta(delta, delta_bias, False), 1.0, 20.0)
     dbias = ddt.sum((0, 1)) if delta_bias is not None else ddt.new_empty(0)
     return du, ddt, dA, dB, dC, dbias
 
