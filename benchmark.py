@@ -539,6 +539,63 @@ def preset(name: str) -> tuple[list[str], list[int]]:
     raise ValueError(f"Unknown preset {name!r}; presets: {', '.join(PRESETS)}.")
 
 
+def training_memory(
+    model: nn.Module, img_size: int, batches: Sequence[int] = (1, 2), amp_dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    """Peak bytes of live tensors during one training step (forward, cross-entropy, backward, AdamW step) at each of
+    ``batches`` (images of ``img_size``² on the model's device), counted the same way on CPU and CUDA: torch's
+    ``MemTracker`` (``torch.distributed._tools.mem_tracker``) adds up the storages of every tensor alive, not an
+    allocator's reservations. A first untimed step allocates gradients and the optimizer state, so each peak is
+    the steady state of a training loop. Returns ``peak_mb_b<n>`` per batch and, from the first and last batch,
+    ``mb_per_image`` (the slope: activations kept for the backward and their transients) and ``fixed_mb`` (weights,
+    gradients, optimizer state): ``fixed_mb + batch * mb_per_image`` extrapolates to a batch too large to run here.
+    Kernel-internal workspaces that never leave an op (a scan's per-chunk buffers) are not seen."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    device = next(model.parameters()).device
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+
+    def step(batch: int) -> None:
+        x = torch.randn(batch, 3, img_size, img_size, device=device)
+        target = torch.zeros(batch, dtype=torch.long, device=device)
+        with autocast:
+            loss = F.cross_entropy(model(x), target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+
+    step(batches[0])
+    peaks = {}
+    for batch in batches:
+        tracker = MemTracker()
+        tracker.track_external(model, optimizer)
+        with tracker:
+            step(batch)
+        peaks[batch] = tracker.get_tracker_snapshot("peak")[device]["Total"] / 2**20
+    first, last = batches[0], batches[-1]
+    per_image = (peaks[last] - peaks[first]) / (last - first) if last != first else peaks[first] / first
+    result = {f"peak_mb_b{b}": peak for b, peak in peaks.items()}
+    return result | {"mb_per_image": per_image, "fixed_mb": peaks[first] - first * per_image}
+
+
+def memory_table(cfg: BenchmarkConfig, batches: Sequence[int]) -> list[dict[str, Any]]:
+    """``training_memory`` of every model at every size of ``cfg``, printed as a Markdown table."""
+    amp_dtype = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}.get(cfg.opts.precision)
+    rows = []
+    for spec in cfg.models:
+        for size in cfg.img_sizes:
+            model, _ = build_model(spec, size)
+            memory = training_memory(model.to(cfg.opts.device), size, batches, amp_dtype)
+            rows.append({"model": spec.label, "img_size": size, **{k: round(v, 1) for k, v in memory.items()}})
+    columns = list(rows[0]) if rows else []
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(str(row[c]) for c in columns) + " |")
+    return rows
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -567,6 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-train", action="store_true", help="skip the training-step timing")
     parser.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency")
     parser.add_argument("--in-process", action="store_true", help="measure in this process (no CPU peak memory)")
+    parser.add_argument(
+        "--train-memory",
+        type=int,
+        nargs="+",
+        metavar="BATCH",
+        help="instead of timing: training-step peak tensor memory at these batches (training_memory), per image",
+    )
     parser.add_argument("--csv", help="CSV path (default outputs/benchmark/benchmark_<time>.csv)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -640,6 +704,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         cfg = config_from_args(args)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     log(describe(cfg))
+    if args.train_memory:
+        return memory_table(cfg, args.train_memory)
     rows = run_benchmark(cfg, log)
     columns = COLUMNS
     if cfg.macs_only:

@@ -13,10 +13,12 @@ the paper names as its cross-scan. Registry names ``mamba_mixer`` and ``mamba_ch
     y = Σ_k merge_k(y_k)                            each merge_k the exact inverse of scan_k
     out = out_proj(LayerNorm(y) ⊙ SiLU(z))
 
-The four S6 passes run as one scan of 4E channels with 4 B/C groups (the fused kernel's grouped layout). A
-TorchScript-scripted mixer runs the sequential reference scan (``ops.selective_scan.selective_scan_ref``, in float32:
-exact, one step per token, slow for long sequences) instead of the dispatch, whose kernels do not script.
-Any grid works. [U] the LayerNorm before the gate is VMamba's (``out_norm``; ``out_norm=False`` drops it).
+The four S6 passes run as one scan of 4E channels with 4 B/C groups (the fused kernel's grouped layout).
+Training keeps only the scan section's input x̄ and recomputes the rest in the backward (``recompute_in_backward``;
+the same for the channel mixer's S6). A TorchScript-scripted mixer runs the sequential reference scan
+(``ops.selective_scan.selective_scan_ref``, in float32: exact, one step per token, slow for long sequences) instead
+of the dispatch, whose kernels do not script. Any grid works. [U] the LayerNorm before the gate is VMamba's
+(``out_norm``; ``out_norm=False`` drops it).
 
 **Selective channel mixer** (``mamba_channel_mixer``; the MLP slot of a block), with width E (ViM2 table:
 2C in stages 1-3, C in stage 4) and channel groups of ``group_size`` g (S = E / g "channel tokens"):
@@ -45,13 +47,23 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .ops import compute_dtype
 from .ops.selective_scan import selective_scan, selective_scan_ref
 from .registry import register_channel_mixer, register_mixer
 from .ssm_layers import init_dt_bias, s4d_real_A_log
 
-__all__ = ["MambaChannelMixer", "MambaMixer", "cross_merge", "cross_scan"]
+__all__ = ["MambaChannelMixer", "MambaMixer", "cross_merge", "cross_scan", "recompute_in_backward"]
+
+
+def recompute_in_backward(scans, x: torch.Tensor) -> torch.Tensor:
+    """``scans(x)`` keeping only x for the backward when training (activation checkpointing of the S6 section:
+    the direction copies, Δ, B, C and the scan's chunk states are recomputed in the backward instead of kept, about
+    half of a ViM2 block's activation memory for one more scan forward); plainly without gradients."""
+    if torch.is_grad_enabled():
+        return checkpoint(scans, x, use_reentrant=False)
+    return scans(x)
 
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
@@ -165,11 +177,16 @@ class MambaMixer(nn.Module):
         self.out_norm = nn.LayerNorm(d_inner, **dd) if out_norm else nn.Identity()
         self.out_proj = nn.Linear(d_inner, dim, bias=bias, **dd)
 
+    def _scans(self, x: torch.Tensor) -> torch.Tensor:  # (B, E, H, W)
+        return cross_merge(self.ssm(cross_scan(x)), H=x.shape[2], W=x.shape[3])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
-        _, H, W, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, H, W, E) each
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, E, H, W)
-        y = cross_merge(self.ssm(cross_scan(x)), H, W)  # (B, E, H, W)
+        if torch.jit.is_scripting():  # noqa: SIM108  (TorchScript compiles only this branch; no checkpointing there)
+            y = self._scans(x)  # (B, E, H, W)
+        else:
+            y = recompute_in_backward(self._scans, x)  # (B, E, H, W)
         y = self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z)  # (B, H, W, E)
         return self.out_proj(y)
 
@@ -215,11 +232,17 @@ class MambaChannelMixer(nn.Module):
         )
         self.cw_out = nn.Linear(hidden_dim, dim, bias=bias, **dd)
 
+    def _scans(self, xs: torch.Tensor) -> torch.Tensor:  # (T, g, S)
+        y = self.ssm(torch.stack([xs, xs.flip(-1)], dim=1))  # (T, 2, g, S)
+        return y[:, 0] + y[:, 1].flip(-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         B, H, W, _ = x.shape
         u = self.cw_in(x).reshape(-1, self.hidden_dim // self.group_size, self.group_size)  # (T, S, g)
         xs = F.silu(self.conv1d(u.transpose(1, 2)))  # (T, g, S): a sequence of S channel groups
-        y = self.ssm(torch.stack([xs, xs.flip(-1)], dim=1))  # (T, 2, g, S)
-        y = (y[:, 0] + y[:, 1].flip(-1)).transpose(1, 2)  # (T, S, g)
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch (no checkpointing there)
+            y = self._scans(xs).transpose(1, 2)  # (T, S, g)
+        else:
+            y = recompute_in_backward(self._scans, xs).transpose(1, 2)  # (T, S, g)
         y = (y * F.silu(u)).reshape(B, H, W, self.hidden_dim)
         return self.cw_out(y)

@@ -1,5 +1,5 @@
 """The Mamba-1 selective scan (S6) as Triton kernels: a GPU path that needs no compiled extension (Triton compiles
-the kernels at first use). Same signature and semantics as ``selective_scan_torch`` in ``selective_scan.py``:
+the kernels at first use). Same signature and semantics as ``selective_scan_torch`` (``selective_scan_chunked.py``):
 
     Δ_t = softplus(Δ_t + Δ_bias) (if asked),    a_t = exp(Δ_t[d] A[d, n])
     h_t[d, n] = a_t h_{t-1}[d, n] + Δ_t[d] u_t[d] B_t[g(d), n]          h_{-1} = 0
@@ -29,7 +29,8 @@ in [0, 1] are formed and multiplied, nothing can overflow and nothing is divided
 blocks of a group with ``atomic_add`` into float32 (so their rounding order, like mamba_ssm's, is not
 deterministic); dA, dD and dΔ_bias are written per batch entry and summed here (deterministic).
 
-Memory: the scratch is (programs, Q + 1, block_d, N) ≈ (Q + 1) b D N float32, alive during the backward only.
+Memory: the scratch is (programs, Q + 1, block_d, N) ≈ (Q + 1) b D N float32, alive during the backward only; Q is
+``chunk_size`` or, for shorter sequences, L rounded up to a power of two.
 
 Status: verified in the Triton interpreter (``TRITON_INTERPRET=1``, CPU tensors) against ``selective_scan_ref``, and
 compiled to sm_90 machine code by ``triton.compile`` in the tests (no GPU needed for that); not yet run or timed on
@@ -47,7 +48,7 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from .selective_scan import grouped_bc
+from .selective_scan_reference import grouped_bc
 
 __all__ = ["INTERPRETED", "selective_scan_triton"]
 
@@ -280,6 +281,13 @@ def _launch(u, A, B, block_d: int) -> tuple[tuple[int, int], dict]:
     return grid, dict(BLOCK_D=block_d, BLOCK_N=block_n, ACC=acc, num_warps=warps)
 
 
+def _chunk_length(length: int, chunk_size: int) -> int:
+    """The tokens per chunk the kernels use: ``chunk_size``, but no more than the sequence rounded up to a power of
+    two, so that the backward's scratch (Q + 1 states per program) is sized for a short sequence, not for a full
+    chunk (ViM2's channel mixer scans 12-48 tokens per pixel), at a bounded number of kernel specialisations."""
+    return min(chunk_size, triton.next_power_of_2(length))
+
+
 def _on_device_of(u: torch.Tensor) -> contextlib.AbstractContextManager:
     """Triton launches on the current CUDA device, not the tensors': make u's device current (tensors on cuda:1
     with cuda:0 current would otherwise be an illegal memory access)."""
@@ -295,6 +303,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         D, z, delta_bias = (None if t is None else t.contiguous() for t in (D, z, delta_bias))
         batch, dim, length = u.shape
         grid, blocks = _launch(u, A, B, block_d)
+        chunk_size = _chunk_length(length, chunk_size)
         shape = (batch, dim, triton.cdiv(length, chunk_size), A.shape[1]) if keep_states else (0,)
         states = u.new_empty(shape, dtype=_acc_dtype(u))  # (b, D, n_chunks, N)
         y = torch.empty_like(u)

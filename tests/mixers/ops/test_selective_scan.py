@@ -1,15 +1,23 @@
-"""The S6 selective scan (mixers/ops/selective_scan.py): the tree-reduced linear recurrence against a step-by-step
-loop, the chunked scan against the sequential reference in float64 (values and gradients, any length against the
-chunk size, grouped B/C, every optional input), gradcheck, float32 stability where exponents of cumulative sums
-would overflow, the memory contract (only chunk-entry states saved, nothing kept without gradients), autocast."""
+"""The S6 selective scan (mixers/ops/selective_scan*.py): the tree-reduced linear recurrence against a step-by-step
+loop, the chunked scan with either chunk step (the tree, and the step compiled by inductor) against the sequential
+reference in float64 (values and gradients, any length against the chunk size, grouped B/C, every optional input, the
+shapes of every model that uses the scan), gradcheck, float32 stability where exponents of cumulative sums would
+overflow, the memory contract (only the inputs and chunk-entry states saved, nothing kept without gradients),
+autocast, the dispatch, and the fallback where no C++ compiler is found. The compiled step is compiled once per dtype
+by inductor (about a minute on an idle core; later sessions read inductor's cache)."""
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
 
 import mixerzoo.mixers.ops.selective_scan as ss
+import mixerzoo.mixers.ops.selective_scan_chunked as sc
 from mixerzoo.mixers.ops.selective_scan import selective_scan, selective_scan_ref, selective_scan_torch
+
+STEPS = ["tree", "compiled"]
 
 # which optional inputs are given; without softplus Δ is made positive (a decaying scan)
 OPTIONS = {
@@ -66,18 +74,19 @@ def test_tree_linear_scan_equals_the_step_by_step_recurrence(length: int, revers
     a = torch.rand(length, 2, 3, dtype=torch.float64)
     x = torch.randn(length, 2, 3, dtype=torch.float64)
     out = torch.full_like(x, float("nan"))  # every entry must be written
-    ss._linear_scan(a, x, out, torch.empty(2 * x.numel(), dtype=x.dtype), reverse)
+    sc._linear_scan(a, x, out, torch.empty(2 * x.numel(), dtype=x.dtype), reverse)
     # reverse: out[t] = a[t] out[t+1] + x[t], so the loop's decay at step t (multiplying out[t+1]) is a[t]
     torch.testing.assert_close(out, _step_by_step(a, x, reverse), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("length", [1, 5, 8, 31, 64])  # L < Q, multiples and non-multiples of Q = 8
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("length", [1, 5, 8, 31, 64])  # L < Q, multiples and non-multiples of Q = 8 (and STEP)
 @pytest.mark.parametrize("groups", [None, 3])
 @pytest.mark.parametrize("options", list(OPTIONS))
-def test_chunked_scan_equals_sequential_reference(length: int, groups: int | None, options: str) -> None:
+def test_chunked_scan_equals_sequential_reference(step: str, length: int, groups: int | None, options: str) -> None:
     differentiated, kwargs = _select(_scan_inputs(2, 6, 4, length, groups), OPTIONS[options])
     u, delta, A, B, C = differentiated[:5]
-    y_fast = selective_scan_torch(u, delta, A, B, C, chunk_size=8, **kwargs)
+    y_fast = selective_scan_torch(u, delta, A, B, C, chunk_size=8, compiled=step == "compiled", **kwargs)
     y_ref = selective_scan_ref(u, delta, A, B, C, **kwargs)
     torch.testing.assert_close(y_fast, y_ref, rtol=1e-12, atol=1e-12)
     grad = torch.randn_like(y_ref)
@@ -87,10 +96,12 @@ def test_chunked_scan_equals_sequential_reference(length: int, groups: int | Non
         torch.testing.assert_close(g_fast, g_ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("step", STEPS)
 @pytest.mark.parametrize("tile_elements", [1, 40, 150])  # one block per (entry, group) / per entry / 2 entries
-def test_blocks_over_batch_and_groups_give_the_same_scan(tile_elements: int) -> None:
-    inputs = _scan_inputs(3, 6, 4, 11, groups=3)
+def test_blocks_over_batch_and_groups_give_the_same_scan(step: str, tile_elements: int) -> None:
+    inputs = _scan_inputs(3, 6, 4, 40, groups=3)
     differentiated, kwargs = _select(inputs, OPTIONS["all"])
+    kwargs["compiled"] = step == "compiled"
     y_one = selective_scan_torch(*differentiated[:5], chunk_size=4, tile_elements=10**9, **kwargs)
     y_blocks = selective_scan_torch(*differentiated[:5], chunk_size=4, tile_elements=tile_elements, **kwargs)
     torch.testing.assert_close(y_blocks, y_one, rtol=1e-12, atol=1e-12)
@@ -101,38 +112,43 @@ def test_blocks_over_batch_and_groups_give_the_same_scan(tile_elements: int) -> 
         torch.testing.assert_close(g_blocks, g_one, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("step", STEPS)
 @pytest.mark.parametrize("groups", [None, 2])
 @pytest.mark.parametrize("options", ["plain", "all"])
-def test_chunked_scan_passes_gradcheck(groups: int | None, options: str) -> None:
-    differentiated, kwargs = _select(_scan_inputs(2, 4, 3, 7, groups), OPTIONS[options])
+def test_chunked_scan_passes_gradcheck(step: str, groups: int | None, options: str) -> None:
+    length = 7 if step == "tree" else 19  # the compiled step: a full STEP piece and a padded one
+    differentiated, kwargs = _select(_scan_inputs(2, 4, 3, length, groups), OPTIONS[options])
     D, z, bias = kwargs.pop("D"), kwargs.pop("z"), kwargs.pop("delta_bias")
 
     def fn(u, delta, A, B, C, *extra):
         optional = dict(zip(["D", "z", "delta_bias"], extra)) if extra else {}
-        return selective_scan_torch(u, delta, A, B, C, chunk_size=3, **optional, **kwargs)
+        return selective_scan_torch(u, delta, A, B, C, chunk_size=3, compiled=step == "compiled", **optional, **kwargs)
 
     extra = () if D is None else (D, z, bias)
     assert torch.autograd.gradcheck(fn, (*differentiated[:5], *extra))
 
 
-def test_float32_scan_is_stable_where_cumulative_decays_overflow() -> None:
+@pytest.mark.parametrize("step", STEPS)
+def test_float32_scan_is_stable_where_cumulative_decays_overflow(step: str) -> None:
     """Δ·|A| up to ~100 per token: exp of a cumulative Σ Δ|A| over a chunk (≫ 88) overflows float32; the scan must
     still match the float64 reference."""
     inputs = _scan_inputs(1, 4, 8, 200, groups=2, dtype=torch.float64)
     u, delta, A, B, C = (t.detach() for t in inputs[:5])
     delta, A = delta.abs() * 5, A * 20
     inputs32 = [t.float() for t in (u, delta, A, B, C)]
-    y32 = selective_scan_torch(*inputs32)
+    y32 = selective_scan_torch(*inputs32, compiled=step == "compiled")
     y64 = selective_scan_ref(*(t.double() for t in inputs32))
     assert torch.isfinite(y32).all()
     torch.testing.assert_close(y32.double(), y64, rtol=1e-4, atol=1e-5)
 
 
-def test_training_saves_only_the_states_entering_each_chunk() -> None:
+@pytest.mark.parametrize("step", STEPS)
+def test_training_saves_only_the_inputs_and_the_states_entering_each_chunk(step: str) -> None:
     """The backward keeps the inputs and n_chunks = L / Q states per channel, not a state per token (which the
-    per-token formulation keeps twice: decays and states)."""
-    batch, dim, d_state, length, chunk = 2, 16, 32, 128, 32
-    u, delta, A, B, C = _scan_inputs(batch, dim, d_state, length, groups=2)[:5]
+    per-token formulation keeps twice: decays and states); of the (b, D, L) tensors only u and the raw Δ (Δ after
+    bias and softplus is recomputed, not kept)."""
+    batch, dim, d_state, length, chunk = 2, 16, 32, 128, 16
+    u, delta, A, B, C, _, _, bias = _scan_inputs(batch, dim, d_state, length, groups=2)
     saved: list[int] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -140,24 +156,30 @@ def test_training_saves_only_the_states_entering_each_chunk() -> None:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        selective_scan_torch(u, delta, A, B, C, delta_softplus=True, chunk_size=chunk).sum().backward()
+        y = selective_scan_torch(
+            u, delta, A, B, C, delta_bias=bias, delta_softplus=True, chunk_size=chunk, compiled=step == "compiled"
+        )
+        y.sum().backward()
     assert (length // chunk) * batch * dim * d_state in saved
+    assert saved.count(batch * dim * length) == 2  # u and Δ
     assert sum(saved) < length * batch * dim * d_state / 2
 
 
-def test_no_grad_path_gives_identical_output_and_keeps_no_states(monkeypatch) -> None:
+@pytest.mark.parametrize("step", STEPS)
+def test_no_grad_path_gives_identical_output_and_keeps_no_states(monkeypatch, step: str) -> None:
     inputs = _scan_inputs(2, 6, 4, 37, groups=3)
     differentiated, kwargs = _select(inputs, OPTIONS["all"])
+    kwargs["compiled"] = step == "compiled"
     y_grad = selective_scan_torch(*differentiated[:5], chunk_size=8, **kwargs)
     calls = []
-    forward = ss._scan_forward
+    forward = sc._scan_forward
 
-    def spy(*args, keep_states: bool):
-        y, starts = forward(*args, keep_states=keep_states)
+    def spy(*args):
+        y, starts = forward(*args)
         calls.append(starts)
         return y, starts
 
-    monkeypatch.setattr(ss, "_scan_forward", spy)
+    monkeypatch.setattr(sc, "_scan_forward", spy)
     with torch.no_grad():
         y_no_grad = selective_scan_torch(*differentiated[:5], chunk_size=8, **kwargs)
     with torch.inference_mode():
@@ -170,13 +192,13 @@ def test_no_grad_path_gives_identical_output_and_keeps_no_states(monkeypatch) ->
 def test_scan_runs_in_float32_under_bf16_autocast(monkeypatch) -> None:
     u, delta, A, B, C, D, _, bias = (t.detach() for t in _scan_inputs(1, 8, 4, 20, dtype=torch.float32))
     dtypes = []
-    forward = ss._scan_forward
+    forward = sc._scan_forward
 
-    def spy(*args, keep_states: bool):
+    def spy(*args):
         dtypes.append({t.dtype for t in args if isinstance(t, torch.Tensor)})
-        return forward(*args, keep_states=keep_states)
+        return forward(*args)
 
-    monkeypatch.setattr(ss, "_scan_forward", spy)
+    monkeypatch.setattr(sc, "_scan_forward", spy)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = selective_scan(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D, None, bias, True)
     assert y.dtype == torch.bfloat16
@@ -184,6 +206,72 @@ def test_scan_runs_in_float32_under_bf16_autocast(monkeypatch) -> None:
     bf = [t.bfloat16().float() for t in (u, delta, B, C)]
     y32 = selective_scan(bf[0], bf[1], A, bf[2], bf[3], D, None, bias, True)
     torch.testing.assert_close(y.float(), y32, rtol=1e-2, atol=1e-2)
+
+
+# (batch, D, groups, L) of every scan the models run: ViM2's token mixer (4 directions of E = 2C channels, stage 1
+# and 4 at 224 px; stage 1 shortened to 100 tokens) and its channel mixer (2 directions of g = 16 features over
+# S = E / 16 channel groups, one sequence per pixel), MambaMixer as configured in the mixer grid
+MODEL_SCANS = {
+    "vim2_token_stage1": (1, 4 * 192, 4, 100),
+    "vim2_token_stage4": (2, 4 * 1536, 4, 49),
+    "vim2_channel_stage1": (6, 2 * 16, 2, 12),
+    "vim2_channel_stage3": (4, 2 * 16, 2, 48),
+}
+
+
+@pytest.mark.parametrize("shape", list(MODEL_SCANS))
+def test_compiled_step_equals_the_reference_on_model_shapes(shape: str) -> None:
+    """float32, as the models run it: the compiled and the tree step against the float64 reference (values and
+    gradients of every input)."""
+    batch, dim, groups, length = MODEL_SCANS[shape]
+    gen = torch.Generator().manual_seed(0)
+    u, delta = (torch.randn(batch, dim, length, generator=gen) for _ in range(2))
+    A = -torch.exp(torch.rand(dim, 16, generator=gen) * 3)  # S4D-real range
+    B, C = (torch.randn(batch, groups, 16, length, generator=gen) for _ in range(2))
+    D, bias = torch.randn(dim, generator=gen), torch.randn(dim, generator=gen) - 3
+    leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, bias)]
+    weight = torch.randn(batch, dim, length, generator=gen)
+
+    def run(scan, tensors):
+        u, delta, A, B, C, D, bias = tensors
+        y = scan(u, delta, A, B, C, D=D, delta_bias=bias, delta_softplus=True)
+        return [y, *torch.autograd.grad(y, tensors, weight.to(y.dtype))]
+
+    expected = run(selective_scan_ref, [t.detach().double().requires_grad_() for t in leaves])
+    for backend in ("compiled", "tree"):
+        actual = run(functools.partial(selective_scan, backend=backend), leaves)
+        for name, a, e in zip(["y", "u", "delta", "A", "B", "C", "D", "bias"], actual, expected, strict=True):
+            error = ((a.double() - e).abs().max() / e.abs().max()).item()
+            assert error < 1e-5, (backend, name, error)
+
+
+def test_auto_falls_back_to_the_tree_step_without_a_cpp_compiler_and_says_so_once(monkeypatch) -> None:
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
+    monkeypatch.setattr(ss, "_warned_no_compiler", set())
+    sc.compiled_scan_available.cache_clear()
+    try:
+        assert "no-such-c++-compiler" in sc.compiled_scan_available("cpu")
+        inputs = [t.detach() for t in _scan_inputs(1, 4, 3, 9, dtype=torch.float32)[:5]]
+        with pytest.warns(UserWarning, match="compiled chunk step cannot be built.*tree step runs instead") as record:
+            y = selective_scan(*inputs)
+            selective_scan(*inputs)
+        assert len(record) == 1
+        assert ss._choose("auto", inputs[0], inputs[2]) is selective_scan_torch
+        torch.testing.assert_close(y, selective_scan_ref(*inputs), rtol=1e-5, atol=1e-5)
+        with pytest.raises(RuntimeError, match="backend='compiled' needs inductor"):
+            selective_scan(*inputs, backend="compiled")
+    finally:
+        monkeypatch.undo()  # the compiler back before the probe's cache is cleared
+        sc.compiled_scan_available.cache_clear()
+
+
+def test_auto_takes_the_compiled_step_on_cpu_where_a_compiler_is_found() -> None:
+    u, A = torch.randn(1, 4, 8), -torch.rand(4, 16)
+    assert sc.compiled_scan_available("cpu") is None  # g++ or clang++ on this machine
+    assert ss._choose("auto", u, A) is ss._selective_scan_compiled
+    assert ss._choose("tree", u, A) is ss._choose("torch", u, A) is selective_scan_torch
 
 
 def test_scan_argument_errors() -> None:

@@ -187,12 +187,35 @@ def test_triton_training_keeps_only_the_states_entering_each_chunk() -> None:
 
 
 @interpreted
+@pytest.mark.parametrize("length", [5, 12, 24])
+def test_triton_backward_scratch_is_sized_for_the_sequence_not_a_full_chunk(monkeypatch, length: int) -> None:
+    """ViM2's channel mixer scans 12-48 tokens per pixel: the backward's scratch holds Q + 1 states per program with
+    Q = the sequence rounded up to a power of two, not the default chunk of 64 (which is 50 GiB at batch 128)."""
+    tensors, softplus = _inputs(2, 8, 2, length, dict(D=True), dtype=torch.float32)
+    sizes: list[int] = []
+    new_empty = torch.Tensor.new_empty
+
+    def spy(self, size, *args, **kwargs):
+        sizes.append(torch.Size(size if isinstance(size, (tuple, list)) else (size,)).numel())
+        return new_empty(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "new_empty", spy)
+    actual = _values_and_grads(lambda **kw: st.selective_scan_triton(**kw, block_d=4), tensors, softplus)  # Q 64
+    monkeypatch.undo()
+    programs, slot = 2 * 2 * 1, 4 * N  # (b G) x one block of the group's 4 channels; block_d x N
+    q = 1 << (length - 1).bit_length()
+    assert max(sizes) == programs * (q + 1) * slot < programs * (64 + 1) * slot
+    expected = _values_and_grads(selective_scan_ref, {k: v.double() for k, v in tensors.items()}, softplus)
+    assert max(_max_relative_errors(actual, expected)) < 2e-6
+
+
+@interpreted
 def test_backend_triton_dispatches_to_the_kernels_and_auto_never_on_cpu(monkeypatch) -> None:
     tensors, softplus = _inputs(*CASES["grouped_all"], dtype=torch.float32)
     args = [t.detach() for t in tensors.values()]
     via_triton = selective_scan(*args, delta_softplus=softplus, backend="triton")
     torch.testing.assert_close(via_triton, selective_scan_torch(*args, delta_softplus=softplus), rtol=1e-5, atol=1e-5)
-    assert ss._choose("auto", args[0], args[2]) is selective_scan_torch  # CPU tensors: never Triton under auto
+    assert ss._choose("auto", args[0], args[2]) is not ss._selective_scan_triton  # CPU tensors: never under auto
     monkeypatch.setattr(st, "INTERPRETED", False)  # compiled kernels: CPU tensors are refused
     with pytest.raises(RuntimeError, match="backend='triton' needs CUDA tensors"):
         selective_scan(*args, backend="triton")
