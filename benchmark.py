@@ -84,7 +84,6 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 
 import mixerzoo  # noqa: F401  (registers the zoo in timm)
 from mixerzoo.mixers import list_channel_mixers, list_mixers
@@ -176,17 +175,21 @@ def parse_models(args: Iterable[str]) -> list[ModelSpec]:
 
 
 def spec_options(overrides: Sequence[str]) -> dict[str, Any]:
-    """``key=<yaml value>`` overrides as (nested) options: ``block.norm=layernorm`` -> ``{"block": {"norm": ...}}``."""
+    """``key=value`` overrides in Hydra's syntax, as on train.py's command line (``mixer={name:attention,head_dim:16}``,
+    ``dims=[8,16]``), as (nested) options: ``block.norm=layernorm`` -> ``{"block": {"norm": "layernorm"}}``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
     options: dict[str, Any] = {}
-    for override in overrides:
-        key, sep, value = override.removeprefix("model.").partition("=")
-        if not sep:
-            raise ValueError(f"Override {override!r} is not key=value (e.g. mixer=attention, block.norm=layernorm).")
-        *parents, leaf = key.split(".")
+    for text in overrides:
+        if "=" not in text:
+            raise ValueError(f"Override {text!r} is not key=value (e.g. mixer=attention, block.norm=layernorm).")
+        override = parser.parse_override(text)
+        *parents, leaf = override.key_or_group.removeprefix("model.").split(".")
         node = options
         for parent in parents:
             node = node.setdefault(parent, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = override.value()
     return options
 
 

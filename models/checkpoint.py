@@ -24,6 +24,7 @@ import logging
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -230,7 +231,17 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Any:
         else:
             detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
             problem = "it is corrupt or not a PyTorch checkpoint" + (f" ({detail[1].strip()})" if detail else "")
-    except (EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile) as err:
+    except (
+        EOFError,
+        RuntimeError,
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        LookupError,
+        TypeError,
+        struct.error,
+    ) as err:
+        # (garbage bytes can fail anywhere in the unpickler: a memo lookup, an opcode's argument)
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         problem = f"it is truncated, corrupt or not a PyTorch checkpoint ({type(err).__name__}: {first_line})"
     raise CheckpointError(f"Cannot read checkpoint {path!r} ({size} bytes): {problem}.") from None
