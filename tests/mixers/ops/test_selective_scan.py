@@ -193,13 +193,16 @@ def test_no_grad_path_gives_identical_output_and_keeps_no_states(monkeypatch, st
 def test_scan_runs_in_float32_under_bf16_autocast(monkeypatch) -> None:
     u, delta, A, B, C, D, _, bias = (t.detach() for t in _scan_inputs(1, 8, 4, 20, dtype=torch.float32))
     dtypes = []
-    forward = sc._scan_forward
 
-    def spy(*args):
-        dtypes.append({t.dtype for t in args if isinstance(t, torch.Tensor)})
-        return forward(*args)
+    def spy(forward):
+        def recorded(*args):
+            dtypes.append({t.dtype for t in args if isinstance(t, torch.Tensor)})
+            return forward(*args)
 
-    monkeypatch.setattr(sc, "_scan_forward", spy)
+        return recorded
+
+    for name in ("_scan_forward", "_compiled_forward"):  # whichever step "auto" takes
+        monkeypatch.setattr(sc, name, spy(getattr(sc, name)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = selective_scan(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D, None, bias, True)
     assert y.dtype == torch.bfloat16
