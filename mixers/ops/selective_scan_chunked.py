@@ -55,9 +55,12 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .selective_scan_reference import finish, grouped_bc
 
-__all__ = ["STEP", "compiled_scan_available", "selective_scan_torch"]
+__all__ = ["RECOMPILE_LIMIT", "STEP", "compiled_scan_available", "selective_scan_torch"]
 
 STEP = 16  # tokens per call of the compiled step: its unrolled length (compile time grows with it)
+# variants of each compiled step one process may build (dtype x softplus x the sizes of 1 dynamo specialises, e.g.
+# one row or one channel per group): above dynamo's default of 8, which with fullgraph=True is a hard error
+RECOMPILE_LIMIT = 64
 # State elements per chunk and block: on CPU a block stays in cache; on CUDA it bounds the workspace.
 TILE_ELEMENTS = {"cpu": 2**20, "default": 2**26}
 
@@ -210,7 +213,7 @@ def _step(inputs: tuple[torch.Tensor, ...], softplus: bool, grads: tuple[torch.T
     specialised by dynamo)."""
     for t, dims in zip((*inputs, *grads), _DYNAMIC + _DYNAMIC_GRADS, strict=False):
         torch._dynamo.maybe_mark_dynamic(t, dims)
-    with torch.no_grad():
+    with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
         if grads:
             return _compiled_step_backward(*inputs, softplus, *grads)
         return _compiled_step(*inputs, softplus)

@@ -172,14 +172,15 @@ def test_no_grad_path_gives_identical_output_and_keeps_no_states(monkeypatch, st
     kwargs["compiled"] = step == "compiled"
     y_grad = selective_scan_torch(*differentiated[:5], chunk_size=8, **kwargs)
     calls = []
-    forward = sc._scan_forward
+    name = "_compiled_forward" if step == "compiled" else "_scan_forward"
+    forward = getattr(sc, name)
 
     def spy(*args):
         y, starts = forward(*args)
         calls.append(starts)
         return y, starts
 
-    monkeypatch.setattr(sc, "_scan_forward", spy)
+    monkeypatch.setattr(sc, name, spy)
     with torch.no_grad():
         y_no_grad = selective_scan_torch(*differentiated[:5], chunk_size=8, **kwargs)
     with torch.inference_mode():
@@ -192,13 +193,16 @@ def test_no_grad_path_gives_identical_output_and_keeps_no_states(monkeypatch, st
 def test_scan_runs_in_float32_under_bf16_autocast(monkeypatch) -> None:
     u, delta, A, B, C, D, _, bias = (t.detach() for t in _scan_inputs(1, 8, 4, 20, dtype=torch.float32))
     dtypes = []
-    forward = sc._scan_forward
 
-    def spy(*args):
-        dtypes.append({t.dtype for t in args if isinstance(t, torch.Tensor)})
-        return forward(*args)
+    def spy(forward):
+        def recorded(*args):
+            dtypes.append({t.dtype for t in args if isinstance(t, torch.Tensor)})
+            return forward(*args)
 
-    monkeypatch.setattr(sc, "_scan_forward", spy)
+        return recorded
+
+    for name in ("_scan_forward", "_compiled_forward"):  # whichever step "auto" takes
+        monkeypatch.setattr(sc, name, spy(getattr(sc, name)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = selective_scan(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D, None, bias, True)
     assert y.dtype == torch.bfloat16
@@ -248,22 +252,21 @@ def test_compiled_step_equals_the_reference_on_model_shapes(shape: str) -> None:
 def test_auto_falls_back_to_the_tree_step_without_a_cpp_compiler_and_says_so_once(monkeypatch) -> None:
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
     monkeypatch.setattr(ss, "_warned_no_compiler", set())
     sc.compiled_scan_available.cache_clear()
     try:
-        assert "no-such-c++-compiler" in sc.compiled_scan_available("cpu")
-        inputs = [t.detach() for t in _scan_inputs(1, 4, 3, 9, dtype=torch.float32)[:5]]
-        with pytest.warns(UserWarning, match="compiled chunk step cannot be built.*tree step runs instead") as record:
-            y = selective_scan(*inputs)
-            selective_scan(*inputs)
-        assert len(record) == 1
-        assert ss._choose("auto", inputs[0], inputs[2]) is selective_scan_torch
-        torch.testing.assert_close(y, selective_scan_ref(*inputs), rtol=1e-5, atol=1e-5)
-        with pytest.raises(RuntimeError, match="backend='compiled' needs inductor"):
-            selective_scan(*inputs, backend="compiled")
-    finally:
-        monkeypatch.undo()  # the compiler back before the probe's cache is cleared
+        with inductor_config.patch({"cpp.cxx": ("no-such-c++-compiler",)}):
+            assert "no-such-c++-compiler" in sc.compiled_scan_available("cpu")
+            inputs = [t.detach() for t in _scan_inputs(1, 4, 3, 9, dtype=torch.float32)[:5]]
+            with pytest.warns(UserWarning, match="compiled chunk step cannot be built.*tree step runs") as record:
+                y = selective_scan(*inputs)
+                selective_scan(*inputs)
+            assert len(record) == 1
+            assert ss._choose("auto", inputs[0], inputs[2]) is selective_scan_torch
+            torch.testing.assert_close(y, selective_scan_ref(*inputs), rtol=1e-5, atol=1e-5)
+            with pytest.raises(RuntimeError, match="backend='compiled' needs inductor"):
+                selective_scan(*inputs, backend="compiled")
+    finally:  # the compiler is back: forget the probe's answer
         sc.compiled_scan_available.cache_clear()
 
 
