@@ -3,7 +3,7 @@
 The repository's folders install as one import package (``pyproject.toml`` maps ``mixerzoo`` to the repository
 root): ``mixerzoo.mixers`` (the token-mixer registry), ``mixerzoo.models`` (the builder and the named families,
 registered in timm on import), ``mixerzoo.training`` (config schema, data) and the scripts ``mixerzoo.train``,
-``mixerzoo.benchmark``. ``import mixerzoo`` registers every zoo model in timm.
+``mixerzoo.benchmark`` (over ``mixerzoo.tools.benchmarking``). ``import mixerzoo`` registers every zoo model in timm.
 
     import mixerzoo
     model = mixerzoo.create_model("caformer_s18", num_classes=100)   # any zoo layout (list_layouts()) or timm name

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixerzoo import benchmark
+from mixerzoo.tools import benchmarking as benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 MISSPELT = "config:metaformer_tiny@mixer={name:pooling,pool_sizee:3}"

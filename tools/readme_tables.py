@@ -32,7 +32,7 @@ from pathlib import Path
 import timm
 import torch
 
-from mixerzoo import benchmark
+from mixerzoo.tools import benchmarking as benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

@@ -54,8 +54,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.distributed.run import get_args_parser as torchrun_parser
 
-from mixerzoo import benchmark
 from mixerzoo.models import build_model
+from mixerzoo.tools import benchmarking as benchmark
 from mixerzoo.training import outputs, signals
 from mixerzoo.training.config import register_configs, validate_config
 
