@@ -8,7 +8,7 @@ if not __name__.startswith("mixerzoo."):  # the repository folder imported as a 
         f"`import {__name__}` is the old path: the zoo installs as one package, use `import mixerzoo.{__name__}`."
     )
 
-from . import affnet_family, hydra_family, metaformer_baselines, stripmlp_family, vim2_family  # noqa: F401  (register affnet*, hydra_vit_*, identityformer_*, randformer_*, stripmlp_*, vim2_*)
+from . import affnet_family, hydra_family, isotropic_family, metaformer_baselines, stripmlp_family, vim2_family  # noqa: F401  (register affnet*, hydra_vit_*, isoformer_*, identityformer_*, randformer_*, stripmlp_*, vim2_*)
 from .backbone import MetaFormer
 from .checkpoint import load_checkpoint
 from .factory import CONFIG_DIR, create_model, list_model_configs, model_config
