@@ -32,7 +32,7 @@ from .backbone import MetaFormer, create_metaformer, pretrained_cfg
 __all__: list[str] = []
 
 SIZES = {
-    "isoformer_tiny": dict(depths=(4,), dims=(32,), img_size=32, in_chans=1),
+    "isoformer_tiny": dict(depths=(4,), dims=(32,), img_size=32),
 }
 
 LAYOUT = dict(
@@ -55,11 +55,11 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
         "",
         "",
         "apache-2.0",
-        input_size=(1, 32, 32),
+        input_size=(3, 32, 32),
         pool_size=(8, 8),
         crop_pct=1.0,
-        mean=(0.5,),
-        std=(0.5,),
+        mean=(0.0, 0.0, 0.0),  # the probes: blank 0, ink 1 (configs/data/probe_*.yaml, one channel)
+        std=(1.0, 1.0, 1.0),
         first_conv="stem.conv",
         **kwargs,
     )
