@@ -51,14 +51,15 @@ def test_probe_checks_flag_separation_chance_and_ceiling() -> None:
     assert checks["recall"]["all_at_ceiling"] and not checks["longrange"]["all_at_ceiling"]
 
 
-def fake_job(root: Path, mixer: str, probe: str, seed: int, top1: float) -> None:
-    job = root / f"{mixer}_{probe}_{seed}"
+def fake_job(root: Path, mixer: str, probe: str, seed: int, top1: float, stopped_by: str | None = None) -> None:
+    job = root / f"{mixer}_{probe}_{seed}{'_stopped' if stopped_by else ''}"
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "config.yaml").write_text(
         f"model:\n  _target_: timm.create_model\n  model_name: isoformer_tiny\n  mixer: {mixer}\n"
         f"data:\n  name: probe_{probe}\n  img_size: 32\n  in_chans: 1\n  num_classes: 2\nseed: {seed}\n"
     )
     summary = {"final_top1": top1, "best_top1": top1, "params": 34000, "train_images_per_sec": 500.0}
+    summary.update(epochs_completed=1, epochs_total=1, stopped_by=stopped_by)
     (job / "summary.json").write_text(json.dumps(summary))
 
 
@@ -69,8 +70,10 @@ def test_main_writes_the_tables_from_a_run_directory(tmp_path: Path) -> None:
         for probe in probes:
             for seed in range(3):
                 fake_job(tmp_path / "run", mixer, probe, seed, level + rng.uniform(-1, 1))
+    fake_job(tmp_path / "run", "identity", "recall", 0, 99.0, stopped_by="SIGTERM")  # a killed job: left out
     out = screen.main([str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--no-plots"])
     assert [r["mixer"] for r in out["summary"]] == ["attention", "pooling", "identity"]
+    assert out["summary"][-1]["recall_mean"] < 52.0 and out["summary"][-1]["seeds"] == 3
     assert all(c["separated"] for c in out["checks"])
     rows = (tmp_path / "out" / "screen.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 4 * 3 and rows[0].startswith("mixer,probe,seed,final_top1")

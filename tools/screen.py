@@ -58,6 +58,10 @@ def job_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     for row in collect(run_dir):
         if not str(row.get("data", "")).startswith("probe_"):
             continue
+        summary = json.loads((Path(run_dir) / row["job"] / "summary.json").read_text())
+        if summary.get("stopped_by") or summary.get("epochs_completed") != summary.get("epochs_total"):
+            print(f"left out (stopped before the end): {row['job']}")
+            continue
         rows.append({**row, "probe": probe_of(row["data"])})
     if not rows:
         raise FileNotFoundError(f"No probe jobs (data=probe_*) below {run_dir}.")
@@ -168,6 +172,7 @@ def summary_rows(
         row["train_img_s"] = _mean(mine, "train_img_s")
         row["wall_min"] = sum(float(r["wall_min"]) for r in mine if r.get("wall_min") is not None)
         row["jobs"] = len(mine)
+        row["seeds"] = min(len(results[mixer][p]) for p in probes)
         out.append(row)
     return out
 
@@ -201,10 +206,14 @@ def heatmap(summary: Sequence[Mapping[str, Any]], probes: Sequence[str], path: P
             text = f"{mean:.1f}±{std:.1f}" if p != "aggregate" else f"{mean:.2f}±{std:.2f}"
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if grid[i, j] < 0.6 else "black")
     ax.set_xticks(range(len(columns)), [f"{p}\n(chance {chance(p):.0f})" for p in probes] + ["aggregate\n(0-1)"])
-    ax.set_yticks(range(len(summary)), [r["mixer"] for r in summary])
+    seeds = sorted({r["seeds"] for r in summary})
+    ax.set_yticks(
+        range(len(summary)), [f"{r['mixer']} ({r['seeds']})" if len(seeds) > 1 else r["mixer"] for r in summary]
+    )
     ax.tick_params(labelsize=8)
     fig.colorbar(image, ax=ax, shrink=0.8, label="(top-1 - chance) / (100 - chance)")
-    ax.set_title("Capability screen: final val top-1 %, mean ± std over 3 seeds", fontsize=9)
+    where = f"{seeds[0]} seeds" if len(seeds) == 1 else "the seeds in brackets"
+    ax.set_title(f"Capability screen: final val top-1 %, mean ± std over {where}", fontsize=9)
     return save(fig, path)
 
 
@@ -294,10 +303,10 @@ def markdown(
     summary: Sequence[Mapping[str, Any]], probes: Sequence[str], checks: Sequence[Mapping[str, Any]], rank: Mapping
 ) -> str:
     """The results tables for the page."""
-    head = ["mixer", *probes, "aggregate", "params (M)", "GMACs", "train img/s"]
+    head = ["mixer", "seeds", *probes, "aggregate", "params (M)", "GMACs", "train img/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
     for r in summary:
-        cells = [r["mixer"]] + [f"{r[f'{p}_mean']:.1f} ± {r[f'{p}_std']:.1f}" for p in probes]
+        cells = [r["mixer"], str(r["seeds"])] + [f"{r[f'{p}_mean']:.1f} ± {r[f'{p}_std']:.1f}" for p in probes]
         cells += [f"{r['aggregate_mean']:.2f} ± {r['aggregate_std']:.2f}", f"{r['params_m']:.3f}"]
         cells += [
             f"{r['gmacs']:.4f}" if r["gmacs"] else "n/a",
