@@ -8,6 +8,7 @@ Reads every job's ``summary.json`` (through ``collect_results.collect``) and wri
 - ``screen.csv``: one row per job (mixer, probe, seed, final top-1, params, GMACs, training images/s, wall minutes);
 - ``summary.csv``: one row per mixer: per probe the mean and standard deviation of the final top-1 over the seeds,
   the aggregate score, params, GMACs, training images/s;
+- ``probes.png``: example images of every probe and class;
 - ``heatmap.png``: mixer x probe, colour = chance-normalised accuracy, text = mean ± std;
 - ``cost.png``: aggregate score against GMACs per image and against measured training images/s;
 - ``erf.png`` / ``erf.json``: effective receptive fields of the last block's centre token of every mixer in the
@@ -251,6 +252,26 @@ def cost_plot(summary: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return save(fig, path)
 
 
+def samples(path: Path, per_class: int = 3) -> Path:
+    """Validation images of every probe: one row per probe, ``per_class`` images of each class in turn."""
+    from mixerzoo.tools.plots import pyplot, save
+    from mixerzoo.training.probes import PROBES, generate
+
+    plt = pyplot()
+    cols = 2 * per_class
+    fig, axes = plt.subplots(len(PROBES), cols, figsize=(1.3 * cols, 1.45 * len(PROBES)))
+    for row, name in enumerate(PROBES):
+        images, labels = generate(name, cols, seed=0, split="val")
+        for col in range(cols):
+            ax = axes[row, col]
+            ax.imshow(images[col], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{name}: {labels[col]}", fontsize=7)
+    fig.suptitle("The probes (label under each name; 8 x 8 cells of 4 x 4 px)", fontsize=9)
+    return save(fig, path)
+
+
 def probe_images(count: int, seed: int = 0) -> torch.Tensor:
     """``count`` validation images of every probe (normalised as the probe configs: ink 1, blank 0)."""
     from mixerzoo.training.probes import PROBES, generate
@@ -361,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     (out / "checks.json").write_text(json.dumps({"probes": checks, "rank": rank}, indent=1))
     print(text)
     if not args.no_plots:
+        samples(out / "probes.png")
         heatmap(summary, probes, out / "heatmap.png")
         cost_plot(summary, out / "cost.png")
         if args.erf_images:
