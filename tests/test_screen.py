@@ -78,3 +78,11 @@ def test_main_writes_the_tables_from_a_run_directory(tmp_path: Path) -> None:
     rows = (tmp_path / "out" / "screen.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 4 * 3 and rows[0].startswith("mixer,probe,seed,final_top1")
     assert "Spearman" in (tmp_path / "out" / "screen.md").read_text()
+
+
+def test_cpu_times_read_time_files_and_mark_killed_invocations(tmp_path: Path) -> None:
+    (tmp_path / "s0_pooling.txt").write_text("301.26 23.99 1.96\n")
+    (tmp_path / "s0_mamba_mixer.txt").write_text("Command terminated by signal 9\n1200.5 110.0 2.0\n")
+    times = screen.cpu_times(tmp_path)
+    assert times["s0_pooling"] == pytest.approx({"wall": 301.26, "cpu": 25.95, "killed": False})
+    assert times["s0_mamba_mixer"]["killed"] and times["s0_mamba_mixer"]["cpu"] == pytest.approx(112.0)

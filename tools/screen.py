@@ -354,6 +354,19 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
+def cpu_times(folder: str | Path) -> dict[str, dict[str, float]]:
+    """Per invocation, the ``/usr/bin/time -f "%e %U %S"`` files of a queued screen (``<name>.txt``: wall, user and
+    system seconds on the last line; a killed invocation's file says so first): name -> {wall, cpu}."""
+    times = {}
+    for path in sorted(Path(folder).glob("s*_*.txt")):
+        lines = path.read_text().split("\n")
+        numbers = [line.split() for line in lines if len(line.split()) == 3]
+        if numbers:
+            wall, user, system = (float(v) for v in numbers[-1])
+            times[path.stem] = {"wall": wall, "cpu": user + system, "killed": "signal" in lines[0]}
+    return times
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a sweep=probes multirun directory (or a folder above several)")
@@ -361,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--metric", default="final_top1", choices=["final_top1", "best_top1"])
     parser.add_argument("--erf-images", type=int, default=32, help="probe images per ERF map (0: no ERF figure)")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
+    parser.add_argument("--times", help="folder of /usr/bin/time files of the queued invocations (CPU totals)")
     args = parser.parse_args(argv)
     from mixerzoo.training.probes import PROBES
 
@@ -378,6 +392,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_csv(sorted(rows, key=lambda r: (r["mixer"], r["probe"], int(r["seed"]))), out / "screen.csv", job_columns)
     write_csv(summary, out / "summary.csv", list(summary[0]))
     text = markdown(summary, probes, checks, rank)
+    if args.times:
+        times = cpu_times(args.times)
+        cpu = sum(t["cpu"] for t in times.values())
+        text += (
+            f"\nCPU time of the {len(times)} invocations (user + system, each a sweep over the probes): "
+            f"{cpu / 60:.1f} min in all.\n"
+        )
+        (out / "times.json").write_text(json.dumps(times, indent=1))
     (out / "screen.md").write_text(text)
     (out / "checks.json").write_text(json.dumps({"probes": checks, "rank": rank}, indent=1))
     print(text)
