@@ -162,7 +162,7 @@ def test_data_probe_builds_from_its_config(name: str) -> None:
 def test_every_mixer_builds_in_isoformer_and_keeps_the_8x8_grid(mixer: str) -> None:
     import timm
 
-    model = timm.create_model("isoformer_tiny", mixer=mixer, num_classes=4, img_size=32)
+    model = timm.create_model("isoformer_tiny", mixer=mixer, num_classes=4, img_size=32, in_chans=1)
     (features,) = model.forward_intermediates(torch.zeros(2, 1, 32, 32), indices=[3], intermediates_only=True)
     assert tuple(features.shape) == (2, 32, 8, 8)
     assert tuple(model(torch.zeros(2, 1, 32, 32)).shape) == (2, 4)
@@ -174,7 +174,7 @@ def test_identity_isoformer_is_a_bag_of_patches() -> None:
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model("isoformer_tiny", mixer="identity", num_classes=2).eval()
+    model = timm.create_model("isoformer_tiny", mixer="identity", num_classes=2, in_chans=1).eval()
     images, _ = pr.generate("recall", 4, seed=0)
     x = torch.from_numpy(images).float()[:, None] / 255
     order = torch.randperm(64)
@@ -182,7 +182,7 @@ def test_identity_isoformer_is_a_bag_of_patches() -> None:
     shuffled = shuffled.reshape(4, 1, 8, 8, 4, 4).permute(0, 1, 2, 4, 3, 5).reshape(4, 1, 32, 32)
     assert not torch.equal(shuffled, x)
     torch.testing.assert_close(model(shuffled), model(x), atol=1e-5, rtol=1e-5)
-    pooling = timm.create_model("isoformer_tiny", mixer="pooling", num_classes=2).eval()
+    pooling = timm.create_model("isoformer_tiny", mixer="pooling", num_classes=2, in_chans=1).eval()
     assert not torch.allclose(pooling(shuffled), pooling(x), atol=1e-4)  # a mixer breaks the bag
 
 
@@ -234,7 +234,7 @@ def fit(name: str, mixer: str, images: int, lr: float = 3e-3, val: int = 1000, s
     xv, yv = pr.generate(name, val, split="val")
     x, xv = (torch.from_numpy(a).float()[:, None] / 255 for a in (x, xv))
     y, yv = torch.from_numpy(y), torch.from_numpy(yv)
-    model = timm.create_model("isoformer_tiny", mixer=mixer, num_classes=probe.num_classes)
+    model = timm.create_model("isoformer_tiny", mixer=mixer, num_classes=probe.num_classes, in_chans=1)
     opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.05)
     steps = images // batch
     sched = torch.optim.lr_scheduler.LambdaLR(
