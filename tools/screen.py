@@ -104,10 +104,14 @@ def aggregate_per_seed(results: Mapping[str, Mapping[str, Sequence[float]]], pro
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties): Pearson's r of the ranks."""
-    from scipy.stats import spearmanr
+    """Spearman's rank correlation (average ranks for ties): Pearson's r of the ranks; NaN when either input is
+    constant (no ranking to compare)."""
+    from scipy.stats import rankdata
 
-    return float(spearmanr(x, y).statistic)
+    rx, ry = rankdata(x), rankdata(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")  # a constant input has no ranking
+    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def rank_check(aggregates: Mapping[str, Sequence[float]]) -> dict[str, Any]:
@@ -343,8 +347,10 @@ def markdown(
             f"| {'yes' if c['all_at_chance'] else 'no'} | {'yes' if c['all_at_ceiling'] else 'no'} |"
         )
     if rank.get("rho") is not None:
-        per_seed = ", ".join(f"{v:+.2f}" for v in rank["rho_per_seed"])
-        spread = f"{np.mean(rank['rho_per_seed']):+.2f} ± {_std(rank['rho_per_seed']):.2f}"
+        values = rank["rho_per_seed"]
+        finite = [v for v in values if np.isfinite(v)]
+        per_seed = ", ".join(f"{v:+.2f}" if np.isfinite(v) else "undefined (the 5 aggregates tie)" for v in values)
+        spread = f"{np.mean(finite):+.2f} ± {_std(finite):.2f} over {len(finite)} seed(s)" if finite else "n/a"
         lines += [
             "",
             f"Spearman ρ (screen aggregate vs ImageNet top-1, {len(rank['mixers'])} mixers: "
