@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (register the layouts; the families also register
     affnet_family,
     comparison_backbones,
     hydra_family,
+    isotropic_family,
     metaformer_baselines,
     stripmlp_family,
     vim2_family,

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 import mixerzoo
 from mixerzoo.models.affnet_family import SIZES as AFFNET_SIZES
 from mixerzoo.models.hydra_family import SIZES as HYDRA_SIZES
+from mixerzoo.models.isotropic_family import SIZES as ISOFORMER_SIZES
 from mixerzoo.models.metaformer_baselines import SIZES
 from mixerzoo.models.stripmlp_family import SIZES as STRIPMLP_SIZES
 from mixerzoo.models.vim2_family import SIZES as VIM2_SIZES
@@ -21,7 +22,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MODEL_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 # every timm name the zoo registers, family by family
 ZOO_TIMM_NAMES = [f"{family}_{size}" for family in ("identityformer", "randformer") for size in SIZES]
-ZOO_TIMM_NAMES += [*AFFNET_SIZES, *STRIPMLP_SIZES, *HYDRA_SIZES, *VIM2_SIZES]
+ZOO_TIMM_NAMES += [*AFFNET_SIZES, *STRIPMLP_SIZES, *HYDRA_SIZES, *VIM2_SIZES, *ISOFORMER_SIZES]
 
 
 def compose_model_config(name: str, overrides: list[str] | None = None) -> Any:

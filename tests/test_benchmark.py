@@ -14,10 +14,10 @@ import torch.nn as nn
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from mixerzoo import collect_results
 from mixerzoo.mixers import create_channel_mixer, list_channel_mixers, list_mixers
 from mixerzoo.models.macs import count_macs
 from mixerzoo.tools import benchmarking as benchmark
+from mixerzoo.tools import results as collect_results
 
 ROOT = Path(__file__).resolve().parents[1]
 

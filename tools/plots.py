@@ -59,12 +59,12 @@ def _style(i: int) -> dict[str, Any]:
     return dict(color=pyplot().cm.tab20(i % 20), marker="os^Dv<>PX*h"[i % 11])
 
 
-def _styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+def mixer_styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
     """One style per name (sorted), so a mixer looks the same in every panel of a figure."""
     return {name: _style(i) for i, name in enumerate(sorted(set(names)))}
 
 
-def _plain_log_axis(axis: Any) -> None:
+def plain_log_axis(axis: Any) -> None:
     """Log scale with plain numbers on the major ticks and none on the minor ones (they collide)."""
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
@@ -145,7 +145,7 @@ def cost(csv_files: Sequence[str | Path], out: str | Path, note: str = "") -> Pa
         ax.set_xlabel("stage-1 tokens (224 / 448 / 896 px: 56² / 112² / 224²)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    _plain_log_axis(right.yaxis)
+    plain_log_axis(right.yaxis)
     left.legend(fontsize=7, ncol=2)
     left.set_title("GMACs (exact, meta-device count; * rebuilt per size)", fontsize=9)
     right.set_title("speed" + (f" ({note})" if note else ""), fontsize=9)
@@ -188,7 +188,7 @@ def accuracy(csv_file: str | Path, out: str | Path, metric: str = "final_top1") 
     plt = pyplot()
     groups = _grouped(read_csv(csv_file), metric)
     sizes = sorted({s for s, _ in groups})
-    styles = _styles([mixer for _, mixer in groups])
+    styles = mixer_styles([mixer for _, mixer in groups])
     fig, axes = plt.subplots(len(sizes), 2, figsize=(10, 3.6 * len(sizes)), squeeze=False)
     for row, size in enumerate(sizes):
         for col, column, label in ((0, "gmacs", "GMACs per image"), (1, "train_img_s", "training images/s")):
@@ -201,7 +201,7 @@ def accuracy(csv_file: str | Path, out: str | Path, metric: str = "final_top1") 
                 ax.errorbar(x, group["top1"], yerr=group["std"], fmt=style["marker"], color=style["color"], capsize=3)
                 ax.annotate(mixer, (x, group["top1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set_xscale("log")
-            _plain_log_axis(ax.xaxis)
+            plain_log_axis(ax.xaxis)
             ax.set_xlabel(label)
             ax.set_ylabel(f"{metric} (%), mean ± std over seeds")
             data = next((g["data"] for (s, _), g in groups.items() if s == size and g["data"]), None)
@@ -235,7 +235,7 @@ def curves(run_dir: str | Path, out: str | Path, metric: str = "top1") -> Path:
         if count:
             classes[size].add(count)
     sizes = sorted({s for s, _ in series})
-    styles = _styles([mixer for _, mixer in series])
+    styles = mixer_styles([mixer for _, mixer in series])
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
     for col, size in enumerate(sizes):
         ax = axes[0, col]

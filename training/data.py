@@ -47,6 +47,8 @@ from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mixerzoo.registry import Registry
+from mixerzoo.training.probes import IMG_SIZE as PROBE_IMG_SIZE
+from mixerzoo.training.probes import PROBES, ProbeDataset
 
 _logger = logging.getLogger(__name__)
 
@@ -409,6 +411,31 @@ def _folder(data_cfg: Any, train_tf: Any, val_tf: Any, seed: int) -> tuple[Datas
         ds.transform = tf
         datasets.append(ds)
     return datasets[0], datasets[1]
+
+
+def _probe_builder(probe: str) -> Callable[[Any, Any, Any, int], tuple[Dataset, Dataset]]:
+    def build(data_cfg: Any, train_tf: Any, val_tf: Any, seed: int) -> tuple[Dataset, Dataset]:
+        if data_cfg.img_size != PROBE_IMG_SIZE or data_cfg.num_classes != PROBES[probe].num_classes:
+            raise ValueError(
+                f"data=probe_{probe} draws {PROBE_IMG_SIZE}x{PROBE_IMG_SIZE} images of {PROBES[probe].num_classes} "
+                f"classes: set data.img_size={PROBE_IMG_SIZE} data.num_classes={PROBES[probe].num_classes} (got "
+                f"{data_cfg.img_size} and {data_cfg.num_classes})."
+            )
+        kwargs = dict(in_chans=data_cfg.in_chans, cache_dir=data_cfg.cache_dir)
+        return (
+            ProbeDataset(probe, "train", transform=train_tf, **kwargs),
+            ProbeDataset(probe, "val", transform=val_tf, **kwargs),
+        )
+
+    build.__doc__ = (
+        f"``data=probe_{probe}``: the capability probe {probe!r} (training/probes.py); fixed images (seed 0, the "
+        "screen's split sizes), the same for every run."
+    )
+    return build
+
+
+for _probe in PROBES:
+    register_dataset(f"probe_{_probe}")(_probe_builder(_probe))
 
 
 def epoch_order(num_samples: int, epoch: int, seed: int) -> list[int]:
