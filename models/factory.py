@@ -73,13 +73,14 @@ def is_zoo_model(name: str) -> bool:
 def _data_options(data: Any, name: str, zoo: bool | None = None) -> dict[str, Any]:
     if data is None:
         return {}
-    data = plain(data) if isinstance(data, Mapping) else dict(vars(data))
+    # only the keys the model needs (a data config may hold interpolations that resolve only inside a Hydra run)
+    data = {k: plain(data.get(k)) if isinstance(data, Mapping) else getattr(data, k, None) for k in DATA_KEYS}
     if data.get("num_classes") is None:
         raise ValueError(
             "data.num_classes is null: it is taken from the data when the datasets are built (train.py); set "
             "data.num_classes=<count> to build the model on its own."
         )
-    options = {"num_classes": data["num_classes"], "in_chans": data.get("in_chans", 3)}
+    options = {"num_classes": data["num_classes"], "in_chans": 3 if data["in_chans"] is None else data["in_chans"]}
     if (is_zoo_model(name) if zoo is None else zoo) and data.get("img_size") is not None:
         options["img_size"] = data["img_size"]  # grid-bound mixers are built for the data's size
     return options

@@ -233,17 +233,28 @@ def _brace(options: dict[str, Any]) -> str:
     return "{name:<name>," + ",".join(f"{k}:{v}" for k, v in options.items()) + "}"
 
 
+def _specs_at(node: Any, key: str, where: str = "") -> list[tuple[str, Any]]:
+    """``(path, value)`` for the dotted ``key`` below ``node``, a list on the way (one block spec per stage, one
+    mixer per stage) giving one value per item: ``model.block.mlp`` of a per-stage block list is each block's."""
+    if OmegaConf.is_list(node):
+        return [hit for i, item in enumerate(node) for hit in _specs_at(item, key, f"{where}[{i}]")]
+    if not key:
+        return [(where, node)]
+    if not OmegaConf.is_dict(node):
+        return []
+    head, _, rest = key.partition(".")
+    if head not in node:
+        return []
+    return _specs_at(node[head], rest, f"{where}.{head}" if where else head)
+
+
 def _specs_without_name(cfg: DictConfig) -> list[str]:
     """Messages for mixer specs that are mappings without ``name``: what ``+model.mixer.head_dim=16`` (Hydra's
     advice after ``model.mixer.head_dim=16`` fails on a mixer given by name) makes of the mixer. Without this check
     the mixer is silently replaced by its option and the build fails later with a message that does not say why."""
     problems = []
     for key, kind in SPEC_KEYS.items():
-        value = OmegaConf.select(cfg, key, throw_on_missing=False)
-        specs = [(key, value)]
-        if OmegaConf.is_list(value):
-            specs = [(f"{key}[{i}]", item) for i, item in enumerate(value)]
-        for where, spec in specs:
+        for where, spec in _specs_at(cfg, key):
             if not OmegaConf.is_dict(spec) or "name" in spec:
                 continue
             options = OmegaConf.to_container(spec, resolve=False)

@@ -795,6 +795,13 @@ COMMANDS: dict[str, Run | Static] = {
         "reads a Slurm job's summary.json", grep_finds_the_stop_signal
     ),
     "scontrol requeue $SLURM_JOB_ID": Static("Slurm"),
+    # the capability screen
+    "python train.py sweep=probes": Static(
+        "120 jobs, about 46 CPU-minutes; tests/training/test_probes.py composes the sweep for every mixer", jobs=120
+    ),
+    "python tools/screen.py multirun/probes/<run id> --out docs/results/screen": Static(
+        "reads a finished screen; tests/test_screen.py runs its tables, checks and rho on made-up results"
+    ),
     # the chaos script
     "python tools/chaos.py": Static(
         "torchrun with faults, minutes on 2 cores; tests/training/test_chaos.py runs a small instance (slow lane)"
