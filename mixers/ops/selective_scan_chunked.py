@@ -423,13 +423,14 @@ def _chunked_scan_op(
         else:
             dt = _delta(delta, delta_bias, delta_softplus)
             y, starts = _scan_forward(u, dt, A, B, C, chunk_size, tile_elements, keep_states)
-    return y, starts if keep_states else u.new_empty(0)
+    # contiguous outputs, as the fake kernel says (compiled graphs rely on the strides it reports)
+    return y.contiguous(), starts.contiguous() if keep_states else u.new_empty(0)
 
 
 @_chunked_scan_op.register_fake
 def _(u, delta, A, B, C, delta_bias, delta_softplus, chunk_size, tile_elements, keep_states, compiled):
     n_chunks = -(-u.shape[0] // _chunk_length(u.shape[0], chunk_size, compiled))
-    return torch.empty_like(u), u.new_empty((n_chunks, *u.shape[1:], A.shape[-1]) if keep_states else (0,))
+    return u.new_empty(u.shape), u.new_empty((n_chunks, *u.shape[1:], A.shape[-1]) if keep_states else (0,))
 
 
 @torch.library.custom_op("mixerzoo::chunked_selective_scan_backward", mutates_args=())
@@ -462,13 +463,13 @@ def _chunked_scan_backward_op(
         if delta_softplus:  # through softplus (torch's own derivative, threshold included)
             ddt = torch.ops.aten.softplus_backward(ddt, _delta(delta, delta_bias, False), 1.0, 20.0)
     dbias = ddt.sum((0, 1)) if delta_bias is not None else ddt.new_empty(0)
-    return du, ddt, dA, dB, dC, dbias
+    return tuple(t.contiguous() for t in (du, ddt, dA, dB, dC, dbias))
 
 
 @_chunked_scan_backward_op.register_fake
 def _(dy, u, delta, A, B, C, delta_bias, starts, delta_softplus, chunk_size, tile_elements, compiled):
-    dbias = torch.empty_like(delta_bias) if delta_bias is not None else delta.new_empty(0)
-    return (*(torch.empty_like(t) for t in (u, delta, A, B, C)), dbias)
+    dbias = delta_bias.new_empty(delta_bias.shape) if delta_bias is not None else delta.new_empty(0)
+    return (*(t.new_empty(t.shape) for t in (u, delta, A, B, C)), dbias)
 
 
 def _chunked_scan_setup_context(ctx, inputs, output) -> None:
