@@ -36,8 +36,6 @@ B, C (b, l, g, n) with h % g == 0, initial_state (b, h, p, n). Output y (b, l, h
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -307,18 +305,9 @@ def _triangle_sums(G: torch.Tensor, nb: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _triangles(L: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L, L) masks in like's dtype: 1 strictly below, and strictly above, the diagonal (built once per size, dtype
-    and device, and reused: the dense path asks for them in every forward and backward)."""
-    return _masks(L, like.dtype, like.device)
-
-
-@functools.lru_cache(maxsize=32)
-def _masks(L: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_triangles``' cache: constant tensors (made outside inference mode, so training may save them), never
-    written to; dtype torch.bool gives boolean masks."""
-    with torch.inference_mode(False):
-        ones = torch.ones(L, L, dtype=dtype, device=device)
-        return ones.tril(-1), ones.triu(1)
+    """(L, L) masks in like's dtype: 1 strictly below, and strictly above, the diagonal."""
+    ones = torch.ones(L, L, dtype=like.dtype, device=like.device)
+    return ones.tril(-1), ones.triu(1)
 
 
 def _per_head(K: torch.Tensor, heads: int) -> torch.Tensor:
@@ -362,7 +351,7 @@ def _quasiseparable_dense(
     p, r = p.flatten(-2), r.flatten(-2)
     C_f = F.pad(C_f[:, :-1], (0, 0, 0, 0, 1, 0))  # row i reads C^f_{i-1} (row 0: nothing below the diagonal)
     C_b = F.pad(C_b[:, 1:], (0, 0, 0, 0, 0, 1))  # row i reads C^b_{i+1}
-    lower = _masks(L, torch.bool, x.device)[0]
+    lower = torch.ones(L, L, dtype=torch.bool, device=x.device).tril(-1)
     K = torch.where(lower, torch.einsum("bign,bjgn->bgij", C_f, B_f), torch.einsum("bign,bjgn->bgij", C_b, B_b))
     terms = (t.to(dtype).contiguous() for t in (p, q, r, s))
     y = _TriangularDecayMix.apply(x.transpose(1, 2).contiguous(), *terms, diag.transpose(1, 2).contiguous(), K)
