@@ -64,6 +64,7 @@ from torch.utils.data import Dataset
 
 from mixerzoo.training.atomic import atomic_write
 from mixerzoo.training.data import register_dataset
+from mixerzoo.training.images import GrayscaleArrayDataset
 
 __all__ = [
     "DIFFICULTIES",
@@ -377,7 +378,7 @@ def generate(
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-class PathfinderDataset(Dataset):
+class PathfinderDataset(GrayscaleArrayDataset):
     """One split of Pathfinder-``img_size`` in memory (uint8), yielding ``(PIL image, label)``; ``targets`` lists the
     labels. With ``cache_dir`` the split is read from (or written to) an ``.npy`` file named after its parameters (a
     cached split with more images serves its first ``size``)."""
@@ -431,15 +432,6 @@ class PathfinderDataset(Dataset):
                     f.write(f"{type(error).__name__}: {error}")
             raise
         return images
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        img = Image.fromarray(self.images[index], mode="L")
-        if self.mode != "L":
-            img = img.convert(self.mode)
-        return (self.transform(img) if self.transform is not None else img), self.targets[index]
 
 
 def _read_cache(path: Path, stem: str, size: int) -> np.ndarray | None:

@@ -43,10 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
 
 from mixerzoo.training.atomic import atomic_write
+from mixerzoo.training.images import GrayscaleArrayDataset
 
 __all__ = [
     "CELL",
@@ -245,7 +244,7 @@ def generate(
     return images, labels.astype(np.int64)
 
 
-class ProbeDataset(Dataset):
+class ProbeDataset(GrayscaleArrayDataset):
     """One split of probe ``name`` in memory (uint8), yielding ``(PIL image, label)``; ``targets`` lists the labels.
     With ``cache_dir`` the split is read from (or atomically written to) an ``.npy`` file named after its parameters
     (a cached split with more images serves its first ``size``: image i depends on i only)."""
@@ -287,12 +286,3 @@ class ProbeDataset(Dataset):
                 np.save(f, images)
             _logger.info(f"probe {name}: cached {size} {split} images in {path}")
         return images
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        img = Image.fromarray(self.images[index], mode="L")
-        if self.mode != "L":
-            img = img.convert(self.mode)
-        return (self.transform(img) if self.transform is not None else img), self.targets[index]
