@@ -596,6 +596,28 @@ def ignore_signals(signals: tuple[signal.Signals, ...], owner: int, _worker_id: 
     threading.Thread(target=serve, name="stop-signals", daemon=True).start()
 
 
+class SignalSafeLoader(DataLoader):
+    """A ``DataLoader`` whose workers start with the signals ``ignored`` blocked: they are forked while the calling
+    thread blocks them, so every thread a worker ever has (the ones library fork hooks or initialisers start before
+    ``worker_init_fn`` runs included) inherits the block, and a stop signal that reaches a worker while it starts up
+    stays pending until ``ignore_signals`` takes it. In the training process the block lasts only while ``iter``
+    starts the workers (persistent workers: the first ``iter`` only); a signal that arrives then is delivered when
+    it ends."""
+
+    def __init__(self, *args: Any, ignored: tuple[signal.Signals, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ignored = ignored
+
+    def __iter__(self) -> Any:
+        if not self.ignored or self.num_workers == 0:
+            return super().__iter__()
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, self.ignored)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+
+
 def default_num_workers() -> int:
     """Loader workers per process when ``data.num_workers`` is null: the CPUs this process may use, shared by the
     processes of its node (``LOCAL_WORLD_SIZE`` under torchrun), less one for the training loop; at least 1, at
@@ -635,8 +657,9 @@ def _on_device(
     wrapped in timm's ``PrefetchLoader``: each batch goes to ``device`` (side stream on CUDA) and is converted to
     float and normalised there. The loader's own seeds come from a private generator, not from the global RNG."""
     workers = resolve_num_workers(data_cfg.num_workers)
-    loader = DataLoader(
+    loader = SignalSafeLoader(
         dataset,
+        ignored=ignored if workers > 0 else (),
         num_workers=workers,
         pin_memory=data_cfg.pin_memory and device.type == "cuda",
         persistent_workers=workers > 0,

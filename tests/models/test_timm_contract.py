@@ -290,4 +290,5 @@ def test_ci_selection_collects_every_generic_timm_test_once_per_zoo_name(tmp_pat
 def test_ci_selection_fails_loudly_when_timm_renames_the_model_parameter(tmp_path: Path) -> None:
     result = _collect_timm_style(tmp_path, "model")
     assert result.returncode != 0
-    assert f"test_model_default_cfgs: 0 zoo cases collected, expected {len(ZOO_TIMM_NAMES)}" in result.stdout + result.stderr
+    expected = f"test_model_default_cfgs: 0 zoo cases collected, expected {len(ZOO_TIMM_NAMES)}"
+    assert expected in result.stdout + result.stderr

@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -89,15 +90,36 @@ def test_isolated_rngs_depend_on_the_seed_only_and_restore_the_global_state() ->
         assert (random.random(), np.random.rand(), torch.rand(()).item()) == first
 
 
+START_THREAD_AT_FORK = threading.Event()
+
+
+def start_idle_thread_in_the_child() -> None:
+    """A stand-in for the libraries whose fork hooks or initialisers start a thread in a worker before its
+    ``worker_init_fn`` runs: that thread has the signal mask of the forking thread."""
+    if START_THREAD_AT_FORK.is_set():
+        threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+
+
+os.register_at_fork(after_in_child=start_idle_thread_in_the_child)
+
+
+@pytest.mark.parametrize("thread_started_at_fork", [False, True], ids=["plain worker", "thread started at fork"])
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR1])
-def test_loader_workers_survive_the_stop_signals(stop_signal: signal.Signals) -> None:
+def test_loader_workers_survive_the_stop_signals(stop_signal: signal.Signals, thread_started_at_fork: bool) -> None:
     """``torchrun``'s agent stops its ranks with a signal to each rank's process group, and Slurm signals every
     process of a job: the workers get it too. Before, they died (``DataLoader worker ... is killed by signal``) and
-    took the training process down before it could write its stop checkpoint."""
+    took the training process down before it could write its stop checkpoint. A worker thread that existed before
+    ``worker_init_fn`` blocked the signals took them with their default action (killed) until the workers were
+    forked with the signals already blocked."""
     loader, sampler = loader_for(["data.num_workers=1"], ignored=(signal.SIGTERM, signal.SIGUSR1))
     sampler.set_epoch(0, 0, STEPS)
-    iterator = iter(loader)
-    next(iterator)
+    if thread_started_at_fork:
+        START_THREAD_AT_FORK.set()
+    try:
+        iterator = iter(loader)
+        next(iterator)
+    finally:
+        START_THREAD_AT_FORK.clear()
     (worker,) = loader.loader.loader._iterator._workers  # TrainBatches -> PrefetchLoader -> DataLoader's workers
     subprocess.run(["kill", "-s", stop_signal.name.removeprefix("SIG"), str(worker.pid)], check=True)  # not the parent
     time.sleep(0.5)
