@@ -233,8 +233,10 @@ class ClassifierHead(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """The MetaFormer init: trunc-normal(std 0.02) weights and zero biases for every conv and linear layer."""
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
+    """The MetaFormer init: trunc-normal(std 0.02) weights and zero biases for every conv and linear layer. Layers
+    on the meta device are left alone: they hold no values, and timm's ``trunc_normal_`` runs its clamp there
+    through torch's Python reference kernels (about 10 ms a layer, seconds for a large model built on meta)."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)) and not module.weight.is_meta:
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)

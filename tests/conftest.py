@@ -42,7 +42,10 @@ def num_params(model: nn.Module) -> int:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``cuda`` are skipped, with the reason, where there is no GPU."""
+    """Tests marked ``slow`` run first (in their collection order): under pytest-xdist a minute-long test that
+    starts last keeps one core busy while the others idle. Tests marked ``cuda`` are skipped, with the reason,
+    where there is no GPU."""
+    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: the order within each group is kept
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run tools/gpu_check.py on one)")

@@ -112,7 +112,7 @@ def test_blocks_over_batch_and_groups_give_the_same_scan(step: str, tile_element
         torch.testing.assert_close(g_blocks, g_one, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("step", ["tree", pytest.param("compiled", marks=pytest.mark.slow)])  # float64: compiles
 @pytest.mark.parametrize("groups", [None, 2])
 @pytest.mark.parametrize("options", ["plain", "all"])
 def test_chunked_scan_passes_gradcheck(step: str, groups: int | None, options: str) -> None:
@@ -223,6 +223,7 @@ MODEL_SCANS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", list(MODEL_SCANS))
 def test_compiled_step_equals_the_reference_on_model_shapes(shape: str) -> None:
     """float32, as the models run it: the compiled and the tree step against the float64 reference (values and
