@@ -36,7 +36,8 @@ def test_ci_runs_the_readme_test_command() -> None:
     lines = (ROOT / ".ci/run").read_text().strip().splitlines()
     commands = [line for line in lines if "pytest" in line and not line.startswith("#")]  # the README's command
     assert len(commands) == 1 and commands[0] in (ROOT / "README.md").read_text()
-    assert lines[-1] == ".ci/timm_model_tests.sh" and (ROOT / lines[-1]).is_file()
+    script, *options = lines[-1].split()
+    assert script == ".ci/timm_model_tests.sh" and (ROOT / script).is_file() and options == ["-n", "auto"]
 
 
 @pytest.mark.slow

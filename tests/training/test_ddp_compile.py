@@ -41,7 +41,7 @@ def _free_port() -> int:
 
 
 def _train_as_rank(rank: int, port: int, folder: Path) -> None:
-    """A forked child with torchrun's environment: the library's set-up (which joins the gloo group), the model it
+    """A child process with torchrun's environment: the library's set-up (which joins the gloo group), the model it
     builds, one epoch; leaves how the model is wrapped and its final weights (or the exception) in ``folder``."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_WORLD_SIZE="2")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -73,7 +73,10 @@ def _train_as_rank(rank: int, port: int, folder: Path) -> None:
 def test_ddp_wraps_the_network_and_the_wrapper_is_compiled(tmp_path: Path) -> None:
     """Each rank trains ``compile(DDP(net))`` and evaluates ``compile(net)``; after the epoch the two replicas hold
     the same weights, which moved (the gradients were all-reduced through the compiled wrapper)."""
-    port, context = _free_port(), multiprocessing.get_context("fork")
+    # forkserver: ranks forked from a fresh server process. Forked from this one, they fail as soon as an earlier
+    # test here has run autograd ("Unable to handle autograd's threading in combination with fork-based
+    # multiprocessing")
+    port, context = _free_port(), multiprocessing.get_context("forkserver")
     ranks = [context.Process(target=_train_as_rank, args=(rank, port, tmp_path)) for rank in range(WORLD_SIZE)]
     for process in ranks:
         process.start()
