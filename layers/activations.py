@@ -67,12 +67,21 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def create_act(name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+def create_act(
+    name: str,
+    inplace: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
     """A fresh activation module by name (each instance owns its parameters, e.g. StarReLU's s and b). ``device``
-    and ``dtype`` go to the activations that create parameters (those whose constructor takes them)."""
+    and ``dtype`` go to the activations that create parameters (those whose constructor takes them); ``inplace``
+    to those that can overwrite their input (``nn.ReLU``, ``nn.SiLU``): for callers that apply the activation to
+    a fresh tensor nothing else reads (a norm's output), which saves one buffer and its first-touch cost."""
     if name not in ACTIVATIONS:
         raise ValueError(f"Unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}.")
     cls = ACTIVATIONS[name]
-    if "device" in inspect.signature(cls).parameters:
-        return cls(device=device, dtype=dtype)
-    return cls()
+    parameters = inspect.signature(cls).parameters
+    options = dict(device=device, dtype=dtype) if "device" in parameters else {}
+    if inplace and "inplace" in parameters:
+        options["inplace"] = True
+    return cls(**options)

@@ -117,39 +117,48 @@ def same_conv1d(
 
 
 class _DepthwiseConv1dSiLU(torch.autograd.Function):
-    """SiLU(conv1d(x)) for a depthwise "same" conv, x tokens-last (b, L, C) in, (b, L, C) out (a transposed view).
+    """SiLU(conv1d(x)) for a depthwise "same" conv, x tokens-last (b, L, C) in, (b, L, C) out.
 
-    The forward pass is ``F.silu(F.conv1d(...))``, as ``nn.Conv1d`` computes it. The backward pass is written out
-    because the generic depthwise-convolution backward on CPU is slow for the weight gradient (mkldnn: ~2 ms for
-    1024 channels x 196 tokens, 4x the forward): grad_input is the conv with the flipped kernel, grad_weight a
-    depthwise conv of the padded input with the output gradient as its L-tap kernel (batch folded into channels),
-    and the SiLU gradient is taken on contiguous (b, C, L) tensors."""
+    Tokens-last throughout: the conv runs as a (1, k) conv2d on ``x`` viewed as (b, C, 1, L) in channels-last
+    memory, which *is* the (b, L, C) layout, so neither the input nor the output is transposed into a copy (the
+    mkldnn depthwise kernel is also ~10x faster on channels-last memory than on (b, C, L) at 1024 channels x 196
+    tokens). The backward pass is written out: grad_input is the conv with the flipped kernel (channels-last
+    again), grad_weight ``dw[c, k] = sum_{b, l} g[b, l, c] xpad[b, l + k, c]``, one multiply-and-sum over (b, L)
+    per tap (the generic depthwise weight gradient of mkldnn is ~4x the forward)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding: int):
-        xc = x.transpose(1, 2).contiguous()  # (b, C, L), the layout the conv reads
-        pre = F.conv1d(xc, weight, bias, padding=padding, groups=weight.shape[0])  # autocast applies as usual
+        x4 = _tokens_last_4d(x)  # (b, C, 1, L), memory (b, L, C)
+        pre = F.conv2d(x4, weight[:, :, None], bias, padding=(0, padding), groups=weight.shape[0])  # autocast as usual
         if not any(ctx.needs_input_grad):
-            return F.silu(pre, inplace=True).transpose(1, 2)
-        ctx.save_for_backward(xc, weight, pre)
+            return F.silu(pre, inplace=True).squeeze(2).transpose(1, 2)
+        ctx.save_for_backward(x4, weight, pre)
         ctx.padding, ctx.has_bias = padding, bias is not None
-        return F.silu(pre).transpose(1, 2)
+        return F.silu(pre).squeeze(2).transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad):
-        xc, weight, pre = ctx.saved_tensors
+        x4, weight, pre = ctx.saved_tensors
         pad, dtype = ctx.padding, pre.dtype  # pre's dtype is the one the conv ran in (autocast or not)
-        batch, channels, length = pre.shape
-        g = torch.ops.aten.silu_backward(grad.transpose(1, 2).contiguous().to(dtype), pre)  # (b, C, L)
-        dx = F.conv1d(g, weight.to(dtype).flip(-1), padding=pad, groups=channels).transpose(1, 2)
+        channels, taps = weight.shape[0], weight.shape[-1]
+        g = torch.ops.aten.silu_backward(_tokens_last_4d(grad.to(dtype)), pre)  # (b, C, 1, L)
+        w = weight.to(dtype).flip(-1)[:, :, None]
+        dx = F.conv2d(g, w, padding=(0, pad), groups=channels).squeeze(2).transpose(1, 2)  # (b, L, C)
         dw = db = None
-        if ctx.needs_input_grad[1]:  # dw[c, k] = sum_{b, l} g[b, c, l] xpad[b, c, l + k]
-            xpad = F.pad(xc.to(dtype), (pad, pad)).reshape(1, batch * channels, length + 2 * pad)
-            dw = F.conv1d(xpad, g.reshape(batch * channels, 1, length), groups=batch * channels)
-            dw = dw.view(batch, channels, 1, -1).sum(0).to(weight.dtype)
+        g = g.squeeze(2).transpose(1, 2)  # (b, L, C)
+        if ctx.needs_input_grad[1]:
+            length = g.shape[1]
+            xpad = F.pad(x4.squeeze(2).transpose(1, 2).to(dtype), (0, 0, pad, pad))  # (b, L + 2 pad, C)
+            dw = torch.stack([(g * xpad[:, k : k + length]).sum((0, 1)) for k in range(taps)], dim=-1)
+            dw = dw[:, None].to(weight.dtype)  # (C, 1, k)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = g.sum((0, 2)).to(weight.dtype)
+            db = g.sum((0, 1)).to(weight.dtype)
         return dx, dw, db, None
+
+
+def _tokens_last_4d(x: torch.Tensor) -> torch.Tensor:
+    """(b, L, C) -> (b, C, 1, L) in channels-last memory: a view when x is contiguous, else one gather."""
+    return x.transpose(1, 2)[:, :, None].contiguous(memory_format=torch.channels_last)
 
 
 def conv1d_silu(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:

@@ -113,8 +113,10 @@ class MetaFormerStage(nn.Module):
         return self.forward_blocks(x)
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """The stage after its downsampling (NCHW in and out)."""
-        x = shortcut = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        """The stage after its downsampling (NCHW in and out). The blocks run on channels-last memory: input in NCHW
+        memory (a plain conv's output) is copied once here, else each block's norm would copy it and each residual
+        add would mix the two layouts (and pass the NCHW memory on)."""
+        x = shortcut = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
         if self.averaging is not None:
             x = self._averaged(x, len(self.blocks))[-1]
         elif self.grad_checkpointing and not torch.jit.is_scripting():
@@ -145,7 +147,7 @@ class MetaFormerStage(nn.Module):
         """Per-block taps (for single-stage models): NCHW in (after the downsampling); returns the outputs of the
         first ``num_blocks`` blocks (NCHW views) and the stage output (the last of them, through the fusion when
         every block ran)."""
-        x = shortcut = x.permute(0, 2, 3, 1)
+        x = shortcut = x.permute(0, 2, 3, 1).contiguous()
         if self.averaging is not None:
             outputs = self._averaged(x, num_blocks)
         else:

@@ -133,7 +133,8 @@ class ConvNormAct(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, stride, kernel_size // 2, groups=groups, bias=False, **dd)
         self.norm = nn.BatchNorm2d(out_dim, eps=bn_eps, **dd)
-        self.act = create_act(act, **dd) if act is not None else nn.Identity()
+        # in place on the norm's fresh output (as timm's ConvNormAct): one buffer less per layer
+        self.act = create_act(act, inplace=True, **dd) if act is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(x)))

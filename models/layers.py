@@ -55,12 +55,17 @@ class Mlp(nn.Module):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
+_SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
+
+
 class GRN(nn.Module):
     """Global Response Normalization (Woo et al., "ConvNeXt V2", CVPR 2023) on ``(B, H, W, C)``:
 
         N = ||x||_2 over (H, W) / (mean over C of it + 1e-6);   out = gamma * (x * N) + beta + x
 
-    ``gamma`` and ``beta`` start at zero (the identity)."""
+    ``gamma`` and ``beta`` start at zero (the identity). Computed as ``x (gamma N + 1) + beta``, one pass over x
+    (the official form makes four, each into a new buffer), with the norm as ``sqrt(sum x²)`` (``vector_norm`` over
+    the two non-innermost dims is ~4-10x slower on CPU); equal to the official form up to rounding."""
 
     def __init__(
         self, dim: int, eps: float = 1e-6, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -71,9 +76,11 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)  # (B, 1, 1, C)
+        # ||x|| over (H, W), (B, 1, 1, C); the floor (float32's smallest normal, a constant so that FX traces it) keeps
+        # an all-zero plane's gradient 0 (as vector_norm's), not NaN
+        g = x.square().sum(dim=(1, 2), keepdim=True).clamp_min(_SMALLEST_NORMAL).sqrt()
         n = g / (g.mean(dim=-1, keepdim=True) + self.eps)
-        return self.gamma * (x * n) + self.beta + x
+        return torch.addcmul(self.beta, x, self.gamma * n + 1)
 
 
 @register_channel_mixer("convnext")

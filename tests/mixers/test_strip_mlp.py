@@ -244,6 +244,25 @@ def test_convnext_grn_channel_block_equals_the_official_formula() -> None:
     assert mlp.conv.bias is None and mlp.fc1.out_features == 96  # no dw bias, MLP ratio 3
 
 
+def test_grn_equals_the_official_formula_with_finite_gradients_for_an_all_zero_channel() -> None:
+    from mixerzoo.models.layers import GRN
+
+    grn = GRN(6).double()
+    with torch.no_grad():
+        grn.gamma.normal_(), grn.beta.normal_()
+    x = torch.randn(2, 5, 4, 6, dtype=torch.float64)
+    x[0, :, :, 2] = 0  # one (image, channel) plane of zeros: its norm is 0
+    x.requires_grad_(True)
+    gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)
+    expected = grn.gamma * (x * (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6))) + grn.beta + x
+    out = grn(x)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out)
+    got, want = torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0]
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_cross_stage_shortcuts_follow_the_official_forward() -> None:
     model = _perturb(small_stripmlp(img_size=64).double())
     chains, stages = model.cross_shortcuts.chains, model.stages

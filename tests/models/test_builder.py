@@ -174,6 +174,37 @@ def test_channels_last_input_gives_the_same_output() -> None:
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_blocks_run_on_channels_last_memory_after_plain_conv_downsampling() -> None:
+    """Convs without a norm (Strip-MLP's, Hydra-ViT's) return NCHW memory; the stage makes it channels-last once, so
+    no block norm copies it and no residual add mixes layouts."""
+    conv = {"name": "conv", "kernel_size": 2, "stride": 2, "padding": 0, "norm": None}
+    model = tiny(stem={**conv, "kernel_size": 4, "stride": 4}, downsample=[None, conv, conv, conv]).eval()
+    seen = []
+    for stage in model.stages:
+        for block in stage.blocks:
+            block.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert seen == [True] * 5
+
+
+def test_conv_norm_act_activates_in_place_with_the_same_values_and_gradients() -> None:
+    from mixerzoo.layers import create_act
+    from mixerzoo.models.blocks import ConvNormAct
+
+    layer = ConvNormAct(4, 6, 3, act="silu").double()
+    assert layer.act.inplace and not create_act("silu").inplace
+    assert isinstance(create_act("gelu", inplace=True), nn.GELU)  # no in-place form: the plain module
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    params = [x, *layer.parameters()]
+    out = layer(x)
+    expected = torch.nn.functional.silu(layer.norm(layer.conv(x)))
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(expected, params, grad), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_layer_decay_param_groups_use_group_matcher() -> None:
     model = tiny()
     optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
