@@ -57,7 +57,8 @@ from .selective_scan_reference import finish, grouped_bc
 
 __all__ = ["RECOMPILE_LIMIT", "STEP", "compiled_scan_available", "selective_scan_torch"]
 
-STEP = 16  # tokens per call of the compiled step: its unrolled length (compile time grows with it)
+STEP = 8  # tokens per call of the compiled step: its unrolled length (compile time grows with it: 16 took 1.8x as long
+# to compile as 8 for vim2_t, cold cache, with the same run time within noise)
 # variants of each compiled step one process may build (dtype x softplus x the sizes of 1 dynamo specialises, e.g.
 # one row or one channel per group): above dynamo's default of 8, which with fullgraph=True is a hard error
 RECOMPILE_LIMIT = 64
