@@ -55,9 +55,6 @@ class Mlp(nn.Module):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
-_SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
-
-
 class GRN(nn.Module):
     """Global Response Normalization (Woo et al., "ConvNeXt V2", CVPR 2023) on ``(B, H, W, C)``:
 
@@ -76,9 +73,9 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # ||x|| over (H, W), (B, 1, 1, C); the floor (float32's smallest normal, a constant so that FX traces it) keeps
-        # an all-zero plane's gradient 0 (as vector_norm's), not NaN
-        g = x.square().sum(dim=(1, 2), keepdim=True).clamp_min(_SMALLEST_NORMAL).sqrt()
+        # ||x|| over (H, W), (B, 1, 1, C); the floor (float32's smallest normal, a literal so that FX traces it and
+        # TorchScript compiles it) keeps an all-zero plane's gradient 0 (as vector_norm's), not NaN
+        g = x.square().sum(dim=(1, 2), keepdim=True).clamp_min(1.1754943508222875e-38).sqrt()
         n = g / (g.mean(dim=-1, keepdim=True) + self.eps)
         return torch.addcmul(self.beta, x, self.gamma * n + 1)
 
