@@ -402,8 +402,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         times = cpu_times(args.times)
         cpu = sum(t["cpu"] for t in times.values())
         text += (
-            f"\nCPU time of the {len(times)} invocations (user + system, each a sweep over the probes): "
-            f"{cpu / 60:.1f} min in all.\n"
+            f"\nCPU time of the {len(times)} invocations (user + system of each `train.py` process, start-up included):"
+            f" {cpu / 60:.1f} min in all.\n"
         )
         (out / "times.json").write_text(json.dumps(times, indent=1))
     (out / "screen.md").write_text(text)
