@@ -797,7 +797,7 @@ COMMANDS: dict[str, Run | Static] = {
     "scontrol requeue $SLURM_JOB_ID": Static("Slurm"),
     # the capability screen
     "python train.py sweep=probes": Static(
-        "120 jobs, about 46 CPU-minutes; tests/training/test_probes.py composes the sweep for every mixer", jobs=120
+        "120 jobs, about 120 CPU-minutes; tests/training/test_probes.py composes the sweep for every mixer", jobs=120
     ),
     "python tools/screen.py multirun/probes/<run id> --out docs/results/screen": Static(
         "reads a finished screen; tests/test_screen.py runs its tables, checks and rho on made-up results"
