@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,21 @@ MODEL_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 # every timm name the zoo registers, family by family
 ZOO_TIMM_NAMES = [f"{family}_{size}" for family in ("identityformer", "randformer") for size in SIZES]
 ZOO_TIMM_NAMES += [*AFFNET_SIZES, *STRIPMLP_SIZES, *HYDRA_SIZES, *VIM2_SIZES, *ISOFORMER_SIZES]
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist, each worker and the processes its tests start get an equal share of the cores. With
+    torch's default (every core in every worker), the workers' OpenMP threads spin against each other: the whole
+    suite took 18.7 instead of 13.0 minutes on 2 cores, 32 instead of 22 CPU-minutes."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = str(max(1, cores // workers))
+        torch.set_num_threads(int(threads))
+        os.environ["OMP_NUM_THREADS"] = threads
+
+
+_share_the_cores()
 
 
 def compose_model_config(name: str, overrides: list[str] | None = None) -> Any:

@@ -211,10 +211,14 @@ _DYNAMIC_GRADS = ((1, 2), (0, 1))
 def _step(inputs: tuple[torch.Tensor, ...], softplus: bool, grads: tuple[torch.Tensor, ...] = ()):
     """The compiled step on (h0, Δ, u, B, C, A, bias), or its backward given (dy, carry), with the row and channel
     sizes M, Dg marked dynamic: one compilation per dtype and softplus for every shape (sizes of 1 are
-    specialised by dynamo)."""
+    specialised by dynamo). The tensors go in detached and autocast is off: dynamo guards on each tensor's
+    requires_grad and on the autocast state, so a caller's autograd or autocast would otherwise compile the step
+    again (four times as often in a mixed-precision training step)."""
+    inputs, grads = tuple(t.detach() for t in inputs), tuple(t.detach() for t in grads)
     for t, dims in zip((*inputs, *grads), _DYNAMIC + _DYNAMIC_GRADS, strict=False):
         torch._dynamo.maybe_mark_dynamic(t, dims)
-    with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+    no_autocast = torch.autocast(inputs[0].device.type, enabled=False)
+    with torch.no_grad(), no_autocast, torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
         if grads:
             return _compiled_step_backward(*inputs, softplus, *grads)
         return _compiled_step(*inputs, softplus)

@@ -190,6 +190,20 @@ def test_no_grad_path_gives_identical_output_and_keeps_no_states(monkeypatch, st
     torch.testing.assert_close(y_inference, y_grad, rtol=0, atol=0)
 
 
+def test_the_compiled_step_compiles_once_for_training_inference_and_autocast() -> None:
+    """Dynamo guards on each input's requires_grad and on the autocast state: the step sees neither, so a training
+    step, an inference pass and a step under bf16 autocast share one compilation of each (before, every mode compiled
+    the step and its backward again: a mixed-precision training step took four)."""
+    differentiated, kwargs = _select(_scan_inputs(2, 6, 4, 37, dtype=torch.float32), OPTIONS["bias_softplus"])
+    selective_scan_torch(*differentiated[:5], chunk_size=8, compiled=True, **kwargs).sum().backward()
+    compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        selective_scan_torch(*differentiated[:5], chunk_size=8, compiled=True, **kwargs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        selective_scan(*differentiated[:5], backend="compiled", **kwargs).sum().backward()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled
+
+
 def test_scan_runs_in_float32_under_bf16_autocast(monkeypatch) -> None:
     u, delta, A, B, C, D, _, bias = (t.detach() for t in _scan_inputs(1, 8, 4, 20, dtype=torch.float32))
     dtypes = []
