@@ -800,7 +800,7 @@ COMMANDS: dict[str, Run | Static] = {
         "120 jobs, about 120 CPU-minutes; tests/training/test_probes.py composes the sweep for every mixer", jobs=120
     ),
     "python tools/screen.py multirun/probes/<run id> --out docs/results/screen": Static(
-        "reads a finished screen; tests/test_screen.py runs its tables, checks and rho on made-up results"
+        "reads a finished screen; tests/tools/test_screen.py runs its tables, checks and rho on made-up results"
     ),
     # the chaos script
     "python tools/chaos.py": Static(
