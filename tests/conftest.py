@@ -18,6 +18,7 @@ from mixerzoo.models.isotropic_family import SIZES as ISOFORMER_SIZES
 from mixerzoo.models.metaformer_baselines import SIZES
 from mixerzoo.models.stripmlp_family import SIZES as STRIPMLP_SIZES
 from mixerzoo.models.vim2_family import SIZES as VIM2_SIZES
+from mixerzoo.training.data import usable_cpus
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MODEL_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
@@ -32,8 +33,7 @@ def _share_the_cores() -> None:
     suite took 18.7 instead of 13.0 minutes on 2 cores, 32 instead of 22 CPU-minutes."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = str(max(1, cores // workers))
+        threads = str(max(1, usable_cpus() // workers))
         torch.set_num_threads(int(threads))
         os.environ["OMP_NUM_THREADS"] = threads
 

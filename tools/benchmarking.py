@@ -93,6 +93,7 @@ from mixerzoo.models import list_layouts
 from mixerzoo.models.factory import is_zoo_model
 from mixerzoo.models.macs import count_macs
 from mixerzoo.registry import did_you_mean
+from mixerzoo.training.data import usable_cpus
 from mixerzoo.training.errors import user_errors
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository (benchmark.py, the script, is there)
@@ -644,7 +645,7 @@ def idle_cores() -> int:
     """The CPUs this process may run on less the 1-minute load average (rounded), at least 1: the thread count that
     does not oversubscribe a machine other work is using. On a loaded 2-core machine torch's default (one thread
     per core) made first forwards take 20-30 s instead of 0.1-2.4 s with one thread."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = usable_cpus()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(1, min(cpus, torch.get_num_threads(), cpus - round(load)))
 

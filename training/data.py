@@ -71,6 +71,7 @@ __all__ = [
     "register_dataset",
     "resolve_num_workers",
     "train_loader",
+    "usable_cpus",
 ]
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -618,11 +619,16 @@ class SignalSafeLoader(DataLoader):
             signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the platform reports one), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_num_workers() -> int:
     """Loader workers per process when ``data.num_workers`` is null: the CPUs this process may use, shared by the
     processes of its node (``LOCAL_WORLD_SIZE`` under torchrun), less one for the training loop; at least 1, at
     most 8 (more rarely helps, and each worker holds a copy of the dataset's index)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = usable_cpus()
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, min(8, cpus // max(local_processes, 1) - 1))
 
