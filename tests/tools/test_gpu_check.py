@@ -134,11 +134,13 @@ def documented_calls() -> list[str]:
 
 
 @pytest.mark.slow
-def test_gpu_check_script_runs_on_the_cpu(tmp_path: Path) -> None:
-    """The documented calls, word for word plus ``--device cpu --quick``, in a fresh copy of the tracked files with
-    the GPU machine's kind of interpreter (see ``_device_python``): every row of both parts runs in its subprocess
-    as it would there, and writes the table, JSON, CSV and log under --out. On today's code without the
-    ``mixerzoo`` link (``use_this_checkout``), every row fails with ModuleNotFoundError."""
+@pytest.mark.parametrize("part", [1, 2])
+def test_gpu_check_script_runs_on_the_cpu(tmp_path: Path, part: int) -> None:
+    """The documented call of each part, word for word plus ``--device cpu --quick``, in a fresh copy of the tracked
+    files with the GPU machine's kind of interpreter (see ``_device_python``): every row of the part runs in its
+    subprocess as it would there, and writes the table, JSON, CSV and log under --out. On today's code without the
+    ``mixerzoo`` link (``use_this_checkout``), every row fails with ModuleNotFoundError. (One test per part: the
+    parts run side by side under pytest-xdist, as they are two separate calls on the GPU machine.)"""
     copy = tmp_path / "repo"  # not "mixerzoo": the package must not import because of the folder's name
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True, text=True)
     for name in filter(None, tracked.stdout.split("\0")):
@@ -156,25 +158,24 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path: Path) -> None:
         assert probe.returncode != 0, f"{module} is importable without the procedure"
     cpu = ["--device", "cpu", "--quick"]  # the only words added to the documented calls
     calls = documented_calls()
-    assert len(calls) == 2 and all("/tmp/site" in call for call in calls)
-    for part, call in enumerate(calls, start=1):
-        script = call.replace("/tmp/site", str(tmp_path / "site"))
-        script = re.sub(r"(tools/gpu_check\.py[^\n]*)", lambda m: " ".join([m[1], *cpu]), script)
-        proc = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script], cwd=copy, env=env, capture_output=True, text=True, timeout=900
-        )
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-        report = json.loads((tmp_path / "out" / f"gpu_check_part{part}.json").read_text())
-        rows = report["rows"]
-        assert [(r["check"], r["name"], r["mode"]) for r in rows] == [
-            (check, name, mode) for p, check, name, mode, *_ in gpu_check.PLAN if p == part
-        ]
-        for r in rows:
-            cuda_only = r["check"] == "throughput" and r["mode"] == "scan triton"
-            assert r["status"] == ("skipped: needs a CUDA device" if cuda_only else "ok"), r
-        for suffix in (".md", ".csv", ".log"):
-            assert (tmp_path / "out" / f"gpu_check_part{part}{suffix}").stat().st_size > 0
-    tests = json.loads((tmp_path / "out" / "gpu_check_part1.json").read_text())["rows"][0]["values"]
-    assert tests["skipped"] > 30 and tests["passed"] == tests["failed"] == tests["error"] == 0  # collected there
-    trained = json.loads((tmp_path / "out" / "gpu_check_part2.json").read_text())["rows"]
-    assert all(r["values"]["resume_ok"] and r["values"]["eval_ok"] for r in trained if r["check"] == "train")
+    assert len(calls) == 2 and all("/tmp/site" in call for call in calls) and f"--part {part}" in calls[part - 1]
+    script = calls[part - 1].replace("/tmp/site", str(tmp_path / "site"))
+    script = re.sub(r"(tools/gpu_check\.py[^\n]*)", lambda m: " ".join([m[1], *cpu]), script)
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=copy, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "out" / f"gpu_check_part{part}.json").read_text())["rows"]
+    assert [(r["check"], r["name"], r["mode"]) for r in rows] == [
+        (check, name, mode) for p, check, name, mode, *_ in gpu_check.PLAN if p == part
+    ]
+    for r in rows:
+        cuda_only = r["check"] == "throughput" and r["mode"] == "scan triton"
+        assert r["status"] == ("skipped: needs a CUDA device" if cuda_only else "ok"), r
+    for suffix in (".md", ".csv", ".log"):
+        assert (tmp_path / "out" / f"gpu_check_part{part}{suffix}").stat().st_size > 0
+    if part == 1:
+        tests = rows[0]["values"]
+        assert tests["skipped"] > 30 and tests["passed"] == tests["failed"] == tests["error"] == 0  # collected there
+    else:
+        assert all(r["values"]["resume_ok"] and r["values"]["eval_ok"] for r in rows if r["check"] == "train")

@@ -39,6 +39,7 @@ def assert_scan_close(actual: torch.Tensor, expected: torch.Tensor, step: str, t
     error = ((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-30)).item()
     assert error < 1e-5, error
 
+
 # which optional inputs are given; without softplus Δ is made positive (a decaying scan)
 OPTIONS = {
     "plain": dict(),
