@@ -9,7 +9,7 @@ The tree step runs in float64 and must match the reference to 1e-12, and passes 
 float32, the dtype the models give it, against the same float64 reference (largest error at most 1e-5 of the largest
 value, values and the gradients of every input): gradients equal to the reference's autograd gradients are what
 gradcheck would establish, and each dtype is one more set of compilations (inductor compiles the step and its
-backward per dtype and softplus setting: about 20 s each on an idle core with a cold cache)."""
+backward per dtype and softplus setting: 15 to 20 s each on an idle core with a cold cache)."""
 
 from __future__ import annotations
 
